@@ -1,0 +1,1 @@
+"""Reading Caffe models: the schema bindings, the loader, the clean net it produces."""

@@ -1,0 +1,1 @@
+"""Caffe -> ONNX conversion: a registry of one converter per Caffe layer type."""

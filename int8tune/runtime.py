@@ -1,0 +1,135 @@
+"""Executing a converted model: onnxruntime for the graph, numpy for the post steps.
+
+Any value of the net can be requested. Requested values become graph outputs of the session, so
+onnxruntime's graph optimisations keep them (it never fuses away a node whose output is a graph output).
+Sessions are cached per set of exposed values: asking again for the same blobs reuses the same session,
+and `Engine(expose_all=True)` makes one session that can return every blob.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from .convert.converter import ConvertedModel
+from .errors import ConfigError, DataError
+from .log import logger
+
+
+def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # onnxruntime's own warnings (e.g. unused initializers) are noise here
+    return opts
+
+
+def with_outputs(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs are its own plus `values` (in that order, no duplicates)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    for v in values:
+        if v not in present:
+            out.graph.output.append(helper.make_tensor_value_info(v, TensorProto.FLOAT, None))
+            present.add(v)
+    return out
+
+
+class Engine:
+    """Runs one converted model. `run(inputs, outputs)` returns {value: array} for the requested values."""
+
+    def __init__(self, converted: ConvertedModel, *, threads: int | None = None, expose_all: bool = False,
+                 optimize: bool = True) -> None:
+        self.converted = converted
+        self.net = converted.net
+        self.threads = threads or _default_threads()
+        self.optimize = optimize
+        self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
+        self._all = frozenset(converted.onnx_values) if expose_all else None
+        self.input_names = list(self.net.inputs)
+
+    # -- names ---------------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """A value name from a value, a user-visible blob (its final version) or a layer name (its first top)."""
+        values = self.net.blob_of
+        if name in values:
+            return name
+        for layer in self.net.layers:
+            if layer.name == name:
+                return layer.tops[0]
+        close = difflib.get_close_matches(name, list(values) + [layer.name for layer in self.net.layers], n=5)
+        raise ConfigError(f"{name!r} is neither a blob nor a layer of {self.net.proto_path or self.net.name}"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+    # -- execution -----------------------------------------------------------------------------------
+    def session_for(self, exposed: Iterable[str]) -> ort.InferenceSession:
+        key = frozenset(exposed)
+        if self._all is not None and key <= self._all:
+            key = self._all
+        if key not in self._sessions:
+            model = with_outputs(self.converted.model, sorted(key, key=self._order))
+            logger.debug("new onnxruntime session exposing %d values", len(key))
+            self._sessions[key] = ort.InferenceSession(
+                model.SerializeToString(), sess_options=session_options(self.threads, self.optimize),
+                providers=["CPUExecutionProvider"])
+        return self._sessions[key]
+
+    def _order(self, value: str) -> int:
+        if not hasattr(self, "_order_map"):
+            self._order_map = {v: i for i, v in enumerate(self.net.values())}
+        return self._order_map.get(value, 1 << 30)
+
+    def feeds(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(inputs, np.ndarray):
+            if len(self.input_names) != 1:
+                raise DataError(f"the net has {len(self.input_names)} inputs ({', '.join(self.input_names)}); "
+                                f"pass a dict of arrays")
+            inputs = {self.input_names[0]: inputs}
+        feeds = {}
+        for name, shape in self.net.inputs.items():
+            if name not in inputs:
+                raise DataError(f"no array given for input {name!r}")
+            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            if array.ndim != len(shape) or tuple(array.shape[1:]) != tuple(shape[1:]):
+                raise DataError(f"input {name!r} has shape {array.shape}; the net expects (N, "
+                                f"{', '.join(map(str, shape[1:]))})")
+            feeds[name] = array
+        return feeds
+
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray],
+            outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Forward pass. `outputs` None means the net's outputs; names may be values, blobs or layers."""
+        wanted = [self.resolve(o) for o in (outputs if outputs is not None else self.net.outputs)]
+        onnx_wanted = [v for v in wanted if v not in self.converted.numpy_values]
+        steps = self._steps_for(wanted)
+        step_inputs = [v for s in steps for v in s.inputs if v not in self.converted.numpy_values]
+        fetch = list(dict.fromkeys(onnx_wanted + step_inputs))
+        session = self.session_for(fetch)
+        results = dict(zip(fetch, session.run(fetch, self.feeds(inputs))))
+        for step in steps:
+            produced = step.fn([results[v] for v in step.inputs])
+            results.update(zip(step.outputs, produced))
+        return {v: results[v] for v in wanted}
+
+    def _steps_for(self, wanted: Sequence[str]):
+        """The post steps needed for the wanted numpy values (with the post steps they depend on)."""
+        needed = {v for v in wanted if v in self.converted.numpy_values}
+        chosen = []
+        for step in reversed(self.converted.post_steps):
+            if needed & set(step.outputs):
+                chosen.append(step)
+                needed.update(v for v in step.inputs if v in self.converted.numpy_values)
+        return list(reversed(chosen))
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

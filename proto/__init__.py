@@ -1,0 +1,1 @@
+"""Caffe schema and generated bindings; regenerate with proto/regenerate.sh."""
