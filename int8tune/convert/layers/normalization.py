@@ -32,7 +32,6 @@ def batch_norm(ctx: LayerContext) -> list[Shape]:
     channels = shape[1]
     p = ctx.param.batch_norm_param
     eps = float(p.eps)
-    bshape = channel_shape(len(shape), channels)
     x, y = ctx.inputs[0], ctx.outputs[0]
     if p.HasField("use_global_stats") and not p.use_global_stats:
         logger.warning("%s: use_global_stats is false, so (as in Caffe) it normalises with the statistics of "
@@ -51,9 +50,11 @@ def batch_norm(ctx: LayerContext) -> list[Shape]:
         raise ModelError(f"{ctx.layer.describe()}: blob 2 (moving-average factor) should hold 1 value, "
                          f"holds {factor_blob.size}")
     factor = 0.0 if factor_blob[0] == 0 else 1.0 / float(factor_blob[0])
-    inv_std = 1.0 / np.sqrt(var * factor + eps)
-    centred = ctx.node("Sub", [x, ctx.const("mean", (mean * factor).reshape(bshape))])[0]
-    ctx.node("Mul", [centred, ctx.const("inv_std", inv_std.reshape(bshape))], [y])
+    # ONNX BatchNormalization computes exactly Caffe's (x - mean) / sqrt(var + eps) (with scale 1, bias 0),
+    # and onnxruntime folds it into a preceding convolution when nothing needs the convolution's own output.
+    ctx.node("BatchNormalization", [x, ctx.const("scale", np.ones(channels)), ctx.const("bias", np.zeros(channels)),
+                                    ctx.const("mean", mean * factor), ctx.const("var", var * factor)], [y],
+             epsilon=eps)
     return [shape]
 
 

@@ -1,0 +1,177 @@
+"""YOLO output decoding (darknet's [yolo] and [region] layers), detection post-processing and mAP@0.5.
+
+Layout of one head's feature map (N, A*(5+C), H, W): channel = anchor*(5+C) + field, fields tx, ty, tw, th,
+objectness, C class logits. Decode (darknet's yolo_layer.c, get_yolo_box; `scale_x_y` from the .cfg, 1 if
+absent):
+    x = (sigmoid(tx)*s - (s-1)/2 + col) / W          y = (sigmoid(ty)*s - (s-1)/2 + row) / H
+    w = anchor_w * exp(tw) / input_w                h = anchor_h * exp(th) / input_h
+    objectness = sigmoid(t4), class probabilities = sigmoid(logits)           (v3 "yolo" layout)
+The v2 "region" layout uses anchors in grid units (w = anchor_w * exp(tw) / W) and a softmax over classes.
+Boxes are (cx, cy, w, h) normalised to the network input. Pure functions: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class YoloHead:
+    blob: str  # the Caffe output blob holding this head's feature map
+    anchors: tuple[tuple[float, float], ...]  # (w, h) in input pixels (v3) or grid cells (v2)
+    classes: int
+    layout: str = "v3"  # "v3" ([yolo]) or "v2" ([region])
+    scale_x_y: float = 1.0
+
+
+def parse_darknet_cfg(path: str | Path) -> tuple[list[YoloHead], tuple[int, int]]:
+    """The YOLO heads of a darknet .cfg and its input size (w, h). darknet2caffe numbers the layers after
+    [net] from 1 and names the convolution's blob `layer<k>-conv`, so the head at 0-based index i reads
+    `layer<i>-conv` (the convolution just before it); that is the blob name given to each head."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--yolo_cfg {path}: cannot read ({e})") from e
+    sections: list[tuple[str, dict[str, str]]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise ConfigError(f"{path}:{lineno}: malformed section header {raw!r}")
+            sections.append((line[1:-1].strip(), {}))
+        elif "=" in line:
+            if not sections:
+                raise ConfigError(f"{path}:{lineno}: option before any [section]")
+            key, value = line.split("=", 1)
+            sections[-1][1][key.strip()] = value.strip()
+    if not sections or sections[0][0] not in ("net", "network"):
+        raise ConfigError(f"{path}: expected a darknet .cfg starting with [net]")
+    net = sections[0][1]
+    size = (int(net.get("width", 0)), int(net.get("height", 0)))
+    heads = []
+    for index, (name, opts) in enumerate(sections[1:]):
+        if name not in ("yolo", "region"):
+            continue
+        values = [float(v) for v in re.split(r"[,\s]+", opts.get("anchors", "").strip()) if v]
+        pairs = list(zip(values[::2], values[1::2]))
+        if name == "yolo":
+            mask = [int(m) for m in opts.get("mask", ",".join(map(str, range(len(pairs))))).split(",") if m.strip()]
+            chosen = tuple(pairs[m] for m in mask)
+        else:
+            chosen = tuple(pairs)
+        heads.append(YoloHead(blob=f"layer{index}-conv", anchors=chosen, classes=int(opts.get("classes", 80)),
+                              layout="v3" if name == "yolo" else "v2",
+                              scale_x_y=float(opts.get("scale_x_y", 1.0))))
+    if not heads:
+        raise ConfigError(f"{path}: no [yolo] or [region] section")
+    return heads, size
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def decode_head(feature: np.ndarray, head: YoloHead, input_size: tuple[int, int]):
+    """(boxes (N, K, 4) cx,cy,w,h normalised; objectness (N, K); class probabilities (N, K, C)),
+    K = anchors*H*W in (anchor, row, col) order, so fp32 and int8 decodes pair element by element."""
+    n, channels, gh, gw = feature.shape
+    a, c = len(head.anchors), head.classes
+    if channels != a * (5 + c):
+        raise ConfigError(f"blob {head.blob!r} has {channels} channels; {a} anchors x (5 + {c} classes) = "
+                          f"{a * (5 + c)} expected")
+    t = feature.reshape(n, a, 5 + c, gh, gw).astype(np.float64)
+    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    s = head.scale_x_y
+    x = (_sigmoid(t[:, :, 0]) * s - (s - 1) / 2 + cols) / gw
+    y = (_sigmoid(t[:, :, 1]) * s - (s - 1) / 2 + rows) / gh
+    anchors = np.asarray(head.anchors, dtype=np.float64)
+    if head.layout == "v3":
+        w = anchors[:, 0, None, None] * np.exp(t[:, :, 2]) / input_size[0]
+        h = anchors[:, 1, None, None] * np.exp(t[:, :, 3]) / input_size[1]
+        probs = _sigmoid(t[:, :, 5:])
+    else:
+        w = anchors[:, 0, None, None] * np.exp(t[:, :, 2]) / gw
+        h = anchors[:, 1, None, None] * np.exp(t[:, :, 3]) / gh
+        logits = t[:, :, 5:] - t[:, :, 5:].max(axis=2, keepdims=True)
+        probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    obj = _sigmoid(t[:, :, 4])
+    boxes = np.stack([x, y, w, h], axis=-1).reshape(n, a * gh * gw, 4)
+    return boxes, obj.reshape(n, -1), probs.transpose(0, 1, 3, 4, 2).reshape(n, a * gh * gw, c)
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: int
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 normalised
+
+
+def iou_xyxy(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[2], others[:, 2])
+    y2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Greedy NMS: indices kept, highest score first (ties by index, for determinism)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        overlap = iou_xyxy(boxes[i], boxes[order[1:]])
+        order = order[1:][overlap <= threshold]
+    return keep
+
+
+def detect(heads_out: list[tuple[np.ndarray, np.ndarray, np.ndarray]], conf_threshold: float = 0.5,
+           nms_threshold: float = 0.45, score: str = "class") -> list[list[Detection]]:
+    """Per image: thresholded candidates, NMS per class, sorted by score.
+
+    score "class": one candidate per class with objectness * class probability > conf_threshold (darknet);
+    score "objectness": one candidate per box, its best class, scored and thresholded by objectness alone
+    (what the MobileNet-YOLO authors' demo does)."""
+    if score not in ("class", "objectness"):
+        raise ConfigError(f"detection score must be 'class' or 'objectness', found {score!r}")
+    n = heads_out[0][0].shape[0]
+    results = []
+    for i in range(n):
+        boxes = np.concatenate([h[0][i] for h in heads_out])
+        obj = np.concatenate([h[1][i] for h in heads_out])
+        probs = np.concatenate([h[2][i] for h in heads_out])
+        if score == "class":
+            scores = obj[:, None] * probs
+        else:
+            scores = np.zeros_like(probs)
+            best = probs.argmax(axis=1)
+            scores[np.arange(len(best)), best] = obj
+        xyxy = np.stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
+                         boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2], axis=1)
+        dets: list[Detection] = []
+        for label in range(scores.shape[1]):
+            idx = np.nonzero(scores[:, label] > conf_threshold)[0]
+            if idx.size == 0:
+                continue
+            for k in nms(xyxy[idx], scores[idx, label], nms_threshold):
+                j = idx[k]
+                dets.append(Detection(label, float(scores[j, label]), tuple(float(v) for v in xyxy[j])))
+        dets.sort(key=lambda d: -d.score)
+        results.append(dets)
+    return results
