@@ -105,16 +105,20 @@ class Engine:
             feeds[name] = array
         return feeds
 
-    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray],
-            outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Forward pass. `outputs` None means the net's outputs; names may be values, blobs or layers."""
+    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray], outputs: Sequence[str] | None = None,
+            extra_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Forward pass. `outputs` None means the net's outputs; names may be values, blobs or layers.
+        `extra_feeds` go to graph inputs that are not net inputs (the int8 graph's thresholds)."""
         wanted = [self.resolve(o) for o in (outputs if outputs is not None else self.net.outputs)]
         onnx_wanted = [v for v in wanted if v not in self.converted.numpy_values]
         steps = self._steps_for(wanted)
         step_inputs = [v for s in steps for v in s.inputs if v not in self.converted.numpy_values]
         fetch = list(dict.fromkeys(onnx_wanted + step_inputs))
         session = self.session_for(fetch)
-        results = dict(zip(fetch, session.run(fetch, self.feeds(inputs))))
+        feeds = self.feeds(inputs)
+        if extra_feeds:
+            feeds.update(extra_feeds)
+        results = dict(zip(fetch, session.run(fetch, feeds)))
         for step in steps:
             produced = step.fn([results[v] for v in step.inputs])
             results.update(zip(step.outputs, produced))

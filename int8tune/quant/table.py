@@ -1,0 +1,110 @@
+"""The calibration table: the thresholds that, with a QuantSpec, define an int8 model of an fp32 net.
+
+Keyed the way users see the net: activation thresholds by blob (the value a quantized layer reads; for
+in-place chains this is the blob's final version, whose value name is the blob name), weight thresholds by
+layer. Everything the simulation, the tuner and the writers exchange is this one object.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .spec import QuantSpec
+
+
+@dataclass
+class BlobEntry:
+    """Activation quantization of one blob (the input of one or more quantized layers)."""
+
+    value: str  # internal value name (== blob unless an earlier in-place version)
+    blob: str  # user-visible blob name
+    threshold: float  # T: scale = T/127 (T/255 unsigned)
+    channel_thresholds: np.ndarray | None = None  # per-channel T (granularity per_channel), else None
+    unsigned: bool = False
+    calibrator: str = ""  # which calibrator produced T ("tuned" after tuning, "manual", ...)
+    absmax: float | None = None  # from calibration, for reports (threshold / absmax is the clip ratio)
+
+    def scale(self, qmax: int = 127, umax: int = 255) -> float:
+        return self.threshold / (umax if self.unsigned else qmax)
+
+
+@dataclass
+class LayerEntry:
+    """One quantized layer: which blob it reads, its weight thresholds, whether it runs int8 at all."""
+
+    layer: str
+    type: str
+    input_value: str  # the value it reads (key into CalibrationTable.blobs)
+    extra_inputs: tuple[str, ...] = ()  # further quantized bottoms of multi-input layers (Eltwise, Concat)
+    weight_thresholds: np.ndarray | None = None  # (C_out,) per channel or (1,) per tensor; None: no weights
+    weight_method: str = ""
+    int8: bool = True  # False: fallen back to fp32 (by the user's ignore list or the tuner)
+    note: str = ""  # why it is fp32, e.g. "ignored by --ignore_layer_names", "fallback by tuner"
+
+
+@dataclass
+class CalibrationTable:
+    model: str  # the net's name
+    spec: QuantSpec
+    blobs: dict[str, BlobEntry] = field(default_factory=dict)  # by value
+    layers: dict[str, LayerEntry] = field(default_factory=dict)  # by layer name, in net order
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # -- queries -------------------------------------------------------------------------------------
+    def quantized_layers(self) -> list[LayerEntry]:
+        return [e for e in self.layers.values() if e.int8]
+
+    def blob_for_layer(self, layer: str) -> BlobEntry:
+        try:
+            return self.blobs[self.layers[layer].input_value]
+        except KeyError:
+            raise ConfigError(f"layer {layer!r} is not quantized in this table; quantized layers: "
+                              f"{', '.join(self.layers)}") from None
+
+    def entry_by_blob(self, name: str) -> BlobEntry:
+        """Find a blob entry by user-visible blob name or by value name."""
+        if name in self.blobs:
+            return self.blobs[name]
+        for e in self.blobs.values():
+            if e.blob == name:
+                return e
+        raise ConfigError(f"no threshold for blob {name!r} in the table; blobs: {', '.join(self.blobs)}")
+
+    def thresholds(self) -> dict[str, float]:
+        return {v: e.threshold for v, e in self.blobs.items()}
+
+    # -- edits (return new tables; tuning keeps every candidate) --------------------------------------
+    def copy(self) -> "CalibrationTable":
+        return copy.deepcopy(self)
+
+    def with_threshold(self, value: str, threshold: float, calibrator: str = "tuned") -> "CalibrationTable":
+        if not np.isfinite(threshold) or threshold <= 0:
+            raise ConfigError(f"threshold for {value!r} must be finite and positive, found {threshold}")
+        out = self.copy()
+        entry = out.blobs[value]
+        if entry.channel_thresholds is not None:
+            entry.channel_thresholds = entry.channel_thresholds * (threshold / entry.threshold)
+        entry.threshold = float(threshold)
+        entry.calibrator = calibrator
+        return out
+
+    def with_fallback(self, layers: Iterable[str], note: str = "fallback to fp32") -> "CalibrationTable":
+        out = self.copy()
+        for name in layers:
+            out.layers[name].int8 = False
+            out.layers[name].note = note
+        return out
+
+    def active_blobs(self) -> list[str]:
+        """Values read by at least one int8 layer (the ones quantized in the simulation)."""
+        seen: list[str] = []
+        for e in self.quantized_layers():
+            for v in (e.input_value, *e.extra_inputs):
+                if v not in seen:
+                    seen.append(v)
+        return seen
