@@ -1,0 +1,252 @@
+"""Export of the int8 model as a QDQ ONNX model that onnxruntime really runs with int8 kernels.
+
+Placement (measured on onnxruntime 1.32; see tests/test_qdq.py): onnxruntime turns DQ -> Conv -> Q into
+QLinearConv only when the convolution's own output is quantized. With signed int8, DQ -> Conv -> Relu -> Q stays
+an fp32 FusedConv; with DQ -> Conv -> Q -> DQ -> Relu -> Q both convolutions are int8. So, per int8 layer:
+
+- input: QuantizeLinear/DequantizeLinear with the blob's threshold (int8 zero point 0, or uint8 zero point 0 for
+  unsigned blobs); one pair per blob, shared by its int8 consumers;
+- weights: int8 initializer + DequantizeLinear (per output channel: axis 0 for Conv/Gemm, 1 for MatMul/ConvTranspose);
+  bias: int32 initializer at s_in * s_w + DequantizeLinear;
+- output: a Q/DQ pair on the layer's output tensor. Its scale is that of the blob the output becomes after any
+  in-place ReLU (Q then ReLU equals ReLU then Q for a zero-point-0 quantizer, so this matches the simulation
+  exactly), or the output's own calibrated threshold when the output feeds fp32 layers (an extra requantization
+  that the simulation does not have: listed in `ExportReport.requantized`), or none when no threshold is known
+  (the layer then stays fp32 in onnxruntime: listed in `ExportReport.fp32_in_runtime`).
+
+`count_int8_kernels` loads the model in onnxruntime with default graph optimisation and counts the int8 kernels
+(QLinearConv, QGemm, QLinearMatMul, MatMulIntegerToFloat, ConvInteger, ...) of the optimised graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..convert.converter import ConvertedModel
+from ..errors import ConfigError
+from .spec import Granularity, WEIGHTED_TYPES
+from .table import CalibrationTable
+from .weights import from_output_matrix, quantize_matrix, to_output_matrix
+
+INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
+                          "MatMulInteger", "DynamicQuantizeMatMul", "QAttention"})
+
+
+@dataclass
+class ExportReport:
+    int8_layers: list[str] = field(default_factory=list)
+    requantized: list[str] = field(default_factory=list)  # layers given an output quantizer not in the simulation
+    fp32_in_runtime: list[str] = field(default_factory=list)  # no output threshold: onnxruntime keeps them fp32
+    notes: list[str] = field(default_factory=list)
+
+
+def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx.ModelProto, ExportReport]:
+    spec = table.spec
+    if spec.granularity is Granularity.PER_CHANNEL:
+        raise ConfigError("QDQ export needs per-tensor activation thresholds (granularity mix or per_tensor); "
+                          "per-channel activation quantizers are exactly what onnxruntime cannot run as int8")
+    model = onnx.ModelProto()
+    model.CopyFrom(converted.model)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = list(g.node)
+    by_name = {n.name: n for n in nodes}
+    consumers: dict[str, list] = collections.defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+    graph_outputs = {o.name for o in g.output}
+    new_nodes: list = []
+    new_inits: list = []
+    report = ExportReport()
+    qdq_of: dict[str, str] = {}  # tensor -> its dequantized replacement
+
+    def const(name, array):
+        new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def qdq(tensor: str, threshold: float, unsigned: bool) -> str:
+        if tensor in qdq_of:
+            return qdq_of[tensor]
+        levels = spec.umax if unsigned else spec.qmax
+        scale = const(f"{tensor}/qdq_scale", np.float32(threshold / levels))
+        zp = const(f"{tensor}/qdq_zero", np.uint8(0) if unsigned else np.int8(0))
+        q, dq = f"{tensor}/quantized", f"{tensor}/dequantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=q))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=dq))
+        qdq_of[tensor] = dq
+        return dq
+
+    producer = {o: n for n in nodes for o in n.output}
+    for entry in table.quantized_layers():
+        record = converted.records[entry.layer]
+        for value in (entry.input_value, *entry.extra_inputs):
+            blob = table.blobs[value]
+            target = _quantization_point(value, record, by_name, producer)
+            dq = qdq(target, blob.threshold, blob.unsigned)
+            for node_name in record.nodes:
+                node = by_name[node_name]
+                if target != value and node.output[0] == target:
+                    continue  # the layer's own Flatten keeps reading the fp32 value
+                for i, inp in enumerate(node.input):
+                    if inp == target:
+                        node.input[i] = dq
+        if record.type not in WEIGHTED_TYPES or not record.weight or entry.weight_thresholds is None:
+            continue
+        main = by_name[record.main_node]
+        blob = table.blobs[entry.input_value]
+        s_in = np.float32(blob.threshold / (spec.umax if blob.unsigned else spec.qmax))
+        group = next((a.i for a in main.attribute if a.name == "group"), 1)
+        weight = numpy_helper.to_array(inits[record.weight])
+        q, s_w = quantize_matrix(to_output_matrix(weight, main.op_type, group), entry.weight_thresholds,
+                                 spec.rounding, spec.qmax)
+        per_channel = spec.granularity.weights_per_channel
+        axis = 1 if main.op_type in ("MatMul", "ConvTranspose") else 0
+        if main.op_type == "ConvTranspose" and group > 1 and per_channel:
+            raise ConfigError(f"layer {entry.layer!r}: per-channel weights of a grouped Deconvolution have no QDQ "
+                              f"form (the output-channel axis is split across groups); use --granularity per_tensor")
+        q_layout = from_output_matrix(q, weight, main.op_type, group).astype(np.int8)
+        wq = const(f"{record.weight}/int8", q_layout)
+        if per_channel:
+            ws = const(f"{record.weight}/scale", s_w.astype(np.float32))
+            wz = const(f"{record.weight}/zero", np.zeros(s_w.shape, np.int8))
+            attrs = {"axis": axis}
+        else:
+            ws = const(f"{record.weight}/scale", np.float32(s_w[0]))
+            wz = const(f"{record.weight}/zero", np.int8(0))
+            attrs = {}
+        w_dq = f"{record.weight}/dequantized"
+        new_nodes.append(helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=w_dq, **attrs))
+        for i, inp in enumerate(main.input):
+            if inp == record.weight:
+                main.input[i] = w_dq
+        if record.bias is not None:
+            bias = numpy_helper.to_array(inits[record.bias]).astype(np.float64)
+            b_scale = (s_in * (s_w if per_channel else np.full(bias.size, s_w[0]))).astype(np.float32)
+            bq = np.clip(np.round(bias / b_scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+            bqn = const(f"{record.bias}/int32", bq)
+            bsn = const(f"{record.bias}/scale", b_scale)
+            bzn = const(f"{record.bias}/zero", np.zeros(bias.size, np.int32))
+            b_dq = f"{record.bias}/dequantized"
+            new_nodes.append(helper.make_node("DequantizeLinear", [bqn, bsn, bzn], [b_dq], name=b_dq, axis=0))
+            for n in (by_name[x] for x in record.nodes):
+                for i, inp in enumerate(n.input):
+                    if inp == record.bias:
+                        n.input[i] = b_dq
+        _quantize_output(entry.layer, main, record, table, consumers, graph_outputs, qdq, report)
+        report.int8_layers.append(entry.layer)
+
+    _dequantized_graph_outputs(nodes + new_nodes, graph_outputs, qdq_of)
+    g.ClearField("node")
+    from .simulate import _toposort
+
+    g.initializer.extend(new_inits)
+    g.node.extend(_toposort(nodes + new_nodes, g))
+    _drop_unused_initializers(g)
+    model.producer_name = "int8tune-qdq"
+    return model, report
+
+
+def _quantization_point(value: str, record, by_name, producer) -> str:
+    """Where a layer's input quantizer goes: on the value, or after the layer's own Flatten/Reshape when that
+    feeds the main node (InnerProduct on a 4-D blob), because onnxruntime fuses only DQ directly before Gemm.
+    Flattening does not change values, so the quantized numbers are the same."""
+    if record.main_node is None:
+        return value
+    first = by_name[record.main_node].input[0]
+    pre = producer.get(first)
+    if pre is not None and pre.name in record.nodes and pre.op_type in ("Flatten", "Reshape") and pre.input[0] == value:
+        return first
+    return value
+
+
+def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport) -> None:
+    """Give the layer's output a quantizer so that onnxruntime can fuse the layer into an int8 kernel."""
+    out = main.output[0]
+    active = set(table.active_blobs())
+    readers = consumers.get(out, [])
+    if out in active:  # read by an int8 layer: its quantizer exists in the simulation too
+        _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)
+        return
+    if len(readers) == 1 and readers[0].op_type == "Relu" and out not in graph_outputs \
+            and readers[0].output[0] in table.blobs:
+        relu_out = readers[0].output[0]
+        # Zero point 0: quantize-then-ReLU equals ReLU-then-quantize with the ReLU output's threshold (signed),
+        # and an unsigned quantizer is itself ReLU-then-quantize.
+        entry = table.blobs[relu_out]
+        _rewire(out, qdq(out, entry.threshold, entry.unsigned), consumers)
+        if relu_out not in active:
+            report.requantized.append(layer)
+        return
+    if out in table.blobs:
+        _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)
+        report.requantized.append(layer)
+        return
+    report.fp32_in_runtime.append(layer)
+
+
+def _dequantized_graph_outputs(all_nodes: list, graph_outputs: set[str], qdq_of: dict[str, str]) -> None:
+    """A graph output that got a quantizer is served by its DequantizeLinear under the original name: onnxruntime
+    does not fuse a node whose output is a graph output, and users read the int8 model's outputs by name."""
+    for out in graph_outputs & set(qdq_of):
+        fp32_name, dq = f"{out}/fp32", qdq_of[out]
+        for n in all_nodes:
+            for i, o in enumerate(n.output):
+                if o == out:
+                    n.output[i] = fp32_name
+                elif o == dq:
+                    n.output[i] = out
+            for i, inp in enumerate(n.input):
+                if inp == out:
+                    n.input[i] = fp32_name
+                elif inp == dq:
+                    n.input[i] = out
+
+
+def _rewire(tensor: str, replacement: str, consumers) -> None:
+    """Every reader of `tensor` reads its dequantized image instead (its own QuantizeLinear excepted)."""
+    for n in consumers.get(tensor, []):
+        if n.op_type == "QuantizeLinear" and n.name == f"{tensor}/quantized":
+            continue
+        for i, inp in enumerate(n.input):
+            if inp == tensor:
+                n.input[i] = replacement
+
+
+def _drop_unused_initializers(g) -> None:
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    g.ClearField("initializer")
+    g.initializer.extend(keep)
+
+
+def count_int8_kernels(model: onnx.ModelProto, threads: int = 1) -> tuple[int, collections.Counter]:
+    """Number of int8 kernels in onnxruntime's optimised graph (default optimisation), and all op counts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimised.onnx"
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(path)
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        optimised = onnx.load(str(path))
+    ops = collections.Counter(n.op_type for n in optimised.graph.node)
+    return sum(ops[k] for k in INT8_KERNELS), ops
+
+
+def with_model_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    present = {o.name for o in out.graph.output}
+    for n in names:
+        if n not in present:
+            out.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    return out
