@@ -124,6 +124,15 @@ class Engine:
             results.update(zip(step.outputs, produced))
         return {v: results[v] for v in wanted}
 
+    def run_tensors(self, inputs: np.ndarray | Mapping[str, np.ndarray], tensors: Sequence[str],
+                    extra_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Any ONNX tensors by their graph names (internal ones included); no numpy post steps."""
+        feeds = self.feeds(inputs)
+        if extra_feeds:
+            feeds.update(extra_feeds)
+        fetch = list(dict.fromkeys(tensors))
+        return dict(zip(fetch, self.session_for(fetch).run(fetch, feeds)))
+
     def _steps_for(self, wanted: Sequence[str]):
         """The post steps needed for the wanted numpy values (with the post steps they depend on)."""
         needed = {v for v in wanted if v in self.converted.numpy_values}

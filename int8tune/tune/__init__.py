@@ -1,0 +1,1 @@
+"""Tuning: per-layer threshold search, strategies, the trial log."""

@@ -1,0 +1,119 @@
+"""Evaluating the int8 model without recomputing what a candidate threshold cannot change.
+
+Changing the threshold of blob v only changes the nodes that depend on the graph input `threshold:v` (its fake
+quantizer, the bias rescaling of the layers reading it, and everything downstream). For one tuned blob:
+
+1. the *frontier* (tensors computed outside that dependent set but read inside it) is computed once, by one run
+   of the whole int8 graph with the current table, and kept in memory per batch;
+2. a *suffix* graph made of the dependent nodes only, whose inputs are the frontier tensors and the thresholds,
+   gets one onnxruntime session;
+3. every candidate threshold is then one run of the suffix graph: a new feed, no new session.
+Requested outputs that do not depend on v come from step 1 unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from ..quant.simulate import THRESHOLD_PREFIX, Int8Graph
+from ..quant.table import CalibrationTable
+from ..runtime import Engine, session_options
+
+
+def dependents(model: onnx.ModelProto, source: str) -> list[onnx.NodeProto]:
+    """Nodes that (transitively) read `source`, in graph order."""
+    tainted = {source}
+    out = []
+    for node in model.graph.node:  # graph order is topological
+        if any(i in tainted for i in node.input):
+            out.append(node)
+            tainted.update(node.output)
+    return out
+
+
+@dataclass
+class Suffix:
+    value: str
+    session: ort.InferenceSession
+    frontier: list[str]
+    threshold_inputs: list[str]
+    produced: set[str]  # tensors the suffix computes
+
+
+def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int) -> Suffix | None:
+    """The suffix session for tuning `value`'s threshold, or None if `value` has no threshold input."""
+    model = graph.converted.model
+    source = THRESHOLD_PREFIX + value
+    if source not in {i.name for i in model.graph.input}:
+        return None
+    nodes = dependents(model, source)
+    produced = {o for n in nodes for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name: i for i in model.graph.input}
+    needed: list[str] = []
+    for n in nodes:
+        for i in n.input:
+            if i and i not in produced and i not in needed:
+                needed.append(i)
+    frontier = [i for i in needed if i not in inits and not i.startswith(THRESHOLD_PREFIX)]
+    thresholds = [i for i in needed if i.startswith(THRESHOLD_PREFIX)]
+    wanted = [o for o in outputs if o in produced]
+    g = helper.make_graph(
+        nodes, f"suffix_{value}",
+        inputs=[helper.make_tensor_value_info(f, TensorProto.FLOAT, None) for f in frontier]
+        + [graph_inputs[t] for t in thresholds],
+        outputs=[helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in wanted],
+        initializer=[inits[i] for i in needed if i in inits],
+    )
+    m = helper.make_model(g, opset_imports=model.opset_import)
+    m.ir_version = model.ir_version
+    session = ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return Suffix(value, session, frontier, thresholds, produced)
+
+
+class PartialEvaluator:
+    """Int8 outputs for many candidate thresholds of one blob, reusing everything upstream of it."""
+
+    def __init__(self, graph: Int8Graph, engine: Engine, batches: list[np.ndarray], value: str,
+                 outputs: list[str], table: CalibrationTable, threads: int) -> None:
+        self.graph = graph
+        self.outputs = outputs
+        self.suffix = build_suffix(graph, value, outputs, threads)
+        feeds = graph.feeds(table)
+        fetch = list(dict.fromkeys(outputs + (self.suffix.frontier if self.suffix else [])))
+        fetch = [f for f in fetch if f not in graph.converted.net.inputs]
+        # One full int8 run per batch with the current table: the frontier and the outputs v cannot change.
+        self.base: list[dict[str, np.ndarray]] = []
+        for batch in batches:
+            values = engine.run_tensors(batch, fetch, extra_feeds=feeds) if fetch else {}
+            values.update(engine.feeds(batch))
+            self.base.append(values)
+
+    def evaluate(self, table: CalibrationTable) -> list[dict[str, np.ndarray]]:
+        """The requested outputs per batch under `table` (only `value`'s threshold may differ from the base)."""
+        if self.suffix is None:
+            return [{o: b[o] for o in self.outputs} for b in self.base]
+        feeds_all = self.graph.feeds(table)
+        t_feeds = {t: feeds_all[t] for t in self.suffix.threshold_inputs}
+        wanted = [o for o in self.outputs if o in self.suffix.produced]
+        results = []
+        for base in self.base:
+            feeds = {f: base[f] for f in self.suffix.frontier}
+            feeds.update(t_feeds)
+            got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}
+            results.append({o: got[o] if o in got else base[o] for o in self.outputs})
+        return results
+
+
+def group_by_layer(table: CalibrationTable) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for e in table.quantized_layers():
+        out[e.input_value].append(e.layer)
+    return dict(out)

@@ -1,0 +1,45 @@
+"""Partial evaluation (frontier once, suffix per candidate) gives exactly what a full int8 run gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from int8tune.caffe.loader import load_net
+from int8tune.convert.converter import convert_net
+from int8tune.quant.simulate import build_int8_graph
+from int8tune.quant.spec import QuantSpec
+from int8tune.runtime import Engine
+from int8tune.tune.partial import PartialEvaluator, dependents
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    proto, model = write_net(tmp_path_factory.mktemp("partial"), PROTOTXT, WEIGHTS)
+    converted = convert_net(load_net(proto, model))
+    table = make_table(QuantSpec())
+    graph = build_int8_graph(converted, table)
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal((2, 3, 6, 6)).astype(np.float32) for _ in range(3)]
+    return graph, Engine(graph.converted), batches, table
+
+
+@pytest.mark.parametrize("value,outputs", [("pool1", ["fc"]), ("data", ["fc", "conv1"]), ("pool1", ["fc", "conv1"])])
+def test_partial_equals_full_run(setup, value, outputs):
+    graph, engine, batches, table = setup
+    partial = PartialEvaluator(graph, engine, batches, value, outputs, table, threads=1)
+    for multiplier in (0.5, 0.9, 1.3):
+        candidate = table.with_threshold(value, table.blobs[value].threshold * multiplier)
+        got = partial.evaluate(candidate)
+        for batch, result in zip(batches, got):
+            full = engine.run(batch, outputs, extra_feeds=graph.feeds(candidate))
+            for o in outputs:
+                np.testing.assert_array_equal(result[o], full[o])
+
+
+def test_suffix_of_the_last_layer_excludes_the_first_conv(setup):
+    graph, *_ = setup
+    names = {n.name for n in dependents(graph.converted.model, "threshold:pool1")}
+    assert "conv1" not in names and any(n.startswith("fc") for n in names)
