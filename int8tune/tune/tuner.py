@@ -1,0 +1,221 @@
+"""Layer-wise threshold tuning: measure the int8/fp32 difference, move each blob's threshold, keep what helps.
+
+The unit of tuning is a blob (several int8 layers may read one blob and share its threshold); blobs are tuned in
+the order their first int8 reader appears (topological). Each blob starts from the best table so far. The
+objective is the metric on the model's outputs (`model`) or on the output of the layers reading the blob
+(`layer`, the original tool's tune_diff). fp32 references are computed once per run; each blob gets one partial
+evaluator (upstream computed once, a suffix session per blob); each candidate is one suffix run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..convert.converter import ConvertedModel
+from ..errors import ConfigError
+from ..log import logger
+from ..metrics import Metric
+from ..quant.simulate import Int8Graph, build_int8_graph
+from ..quant.table import CalibrationTable
+from ..runtime import Engine
+from .partial import PartialEvaluator
+from .search import SEARCHES, SearchSettings
+from .trials import Trial, TrialLog
+
+OBJECTIVES = ("model", "layer")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    objective: str = "model"
+    search: str = "both_directions"
+    search_settings: SearchSettings = SearchSettings()
+    threads: int = 2
+    metric_params: Mapping = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, found {self.objective!r}")
+        SEARCHES.get(self.search)
+
+
+@dataclass
+class BlobResult:
+    blob: str  # value name
+    layers: list[str]  # int8 layers reading it
+    threshold_before: float
+    threshold_after: float
+    difference_before: float
+    difference_after: float
+    candidates: int
+    seconds: float
+
+    @property
+    def multiplier(self) -> float:
+        return self.threshold_after / self.threshold_before
+
+
+def concat_outputs(results: Sequence[Mapping[str, np.ndarray]], names: Iterable[str]) -> dict[str, np.ndarray]:
+    return {n: np.concatenate([r[n] for r in results], axis=0) for n in names}
+
+
+def metric_outputs(converted: ConvertedModel) -> list[str]:
+    """The model outputs a metric compares: the ONNX graph's outputs (for nets ending in a numpy step such as
+    DetectionOutput, the tensors that step reads)."""
+    return [o.name for o in converted.model.graph.output]
+
+
+class Tuner:
+    def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
+                 settings: TuneSettings, log: TrialLog | None = None) -> None:
+        self.converted = converted
+        self.batches = batches
+        self.metric = metric
+        self.settings = settings
+        self.log = log
+        self.fp32 = Engine(converted, threads=settings.threads)
+        self._refs: dict[str, list[np.ndarray]] = {}
+        self._graph: Int8Graph | None = None
+        self._graph_key = None
+        self._engine: Engine | None = None
+        self.trial_count = 0
+        self.evaluations = 0
+
+    # -- references and full runs -----------------------------------------------------------------------
+    def references(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [n for n in names if n not in self._refs]
+        if missing:
+            per_batch = [self.fp32.run_tensors(b, missing) for b in self.batches]
+            for n in missing:
+                self._refs[n] = [r[n] for r in per_batch]
+        return {n: np.concatenate(self._refs[n], axis=0) for n in names}
+
+    def int8(self, table: CalibrationTable) -> tuple[Int8Graph, Engine]:
+        """The int8 graph and engine for this table's structure (rebuilt only when the structure changes:
+        which layers are int8, weight thresholds, unsigned/per-channel blobs; thresholds are feeds)."""
+        key = _structure_key(table)
+        if key != self._graph_key or self._graph is None or self._engine is None:
+            self._graph = build_int8_graph(self.converted, table)
+            self._graph_key = key
+            self._engine = Engine(self._graph.converted, threads=self.settings.threads)
+        return self._graph, self._engine
+
+    def run_int8(self, table: CalibrationTable, names: Sequence[str]) -> dict[str, np.ndarray]:
+        graph, engine = self.int8(table)
+        feeds = graph.feeds(table)
+        self.evaluations += 1
+        return concat_outputs([engine.run_tensors(b, names, extra_feeds=feeds) for b in self.batches], names)
+
+    def difference(self, table: CalibrationTable, names: Sequence[str] | None = None) -> float:
+        names = list(names or metric_outputs(self.converted))
+        return self.metric(self.references(names), self.run_int8(table, names), self.settings.metric_params)
+
+    def layer_outputs(self, table: CalibrationTable) -> dict[str, str]:
+        """int8 layer -> the value it writes (its own output)."""
+        out = {}
+        for e in table.quantized_layers():
+            record = self.converted.records[e.layer]
+            out[e.layer] = record.outputs[0]
+        return out
+
+    def layer_differences(self, table: CalibrationTable) -> dict[str, float]:
+        """Each int8 layer's own output difference, with every upstream layer quantized as the table says."""
+        outputs = self.layer_outputs(table)
+        names = list(dict.fromkeys(outputs.values()))
+        fp32 = self.references(names)
+        int8 = self.run_int8(table, names)
+        return {layer: self.metric({v: fp32[v]}, {v: int8[v]}, self.settings.metric_params)
+                for layer, v in outputs.items()}
+
+    # -- tuning ---------------------------------------------------------------------------------------------
+    def objective_names(self, table: CalibrationTable, value: str) -> list[str]:
+        if self.settings.objective == "model":
+            return metric_outputs(self.converted)
+        outputs = self.layer_outputs(table)
+        return list(dict.fromkeys(outputs[l] for l in _readers(table, value)))
+
+    def tune_blob(self, table: CalibrationTable, value: str,
+                  on_trial: Callable[[Trial], None] | None = None) -> tuple[CalibrationTable, BlobResult]:
+        t0 = time.perf_counter()
+        layers = _readers(table, value)
+        first = layers[0]
+        names = self.objective_names(table, value)
+        refs = self.references(names)
+        start = table.blobs[value].threshold
+        evaluator: PartialEvaluator | None = None
+
+        def evaluate(multiplier: float, note: str) -> float:
+            nonlocal evaluator
+            if self.log is not None:
+                replay = self.log.lookup(first, value, multiplier, note)
+                if replay is not None:
+                    self._record(replay, on_trial)
+                    return replay.difference
+            t = time.perf_counter()
+            if evaluator is None:
+                graph, engine = self.int8(table)
+                evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads)
+            candidate = table.with_threshold(value, start * multiplier) if multiplier != 1.0 else table
+            out = concat_outputs(evaluator.evaluate(candidate), names)
+            self.evaluations += 1
+            diff = self.metric(refs, out, self.settings.metric_params)
+            self._record(Trial(self.trial_count, first, value, multiplier, start * multiplier, diff,
+                               time.perf_counter() - t, note), on_trial)
+            return diff
+
+        baseline = evaluate(1.0, "baseline")
+        best_m, best = 1.0, baseline
+        search = SEARCHES.get(self.settings.search)(self.settings.search_settings, self.metric.better, baseline)
+        count = 0
+        try:
+            m = next(search)
+            while True:
+                count += 1
+                d = evaluate(m, "")
+                if self.metric.better(d, best):
+                    best_m, best = m, d
+                m = search.send(d)
+        except StopIteration:
+            pass
+        tuned = table.with_threshold(value, start * best_m) if best_m != 1.0 else table
+        result = BlobResult(value, layers, start, start * best_m, baseline, best, count + 1,
+                            time.perf_counter() - t0)
+        logger.info("blob %s (%s): threshold %.5g -> %.5g (x%.3f), difference %.6g -> %.6g, %d candidates",
+                    table.blobs[value].blob, ", ".join(layers), start, start * best_m, best_m, baseline, best,
+                    count + 1)
+        return tuned, result
+
+    def _record(self, trial: Trial, on_trial) -> None:
+        trial.index = self.trial_count
+        self.trial_count += 1
+        if self.log is not None:
+            self.log.append(trial)
+        if on_trial is not None:
+            on_trial(trial)
+
+    def blobs_in_order(self, table: CalibrationTable, skip_layers: Iterable[str] = ()) -> list[str]:
+        skip = set(skip_layers)
+        order: list[str] = []
+        for e in table.quantized_layers():
+            if e.layer in skip:
+                continue
+            for v in (e.input_value, *e.extra_inputs):
+                if v not in order:
+                    order.append(v)
+        return order
+
+
+def _readers(table: CalibrationTable, value: str) -> list[str]:
+    return [e.layer for e in table.quantized_layers() if value in (e.input_value, *e.extra_inputs)]
+
+
+def _structure_key(table: CalibrationTable):
+    return (tuple(e.layer for e in table.quantized_layers()),
+            tuple(None if e.weight_thresholds is None else e.weight_thresholds.tobytes()
+                  for e in table.quantized_layers()),
+            tuple(v for v, b in table.blobs.items() if b.channel_thresholds is not None),
+            tuple(v for v, b in table.blobs.items() if b.unsigned), table.spec)

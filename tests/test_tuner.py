@@ -1,0 +1,80 @@
+"""The layer-wise tuner improves a badly calibrated table, logs every trial, and resumes from its log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import evaluation_utils  # noqa: F401  (registers the square metric)
+from int8tune.caffe.loader import load_net
+from int8tune.convert.converter import convert_net
+from int8tune.errors import ConfigError
+from int8tune.metrics import METRICS
+from int8tune.quant.spec import QuantSpec
+from int8tune.tune.search import SearchSettings
+from int8tune.tune.trials import TrialLog
+from int8tune.tune.tuner import TuneSettings, Tuner
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    proto, model = write_net(tmp_path_factory.mktemp("tuner"), PROTOTXT, WEIGHTS)
+    return convert_net(load_net(proto, model))
+
+
+def batches():
+    rng = np.random.default_rng(11)
+    return [rng.standard_normal((2, 3, 6, 6)).astype(np.float32) for _ in range(3)]
+
+
+def tune_all(converted, table, log=None, objective="model"):
+    tuner = Tuner(converted, batches(), METRICS.get("square"),
+                  TuneSettings(objective=objective, search_settings=SearchSettings(step_ratio=0.25, steps=10)), log)
+    results = []
+    for value in tuner.blobs_in_order(table):
+        table, result = tuner.tune_blob(table, value)
+        results.append(result)
+    return tuner, table, results
+
+
+def test_tuning_reduces_the_model_difference(converted):
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)  # both thresholds far too tight: heavy clipping
+    tuner, tuned, results = tune_all(converted, bad)
+    before, after = tuner.difference(bad), tuner.difference(tuned)
+    assert after < 0.5 * before
+    assert [r.blob for r in results] == ["data", "pool1"]
+    assert all(r.difference_after <= r.difference_before for r in results)
+    assert tuned.blobs["pool1"].threshold > bad.blobs["pool1"].threshold
+    assert tuned.blobs["pool1"].calibrator == "tuned"
+    # the reported difference of the last blob is the model difference of the final table
+    assert results[-1].difference_after == pytest.approx(after, rel=1e-6)
+
+
+def test_layer_objective_and_layer_differences(converted):
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    tuner, tuned, _ = tune_all(converted, bad, objective="layer")
+    before, after = tuner.layer_differences(bad), tuner.layer_differences(tuned)
+    assert set(before) == {"conv1", "fc"}
+    assert after["conv1"] < before["conv1"]
+
+
+def test_resume_replays_the_log_and_reaches_the_same_table(converted, tmp_path):
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    log_path = tmp_path / "trials.jsonl"
+    _, first, _ = tune_all(converted, bad, TrialLog(log_path, {"model": "x"}))
+    lines = log_path.read_text().splitlines()
+    log_path.write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[len(lines) // 2][:10])  # killed mid-write
+    log = TrialLog(log_path, {"model": "x"})
+    assert log.replayed == len(lines) // 2 - 1
+    tuner, second, _ = tune_all(converted, bad, log)
+    assert second.thresholds() == first.thresholds()
+    assert tuner.evaluations < len(lines) - 1  # the replayed half was not evaluated again
+    assert len(log_path.read_text().splitlines()) == len(lines)
+
+
+def test_a_log_from_other_inputs_is_refused(tmp_path):
+    TrialLog(tmp_path / "t.jsonl", {"model": "a", "images": "1"})
+    with pytest.raises(ConfigError, match="changed: model"):
+        TrialLog(tmp_path / "t.jsonl", {"model": "b", "images": "1"})
