@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from int8tune.metrics import register_metric
+from int8tune.yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
 
 
 @register_metric("square", "lower")
@@ -27,6 +28,33 @@ def square(fp32, int8, params):
         energy = np.sum(ref ** 2)
         total += err / energy if energy > 0 else err
     return total
+
+
+@register_metric("yolo", "lower")
+def yolo(fp32, int8, params):
+    """YOLO head difference: each output feature map decoded into (box, objectness, class probabilities) per
+    cell and anchor for fp32 and int8, paired, squared differences weighted toward cells where either model
+    sees an object; summed over heads. Formula: int8tune.yolo.head_difference. Needs --metric_params (anchors,
+    classes, input size, layout) or --yolo_cfg."""
+    return yolo_difference(fp32, int8, _yolo_params(params))
+
+
+@register_metric("yolo_map", "higher")
+def yolo_map(fp32, int8, params):
+    """Detection agreement: mAP@0.5 of the int8 detections with the fp32 detections as ground truth, after the
+    confidence threshold and NMS of --metric_params (conf_threshold, nms_threshold, score)."""
+    p = _yolo_params(params)
+    return mean_average_precision(detections_of(fp32, p), detections_of(int8, p), 0.5)
+
+
+_PARSED: dict[str, YoloParams] = {}
+
+
+def _yolo_params(params) -> YoloParams:
+    key = repr(sorted(params.items()))
+    if key not in _PARSED:
+        _PARSED[key] = YoloParams.from_dict(dict(params))
+    return _PARSED[key]
 
 
 # --- Adding your own metric -------------------------------------------------------------------------------

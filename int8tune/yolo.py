@@ -175,3 +175,123 @@ def detect(heads_out: list[tuple[np.ndarray, np.ndarray, np.ndarray]], conf_thre
         dets.sort(key=lambda d: -d.score)
         results.append(dets)
     return results
+
+
+# --- configuration of the YOLO metrics ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class YoloParams:
+    heads: tuple[YoloHead, ...]
+    input_size: tuple[int, int]  # (w, h) of the network input
+    conf_threshold: float = 0.5
+    nms_threshold: float = 0.45
+    score: str = "class"  # "class" (objectness * class probability) or "objectness"
+    background_weight: float = 0.01  # weight of cells where neither model sees an object (see head_difference)
+
+    @staticmethod
+    def from_dict(params: dict, source: str = "--metric_params") -> "YoloParams":
+        """From `--metric_params` JSON: {"heads": [{"blob": ..., "anchors": [[w, h], ...], "classes": C,
+        "layout": "v3", "scale_x_y": 1.0}], "input_size": [w, h], "conf_threshold": 0.5, ...}, or
+        {"cfg": "model.cfg", ...} to read the heads and input size from a darknet .cfg."""
+        known = {"heads", "input_size", "conf_threshold", "nms_threshold", "score", "background_weight", "cfg",
+                 "classes", "layout"}
+        unknown = set(params) - known
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+        if "cfg" in params:
+            heads, size = parse_darknet_cfg(params["cfg"])
+        else:
+            if "heads" not in params or "input_size" not in params:
+                raise ConfigError(f"{source}: the yolo metric needs 'heads' and 'input_size' (or 'cfg', or --yolo_cfg)")
+            heads, size = [], tuple(int(v) for v in params["input_size"])
+            for i, h in enumerate(params["heads"]):
+                try:
+                    heads.append(YoloHead(blob=str(h["blob"]), anchors=tuple((float(a[0]), float(a[1]))
+                                                                            for a in h["anchors"]),
+                                          classes=int(h.get("classes", params.get("classes", 80))),
+                                          layout=str(h.get("layout", params.get("layout", "v3"))),
+                                          scale_x_y=float(h.get("scale_x_y", 1.0))))
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    raise ConfigError(f"{source}: heads[{i}] needs 'blob' and 'anchors' [[w, h], ...] ({e})") from e
+        for h in heads:
+            if h.layout not in ("v2", "v3"):
+                raise ConfigError(f"{source}: head {h.blob!r} layout must be 'v2' or 'v3', found {h.layout!r}")
+        return YoloParams(tuple(heads), (int(size[0]), int(size[1])),
+                          conf_threshold=float(params.get("conf_threshold", 0.5)),
+                          nms_threshold=float(params.get("nms_threshold", 0.45)),
+                          score=str(params.get("score", "class")),
+                          background_weight=float(params.get("background_weight", 0.01)))
+
+
+def head_difference(ref, test, background_weight: float) -> float:
+    """Paired (cell, anchor) difference of two decoded heads (boxes, objectness, class probabilities):
+
+        D = sum_k w_k * ( |b_k - b'_k|^2 + (o_k - o'_k)^2 + sum_c (p_kc - p'_kc)^2 ) / sum_k w_k
+        w_k = max(o_k, o'_k) + background_weight
+
+    with b = (cx, cy, sqrt(w), sqrt(h)) normalised to the input (square roots as in the YOLO loss, so small
+    boxes count), o the objectness and p the class probabilities; primes are int8. The weight concentrates on
+    cells where either model sees an object (a box lost by int8 and a box it invents both count)."""
+    (b1, o1, p1), (b2, o2, p2) = ref, test
+    def geo(b):
+        return np.concatenate([b[..., :2], np.sqrt(np.clip(b[..., 2:], 0, None))], axis=-1)
+    w = np.maximum(o1, o2) + background_weight
+    per_cell = ((geo(b1) - geo(b2)) ** 2).sum(-1) + (o1 - o2) ** 2 + ((p1 - p2) ** 2).sum(-1)
+    return float((w * per_cell).sum() / w.sum())
+
+
+def yolo_difference(fp32: dict, int8: dict, params: YoloParams) -> float:
+    """Sum over heads of head_difference."""
+    total = 0.0
+    for head in params.heads:
+        if head.blob not in fp32:
+            raise ConfigError(f"yolo metric: head blob {head.blob!r} is not among the model outputs "
+                              f"({', '.join(fp32)})")
+        total += head_difference(decode_head(fp32[head.blob], head, params.input_size),
+                                 decode_head(int8[head.blob], head, params.input_size), params.background_weight)
+    return total
+
+
+def detections_of(outputs: dict, params: YoloParams) -> list[list[Detection]]:
+    return detect([decode_head(outputs[h.blob], h, params.input_size) for h in params.heads],
+                  params.conf_threshold, params.nms_threshold, params.score)
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """VOC (2010+) all-point interpolated AP."""
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[0.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    idx = np.nonzero(r[1:] != r[:-1])[0]
+    return float(((r[idx + 1] - r[idx]) * p[idx + 1]).sum())
+
+
+def mean_average_precision(truth: list[list[Detection]], predicted: list[list[Detection]],
+                           iou_threshold: float = 0.5) -> float:
+    """mAP@iou of `predicted` against `truth` (per image lists), classes = those present in the truth.
+    With the fp32 detections as truth this is the detection agreement of an int8 model. No truth at all: 1.0
+    if nothing is predicted either, else 0.0."""
+    classes = sorted({d.label for dets in truth for d in dets})
+    if not classes:
+        return 1.0 if not any(predicted) else 0.0
+    aps = []
+    for c in classes:
+        gt = [[d for d in dets if d.label == c] for dets in truth]
+        n_gt = sum(len(g) for g in gt)
+        preds = sorted(((d.score, i, d) for i, dets in enumerate(predicted) for d in dets if d.label == c),
+                       key=lambda t: -t[0])
+        used = [np.zeros(len(g), bool) for g in gt]
+        tp = np.zeros(len(preds))
+        for k, (_, i, d) in enumerate(preds):
+            if not gt[i]:
+                continue
+            ious = iou_xyxy(np.asarray(d.box), np.asarray([g.box for g in gt[i]]))
+            j = int(np.argmax(ious))
+            if ious[j] >= iou_threshold and not used[i][j]:
+                used[i][j] = True
+                tp[k] = 1
+        cum_tp = np.cumsum(tp)
+        recall = cum_tp / n_gt
+        precision = cum_tp / np.arange(1, len(preds) + 1) if preds else np.zeros(0)
+        aps.append(average_precision(recall, precision) if preds else 0.0)
+    return float(np.mean(aps))

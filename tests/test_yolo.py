@@ -1,0 +1,94 @@
+"""YOLO decoding against the reference detections in the assets README, and the YOLO metrics' mechanics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from int8tune.caffe.loader import load_net
+from int8tune.convert.converter import convert_net
+from int8tune.errors import ConfigError
+from int8tune.image_params import load_image_params
+from int8tune.runtime import Engine
+from int8tune.yolo import (Detection, YoloParams, decode_head, detect, head_difference, mean_average_precision,
+                           parse_darknet_cfg)
+from conftest import REPO_ROOT
+from test_utils import prepare_image
+
+# (image, [(class name, objectness, [x, y, w, h] in pixels)]) as printed by OpenCV in ../shared/assets/README.md
+EXPECTED = {
+    "dog.jpg": [("dog", 0.991, [121, 203, 189, 356]), ("car", 0.984, [479, 87, 213, 82]), ("car", 0.663, None)],
+    "person.jpg": [("person", 0.999, None), ("dog", 0.998, None), ("horse", 0.996, None)],
+    "eagle.jpg": [("bird", 1.0, None)],
+}
+
+
+@pytest.fixture(scope="module")
+def yolov3(assets):
+    d = assets / "models" / "yolov3_nano_voc"
+    engine = Engine(convert_net(load_net(d / "MobileNetV2-YOLOv3-Nano-voc.prototxt",
+                                         d / "MobileNetV2-YOLOv3-Nano-voc.caffemodel")))
+    heads, size = parse_darknet_cfg(d / "MobileNetV2-YOLOv3-Nano-voc.cfg")
+    names = (d / "voc.names").read_text().split()
+    params = load_image_params(REPO_ROOT / "examples" / "image_params" / "yolov3_nano_voc.json")
+    return engine, heads, size, names, params
+
+
+def detections(yolov3, image_path):
+    """The authors' demo decode: the README formula (no scale_x_y), objectness as the score, threshold 0.5."""
+    import cv2
+
+    engine, heads, size, names, params = yolov3
+    out = engine.run(prepare_image(image_path, params))
+    plain = [replace(h, scale_x_y=1.0) for h in heads]
+    dets = detect([decode_head(out[h.blob], h, size) for h in plain], 0.5, 0.45, score="objectness")[0]
+    h, w = cv2.imread(str(image_path)).shape[:2]
+    return [(names[d.label], d.score, [int(d.box[0] * w), int(d.box[1] * h), int((d.box[2] - d.box[0]) * w),
+                                       int((d.box[3] - d.box[1]) * h)]) for d in dets]
+
+
+@pytest.mark.parametrize("image", sorted(EXPECTED))
+def test_yolov3_nano_reproduces_the_reference_detections(yolov3, assets, image):
+    got = detections(yolov3, assets / "images" / "detection" / image)
+    for name, score, box in EXPECTED[image]:
+        match = [g for g in got if g[0] == name and abs(g[1] - score) < 0.0015]
+        assert match, f"{image}: no {name} {score} in {got}"
+        if box is not None:
+            assert max(abs(a - b) for a, b in zip(match[0][2], box)) <= 1, (match[0][2], box)
+    assert len(got) == len(EXPECTED[image])
+
+
+def test_crowd_and_scream(yolov3, assets):
+    crowd = detections(yolov3, assets / "images" / "detection" / "crowd_persons.jpg")
+    assert [g[0] for g in crowd].count("person") == 10
+    assert detections(yolov3, assets / "images" / "detection" / "scream.jpg") == []
+
+
+def test_cfg_heads(assets):
+    heads, size = parse_darknet_cfg(assets / "models" / "yolov3_nano_voc" / "MobileNetV2-YOLOv3-Nano-voc.cfg")
+    assert size == (320, 320)
+    assert [h.blob for h in heads] == ["layer69-conv", "layer79-conv"]
+    assert heads[0].anchors == ((189, 126), (137, 236), (265, 259)) and heads[0].classes == 20
+
+
+def test_metric_mechanics():
+    rng = np.random.default_rng(0)
+    head = YoloParams.from_dict({"heads": [{"blob": "out", "anchors": [[10, 14], [23, 27]], "classes": 3}],
+                                 "input_size": [64, 64]}).heads[0]
+    feat = rng.standard_normal((2, 16, 4, 4)).astype(np.float32)
+    a = decode_head(feat, head, (64, 64))
+    assert head_difference(a, a, 0.01) == 0.0
+    noisy = decode_head(feat + 0.1 * rng.standard_normal(feat.shape).astype(np.float32), head, (64, 64))
+    assert head_difference(a, noisy, 0.01) > 0
+    with pytest.raises(ConfigError, match="unknown key"):
+        YoloParams.from_dict({"heads": [], "input_size": [1, 1], "anchor": 1})
+
+
+def test_map_agreement():
+    gt = [[Detection(0, 0.9, (0.1, 0.1, 0.4, 0.4)), Detection(1, 0.8, (0.5, 0.5, 0.9, 0.9))]]
+    assert mean_average_precision(gt, gt) == 1.0
+    shifted = [[Detection(0, 0.9, (0.1, 0.1, 0.4, 0.4)), Detection(1, 0.8, (0.75, 0.75, 0.99, 0.99))]]
+    assert mean_average_precision(gt, shifted) == pytest.approx(0.5)
+    assert mean_average_precision([[]], [[]]) == 1.0
