@@ -163,13 +163,34 @@ def compare_with_opencv(engine: Engine, proto: str | Path, model: str | Path,
         report.seconds_ours += t1 - t0
         report.seconds_opencv += t2 - t1
         for value, ref in zip(values, theirs):
-            _accumulate(by_value[value], ours[value], np.asarray(ref))
+            diff = by_value[value]
+            prepare = ROW_VIEWS.get(diff.layer_type)
+            if prepare is not None:  # variable-length outputs: compare their meaningful rows
+                _accumulate(diff, prepare(ours[value]), prepare(np.asarray(ref)), note=f"rows compared")
+            else:
+                _accumulate(diff, ours[value], np.asarray(ref))
     logger.info("compared %d blobs on %d images", len(report.compared), len(report.images))
     return report
 
 
-def _accumulate(diff: BlobDiff, ours: np.ndarray, ref: np.ndarray) -> None:
+def _detection_rows(blob: np.ndarray) -> np.ndarray:
+    """Kept detections in a canonical order: by image, label, score rounded to 1e-5, then box corner, so that
+    two implementations whose scores differ in the last bits (and so order near-ties differently) line up."""
+    from .convert.layers.ssd import detection_rows
+
+    rows = detection_rows(blob, 0.0)
+    return rows[np.lexsort((rows[:, 4], rows[:, 3], -np.round(rows[:, 2], 5), rows[:, 1], rows[:, 0]))]
+
+
+# Layer types whose output length varies: both sides are reduced to comparable rows first. DetectionOutput:
+# Caffe writes the kept detections; OpenCV pads to keep_top_k rows of zeros and orders rows by score.
+ROW_VIEWS = {"DetectionOutput": _detection_rows}
+
+
+def _accumulate(diff: BlobDiff, ours: np.ndarray, ref: np.ndarray, note: str = "") -> None:
     diff.shape = tuple(ours.shape)
+    if note and not diff.note:
+        diff.note = note
     if ours.size != ref.size:
         diff.note = f"shape differs: ours {tuple(ours.shape)}, OpenCV {tuple(ref.shape)}"
         diff.max_abs = float("inf")
