@@ -23,9 +23,9 @@ def square(fp32, int8, params):
     different magnitude are comparable; 0.01 means the error carries 1 % of the signal's energy."""
     total = 0.0
     for name, ref in fp32.items():
-        ref = np.asarray(ref, dtype=np.float64)
-        err = np.sum((ref - np.asarray(int8[name], dtype=np.float64)) ** 2)
-        energy = np.sum(ref ** 2)
+        diff = np.subtract(ref, int8[name], dtype=np.float32)
+        err = float(np.square(diff).sum(dtype=np.float64))  # float64 accumulation, no float64 copies
+        energy = float(np.square(ref, dtype=np.float32).sum(dtype=np.float64))
         total += err / energy if energy > 0 else err
     return total
 

@@ -55,7 +55,54 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tolerance", type=float, default=1e-4,
                        help="largest allowed max|ours - opencv| / max|opencv| per blob (default: 1e-4)")
     check.add_argument("--json", dest="json_path", type=Path, default=None, help="also write the report as JSON")
+
+    cal = sub.add_parser(
+        "calibrate", help="collect statistics, choose thresholds, write the int8 model (table + int8 prototxt)",
+        description="The preparation step: streams the images twice (absmax, then |x| histograms), computes every "
+                    "calibrator's threshold per blob, picks one (--method; auto measures each on the network), "
+                    "and writes the calibration table in every format, the int8 prototxt, the QDQ ONNX model, "
+                    "statistics.csv and report.log under --output_path.")
+    _add_model_args(cal)
+    _add_data_args(cal)
+    _add_quant_args(cal)
+    cal.add_argument("--output_path", type=Path, required=True, help="folder for every output")
+    cal.add_argument("--simplified", action="store_true",
+                     help="OpenVINO's simplified mode: statistics and a min-max table, no difference check")
+    cal.add_argument("--measure_images", type=int, default=32,
+                     help="images used by --method auto and the difference check (default 32)")
+    cal.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     return parser
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    from .quant.calibrators import ACTIVATION_CALIBRATORS, WEIGHT_CALIBRATORS
+    from .quant.spec import BiasMode, Granularity, Rounding
+
+    g = p.add_argument_group("int8 model")
+    g.add_argument("--method", default="auto", choices=["auto"] + ACTIVATION_CALIBRATORS.names(),
+                   help="activation calibrator; auto tries every calibrator per blob and keeps the one that "
+                        "disturbs the reading layers' outputs least (default)")
+    g.add_argument("--weight_method", default="minmax", choices=WEIGHT_CALIBRATORS.names(),
+                   help="weight calibrator (default minmax)")
+    g.add_argument("--granularity", default=Granularity.MIX.value, choices=[e.value for e in Granularity],
+                   help="mix: weights per output channel, activations per tensor (default, deployable); per_tensor; "
+                        "per_channel: activations per channel too (TNN)")
+    g.add_argument("--rounding", default=Rounding.HALF_AWAY.value, choices=[e.value for e in Rounding],
+                   help="half_away_from_zero (C roundf; ncnn, TNN, TensorRT; default) or half_to_even (ONNX)")
+    g.add_argument("--bias", default=BiasMode.INT32.value, choices=[e.value for e in BiasMode],
+                   help="int32 at s_in*s_w (default) or fp32")
+    g.add_argument("--unsigned", action="store_true", help="quantize non-negative blobs to [0, 255] with T/255")
+    g.add_argument("--quantize_types", default="",
+                   help="comma-separated layer types quantized in addition to Convolution, Deconvolution, "
+                        "InnerProduct (e.g. Pooling,Eltwise,Concat)")
+    g.add_argument("--ignore_layer_names", default="", help="comma-separated layer names kept in fp32")
+    g.add_argument("--ignore_layer_names_path", type=Path, default=None, help="file of layer names kept in fp32")
+    g.add_argument("--ignore_layer_types", default="", help="comma-separated layer types kept in fp32")
+    g.add_argument("--ignore_layer_types_path", type=Path, default=None, help="file of layer types kept in fp32")
+    g.add_argument("--ignore_layer_list", default="",
+                   help="layer names kept in fp32: comma-separated, or a file with one per line (seed tool's option)")
+    g.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's percentile (default 99.99)")
+    g.add_argument("--bins", type=int, default=2048, help="histogram bins (default 2048, as ncnn)")
 
 
 def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
@@ -67,6 +114,11 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
             from .commands.check import run_check, check_config_from_args
 
             return run_check(check_config_from_args(args), prepare_image)
+        if args.command == "calibrate":
+            from .commands.calibrate import run_calibrate
+            from .commands.parse import calibrate_config
+
+            return run_calibrate(calibrate_config(args), prepare_image)
         parser.error(f"unknown command {args.command}")
     except Int8TuneError as e:
         print(f"error: {e}", file=sys.stderr)

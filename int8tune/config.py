@@ -76,3 +76,92 @@ class CheckConfig(ConfigBase):
     def __post_init__(self) -> None:
         if not self.tolerance > 0:
             raise ConfigError(f"--tolerance must be positive, found {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class QuantConfig(ConfigBase):
+    """What the int8 model is (see quant/spec.py) and how its first table is calibrated."""
+
+    method: str = "auto"
+    weight_method: str = "minmax"
+    granularity: str = "mix"
+    rounding: str = "half_away_from_zero"
+    bias: str = "int32"
+    unsigned: bool = False
+    quantize_types: tuple[str, ...] = ("Convolution", "Deconvolution", "InnerProduct")
+    ignore_layer_names: tuple[str, ...] = ()
+    ignore_layer_types: tuple[str, ...] = ()
+    percentile: float = 99.99
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        from .quant.calibrators import ACTIVATION_CALIBRATORS, WEIGHT_CALIBRATORS
+        from .quant.spec import BiasMode, Granularity, Rounding
+
+        if self.method != "auto":
+            ACTIVATION_CALIBRATORS.get(self.method)
+        WEIGHT_CALIBRATORS.get(self.weight_method)
+        for enum, key in ((Granularity, "granularity"), (Rounding, "rounding"), (BiasMode, "bias")):
+            value = getattr(self, key)
+            if value not in {e.value for e in enum}:
+                raise ConfigError(f"--{key} must be one of {', '.join(e.value for e in enum)}, found {value!r}")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"--percentile must be in (0, 100], found {self.percentile}")
+        if self.bins < 128:
+            raise ConfigError(f"--bins must be at least 128 (KL merges into 128 bins), found {self.bins}")
+
+    def spec(self):
+        from .quant.spec import BiasMode, Granularity, QuantSpec, Rounding
+
+        return QuantSpec(quantize_types=tuple(self.quantize_types), ignore_layer_names=tuple(self.ignore_layer_names),
+                         ignore_layer_types=tuple(self.ignore_layer_types), granularity=Granularity(self.granularity),
+                         rounding=Rounding(self.rounding), bias=BiasMode(self.bias), unsigned=self.unsigned)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig(ConfigBase):
+    model: ModelConfig
+    data: DataConfig
+    quant: QuantConfig
+    output_path: Path
+    simplified: bool = False
+    measure_images: int = 32  # images kept in memory for the auto choice and the difference check
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class TuneConfig(ConfigBase):
+    """Settings shared by test, tune and the whole loop (auto / main.sh)."""
+
+    model: ModelConfig
+    data: DataConfig
+    quant: QuantConfig
+    output_path: Path
+    calibration_model: Path | None = None
+    calibration_proto: Path | None = None
+    metric: str = "square"
+    metric_params: dict = None  # type: ignore[assignment]
+    objective: str = "model"
+    int8_layer: str = ""
+    tune_layer: str = ""
+    tune_diff: float | None = None
+    search: str = "both_directions"
+    step_ratio: float = 0.1
+    steps: int = 8
+    patience: int = 2
+    multipliers: tuple[float, ...] = ()
+    threads: int = 2
+    resume: bool = True
+    plots: int = 6  # how many of the worst layers get a histogram plot
+
+    def __post_init__(self) -> None:
+        if self.metric_params is None:
+            object.__setattr__(self, "metric_params", {})
+        for key in ("calibration_model", "calibration_proto"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"--{key} {path}: no such file")
+        if self.step_ratio <= 0 or self.steps <= 0 or self.patience <= 0:
+            raise ConfigError("--step_ratio, --steps and --patience must be positive")
+        if any(m <= 0 for m in self.multipliers):
+            raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")

@@ -47,6 +47,8 @@ def with_outputs(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelPro
 class Engine:
     """Runs one converted model. `run(inputs, outputs)` returns {value: array} for the requested values."""
 
+    MAX_SESSIONS = 4
+
     def __init__(self, converted: ConvertedModel, *, threads: int | None = None, expose_all: bool = False,
                  optimize: bool = True) -> None:
         self.converted = converted
@@ -76,6 +78,8 @@ class Engine:
         if self._all is not None and key <= self._all:
             key = self._all
         if key not in self._sessions:
+            if len(self._sessions) >= self.MAX_SESSIONS:  # bounded: each session holds a copy of the weights
+                self._sessions.pop(next(iter(self._sessions)))
             model = with_outputs(self.converted.model, sorted(key, key=self._order))
             logger.debug("new onnxruntime session exposing %d values", len(key))
             self._sessions[key] = ort.InferenceSession(

@@ -145,6 +145,9 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
         report.int8_layers.append(entry.layer)
 
     _dequantized_graph_outputs(nodes + new_nodes, graph_outputs, qdq_of)
+    more_nodes, more_inits = _unique_quantizers(nodes + new_nodes, graph_outputs, {t.name: t for t in new_inits})
+    new_nodes += more_nodes
+    new_inits += more_inits
     g.ClearField("node")
     from .simulate import _toposort
 
@@ -209,6 +212,46 @@ def _dequantized_graph_outputs(all_nodes: list, graph_outputs: set[str], qdq_of:
                     n.input[i] = fp32_name
                 elif inp == dq:
                     n.input[i] = out
+
+
+def _unique_quantizers(all_nodes: list, graph_outputs: set[str], inits: dict[str, onnx.TensorProto]
+                       ) -> tuple[list, list]:
+    """One QuantizeLinear/DequantizeLinear pair, with its own scale and zero-point initializers, per consumer.
+
+    Measured on onnxruntime 1.32: a Q whose DQ output feeds two convolutions (SqueezeNet's expand layers share
+    the squeeze output) leaves both in fp32, and identical Q nodes are merged back by common-subexpression
+    elimination unless their scale/zero-point initializers are distinct. Same values, so same arithmetic."""
+    readers: dict[str, list] = collections.defaultdict(list)
+    for n in all_nodes:
+        for i in n.input:
+            readers[i].append(n)
+    producer = {o: n for n in all_nodes for o in n.output}
+    extra_nodes, extra_inits = [], []
+    for dq in [n for n in all_nodes if n.op_type == "DequantizeLinear"]:
+        q = producer.get(dq.input[0])
+        users = readers.get(dq.output[0], [])
+        if q is None or q.op_type != "QuantizeLinear" or len(users) < 2 or dq.output[0] in graph_outputs:
+            continue
+        for k, user in enumerate(users[1:], 1):
+            stem = f"{dq.output[0]}/{k}"
+            scale, zero = f"{stem}/scale", f"{stem}/zero"
+            extra_inits.append(_renamed(inits[q.input[1]], scale))
+            extra_inits.append(_renamed(inits[q.input[2]], zero))
+            extra_nodes.append(helper.make_node("QuantizeLinear", [q.input[0], scale, zero], [f"{stem}/q"],
+                                                name=f"{stem}/quantize"))
+            extra_nodes.append(helper.make_node("DequantizeLinear", [f"{stem}/q", scale, zero], [stem],
+                                                name=f"{stem}/dequantize"))
+            for i, inp in enumerate(user.input):
+                if inp == dq.output[0]:
+                    user.input[i] = stem
+    return extra_nodes, extra_inits
+
+
+def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    out = onnx.TensorProto()
+    out.CopyFrom(tensor)
+    out.name = name
+    return out
 
 
 def _rewire(tensor: str, replacement: str, consumers) -> None:

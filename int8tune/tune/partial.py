@@ -37,6 +37,17 @@ def dependents(model: onnx.ModelProto, source: str) -> list[onnx.NodeProto]:
     return out
 
 
+def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """The nodes among `nodes` that contribute to `outputs` (a layer objective needs only a few of them)."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    return list(reversed(keep))
+
+
 @dataclass
 class Suffix:
     value: str
@@ -52,7 +63,7 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int)
     source = THRESHOLD_PREFIX + value
     if source not in {i.name for i in model.graph.input}:
         return None
-    nodes = dependents(model, source)
+    nodes = _needed_for(dependents(model, source), set(outputs))
     produced = {o for n in nodes for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name: i for i in model.graph.input}
@@ -78,6 +89,22 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int)
     return Suffix(value, session, frontier, thresholds, produced)
 
 
+def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int) -> ort.InferenceSession:
+    """A session computing only `tensors` (the nodes they need), from the graph's inputs."""
+    nodes = _needed_for(list(model.graph.node), set(tensors))
+    used = {i for n in nodes for i in n.input}
+    g = helper.make_graph(
+        nodes, "prefix",
+        inputs=[i for i in model.graph.input if i.name in used],
+        outputs=[helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors],
+        initializer=[t for t in model.graph.initializer if t.name in used],
+    )
+    m = helper.make_model(g, opset_imports=model.opset_import)
+    m.ir_version = model.ir_version
+    return ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
 class PartialEvaluator:
     """Int8 outputs for many candidate thresholds of one blob, reusing everything upstream of it."""
 
@@ -87,12 +114,19 @@ class PartialEvaluator:
         self.outputs = outputs
         self.suffix = build_suffix(graph, value, outputs, threads)
         feeds = graph.feeds(table)
-        fetch = list(dict.fromkeys(outputs + (self.suffix.frontier if self.suffix else [])))
-        fetch = [f for f in fetch if f not in graph.converted.net.inputs]
-        # One full int8 run per batch with the current table: the frontier and the outputs v cannot change.
+        net_inputs = set(graph.converted.net.inputs)
+        fetch = list(dict.fromkeys([o for o in outputs if self.suffix is None or o not in self.suffix.produced]
+                                   + (self.suffix.frontier if self.suffix else [])))
+        fetch = [f for f in fetch if f not in net_inputs]
+        # Once per blob, with the current table: the frontier and the outputs the blob cannot change, computed by
+        # a prefix session holding only the nodes they need (nothing downstream is run).
+        prefix = build_prefix(graph.converted.model, fetch, threads) if fetch else None
+        prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
         self.base: list[dict[str, np.ndarray]] = []
         for batch in batches:
-            values = engine.run_tensors(batch, fetch, extra_feeds=feeds) if fetch else {}
+            all_feeds = {**engine.feeds(batch), **feeds}
+            values = dict(zip(fetch, prefix.run(fetch, {k: v for k, v in all_feeds.items() if k in prefix_inputs}))) \
+                if prefix else {}
             values.update(engine.feeds(batch))
             self.base.append(values)
 

@@ -132,8 +132,22 @@ class Tuner:
                 for layer, v in outputs.items()}
 
     # -- tuning ---------------------------------------------------------------------------------------------
-    def objective_names(self, table: CalibrationTable, value: str) -> list[str]:
-        if self.settings.objective == "model":
+    def score_thresholds(self, table: CalibrationTable, value: str, thresholds: Mapping[str, float],
+                         objective: str | None = None) -> dict[str, float]:
+        """The objective for each named threshold of `value` (everything else as in `table`)."""
+        names = self.objective_names(table, value, objective)
+        refs = self.references(names)
+        graph, engine = self.int8(table)
+        evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads)
+        scores = {}
+        for key, t in thresholds.items():
+            out = concat_outputs(evaluator.evaluate(table.with_threshold(value, t, calibrator=key)), names)
+            self.evaluations += 1
+            scores[key] = self.metric(refs, out, self.settings.metric_params)
+        return scores
+
+    def objective_names(self, table: CalibrationTable, value: str, objective: str | None = None) -> list[str]:
+        if (objective or self.settings.objective) == "model":
             return metric_outputs(self.converted)
         outputs = self.layer_outputs(table)
         return list(dict.fromkeys(outputs[l] for l in _readers(table, value)))

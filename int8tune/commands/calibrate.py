@@ -1,0 +1,165 @@
+"""`int8tune calibrate`: statistics, thresholds, the calibration table in every format, the QDQ model, a report.
+
+Outputs under --output_path:
+    calibration_table.pb / .pbtxt   the table (the tuning tools' --calibration_proto)
+    int8.prototxt                   fp32 prototxt + quantization_param (the tuning tools' --calibration_model)
+    tensorrt_calibration.cache, onnxruntime_calibration.cache, ncnn.table
+    model_int8_qdq.onnx             the int8 model as QDQ ONNX (not with --simplified)
+    statistics.csv                  per blob: range, moments, every calibrator's threshold, the chosen one
+    report.log, config.json         what was done, the figures, the settings and provenance
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import CalibrateConfig
+from ..errors import ConfigError
+from ..log import logger
+from ..metrics import METRICS
+from ..outputs import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance
+from ..quant.auto import choose_calibrators
+from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, plan_quantization, planned_values)
+from ..quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
+from ..quant.formats import write_all
+from ..quant.qdq import count_int8_kernels, export_qdq
+from ..quant.spec import WEIGHTED_TYPES
+from ..runtime import Engine
+from ..tune.tuner import TuneSettings, Tuner, metric_outputs
+from .common import data_items, load_workspace, prepared_batches, streamed_batches
+
+
+def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
+    t_start = time.perf_counter()
+    print("int8tune calibrate\n" + cfg.describe())
+    out = cfg.output_path
+    out.mkdir(parents=True, exist_ok=True)
+    ws = load_workspace(cfg.model.proto, cfg.model.model)
+    spec = cfg.quant.spec()
+    plan = plan_quantization(ws.fold.net, spec)
+    method = "minmax" if cfg.simplified else cfg.quant.method
+    if method == "auto" and spec.granularity.activations_per_channel:
+        raise ConfigError("--method auto chooses one threshold per blob; with --granularity per_channel pick a "
+                          "calibrator (e.g. --method mse)")
+    items = data_items(cfg.data)
+    values = planned_values(plan)
+    extra = output_values(ws, plan)
+    engine = Engine(ws.converted, threads=cfg.threads)
+    stats = collect_statistics(engine, values + [v for v in extra if v not in values],
+                               streamed_batches(items, cfg.data, prepare_image, ws.input_shape), cfg.quant.bins,
+                               spec.granularity.activations_per_channel)
+    options = CalibratorOptions(percentile=cfg.quant.percentile)
+    per_blob = {v: all_thresholds(s, replace(options, unsigned=spec.unsigned and s.non_negative))
+                for v, s in stats.items()}
+    first = "mse" if method == "auto" else method
+    table = build_table(ws.fold.net, ws.converted, plan, stats, spec, first, cfg.quant.weight_method, options)
+    for v in extra:  # output thresholds (for the QDQ export's output quantizers), not quantized in simulation
+        if v not in table.blobs:
+            from ..quant.table import BlobEntry
+
+            s = stats[v]
+            table.blobs[v] = BlobEntry(v, ws.fold.net.blob_of[v], per_blob[v][first], calibrator=first,
+                                       unsigned=spec.unsigned and s.non_negative, absmax=s.absmax)
+    lines = [f"int8tune calibrate: {ws.proto} + {ws.model}",
+             f"{len(items)} calibration image(s) from {cfg.data.data_list}",
+             f"{sum(p.int8 for p in plan)} int8 layer(s) of {len(plan)} of types {', '.join(spec.quantize_types)}"
+             + (f"; ignored: {', '.join(p.layer for p in plan if not p.int8)}" if any(not p.int8 for p in plan) else ""),
+             f"folded BatchNorm/Scale into: {', '.join(ws.fold.folded) or 'none'}"]
+    scores: dict[str, dict[str, float]] = {}
+    tuner = None
+    if not cfg.simplified:
+        batches = prepared_batches(items[: cfg.measure_images], cfg.data, prepare_image, ws.input_shape)
+        tuner = Tuner(ws.converted, batches, METRICS.get("square"), TuneSettings(threads=cfg.threads))
+        if method == "auto":
+            candidates = {v: per_blob[v] for v in values}
+            table, scores = choose_calibrators(tuner, table, candidates)
+    table.provenance = provenance(cfg.to_dict(), {"proto": ws.proto, "model": ws.model},
+                                  [str(i.path) for i in items])
+    written = write_all(table, ws.proto, out)
+    _write_statistics(out / "statistics.csv", stats, per_blob, table, ws, scores)
+    if not cfg.simplified and tuner is not None:
+        lines += _difference_lines(tuner, table, ws, min(len(items), cfg.measure_images))
+        lines += _qdq_lines(ws, table, out)
+    lines += ["", "per-blob choice (statistics.csv has every calibrator's threshold):"]
+    for v in values:
+        e = table.blobs[v]
+        lines.append(f"  {e.blob:<40} {e.calibrator:<10} T={e.threshold:<10.5g} absmax={e.absmax:<10.5g} "
+                     f"T/absmax={e.threshold / e.absmax if e.absmax else 0:.3f}{'  unsigned' if e.unsigned else ''}")
+    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
+    lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "report.log", text)
+    atomic_write_json(out / "config.json", table.provenance)
+    print(text)
+    return 0
+
+
+def output_values(ws, plan) -> list[str]:
+    """The outputs of int8 weighted layers, and what an in-place ReLU makes of them (thresholds for the QDQ
+    export's output quantizers)."""
+    consumers = ws.fold.net.consumers()
+    out: list[str] = []
+    for p in plan:
+        if not p.int8 or p.type not in WEIGHTED_TYPES:
+            continue
+        layer = ws.fold.net.layer(p.layer)
+        top = layer.tops[0]
+        out.append(top)
+        readers = consumers.get(top, [])
+        if len(readers) == 1 and readers[0].type == "ReLU":
+            out.append(readers[0].tops[0])
+    return list(dict.fromkeys(out))
+
+
+def _write_statistics(path: Path, stats, per_blob, table, ws, scores) -> None:
+    rows = []
+    for v, s in stats.items():
+        entry = table.blobs.get(v)
+        row = {"blob": ws.fold.net.blob_of[v], "value": v, "role": "input" if v in table.active_blobs() else "output",
+               "absmax": s.absmax, "min": s.minimum, "max": s.maximum,
+               "mean": s.sum / s.count if s.count else 0.0,
+               "std": float(np.sqrt(max(s.sumsq / s.count - (s.sum / s.count) ** 2, 0))) if s.count else 0.0,
+               "zero_fraction": s.zeros / s.count if s.count else 0.0}
+        for name in ACTIVATION_CALIBRATORS.names():
+            row[f"T_{name}"] = per_blob[v][name]
+        for name, d in scores.get(v, {}).items():
+            row[f"diff_{name}"] = d
+        row["chosen"] = entry.calibrator if entry else ""
+        row["threshold"] = entry.threshold if entry else np.nan
+        row["ratio"] = entry.threshold / s.absmax if entry and s.absmax else np.nan
+        rows.append(row)
+    atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6g").encode())
+
+
+def _difference_lines(tuner: Tuner, table, ws, n_images: int) -> list[str]:
+    model_diff = tuner.difference(table)
+    per_layer = tuner.layer_differences(table)
+    worst = sorted(per_layer.items(), key=lambda kv: -kv[1])[:10]
+    lines = ["", f"difference fp32 vs int8 on {n_images} calibration image(s), metric square (sum over "
+             f"{', '.join(metric_outputs(ws.converted))}): {model_diff:.6g}",
+             "worst int8 layers (own output, everything upstream int8):"]
+    lines += [f"  {name:<40} {d:.6g}" for name, d in worst]
+    return lines
+
+
+def _qdq_lines(ws, table, out: Path) -> list[str]:
+    try:
+        model, report = export_qdq(ws.converted, table)
+    except ConfigError as e:
+        logger.warning("no QDQ export: %s", e)
+        return ["", f"QDQ export skipped: {e}"]
+    atomic_write_bytes(out / "model_int8_qdq.onnx", model.SerializeToString())
+    k, _ = count_int8_kernels(model)
+    n = sum(1 for e in table.quantized_layers() if e.type in WEIGHTED_TYPES)
+    lines = ["", f"QDQ model {out / 'model_int8_qdq.onnx'}: {k}/{n} int8 layers run as int8 kernels in "
+                 f"onnxruntime's optimised graph"]
+    if report.requantized:
+        lines.append(f"  output requantized beyond the simulation: {', '.join(report.requantized)}")
+    if report.fp32_in_runtime:
+        lines.append(f"  fp32 in onnxruntime (no output threshold): {', '.join(report.fp32_in_runtime)}")
+    return lines

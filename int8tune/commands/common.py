@@ -1,0 +1,156 @@
+"""What the commands share: loading the model (folded, as int8 engines see it), the images, the table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..caffe.fold import FoldResult, fold_batchnorm_scale
+from ..caffe.loader import load_net
+from ..caffe.net import CaffeNet
+from ..config import DataConfig, QuantConfig, TuneConfig
+from ..convert.converter import ConvertedModel, convert_net
+from ..data import DataItem, iter_batches, read_data_list
+from ..errors import ConfigError
+from ..image_params import load_image_params
+from ..log import logger
+from ..outputs import sha256_file, sha256_lines
+from ..quant.calibrate import plan_quantization
+from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
+from ..quant.spec import WEIGHTED_TYPES
+from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
+
+PrepareImage = Callable
+
+
+@dataclass
+class Workspace:
+    proto: Path
+    model: Path
+    net: CaffeNet  # as written
+    fold: FoldResult  # BatchNorm/Scale merged into convolutions
+    converted: ConvertedModel  # the folded net in ONNX
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return next(iter(self.net.inputs.values()))
+
+
+def load_workspace(proto: Path, model: Path) -> Workspace:
+    net = load_net(proto, model)
+    fold = fold_batchnorm_scale(net)
+    if fold.folded:
+        logger.info("folded %d BatchNorm/Scale layer(s) into %d convolution(s), as int8 engines do",
+                    sum(len(v) for v in fold.folded.values()), len(fold.folded))
+    return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net))
+
+
+def data_items(data: DataConfig) -> list[DataItem]:
+    items = read_data_list(data.data_list, data.dataset_path, data.data_limit)
+    if len(items) < 5:
+        logger.warning("only %d image(s): thresholds and differences measured on so few images are noisy "
+                       "(use at least 5)", len(items))
+    return items
+
+
+def prepared_batches(items: list[DataItem], data: DataConfig, prepare_image: PrepareImage,
+                     input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """All images prepared once and kept in memory (tuning reuses them for every candidate)."""
+    params = load_image_params(data.image_params)
+    return [batch for batch, _ in iter_batches(items, prepare_image, params, input_shape, data.batch_size)]
+
+
+def streamed_batches(items: list[DataItem], data: DataConfig, prepare_image: PrepareImage,
+                     input_shape: tuple[int, ...]) -> Callable[[], object]:
+    """A fresh pass over the images per call, prepared on the fly (calibration's two passes)."""
+    params = load_image_params(data.image_params)
+    return lambda: (batch for batch, _ in iter_batches(items, prepare_image, params, input_shape, data.batch_size))
+
+
+def fingerprint(ws: Workspace, items: list[DataItem], settings: dict) -> dict:
+    return {"proto": sha256_file(ws.proto), "model": sha256_file(ws.model),
+            "images": sha256_lines(str(i.path) for i in items), "settings": json.dumps(settings, sort_keys=True)}
+
+
+# --- the table a tuning command starts from -----------------------------------------------------------------
+
+def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
+    """The table's structure from the net and the settings, thresholds placeholder 1.0 (filled by a reader)."""
+    spec = quant.spec()
+    plan = plan_quantization(ws.fold.net, spec)
+    table = CalibrationTable(model=ws.net.name, spec=spec)
+    for p in plan:
+        for v in p.inputs:
+            table.blobs.setdefault(v, BlobEntry(v, ws.fold.net.blob_of[v], 1.0, calibrator="unset"))
+        has_w = p.type in WEIGHTED_TYPES
+        table.layers[p.layer] = LayerEntry(p.layer, p.type, p.inputs[0], extra_inputs=p.inputs[1:],
+                                           weight_thresholds=np.ones(1) if has_w else None, int8=p.int8, note=p.note)
+    return table
+
+
+def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
+    """The table given by --calibration_proto and/or --calibration_model (they must agree), or None."""
+    from_pb = from_prototxt = None
+    if cfg.calibration_proto is not None:
+        from_pb = read_table_pb(cfg.calibration_proto)
+        _check_table_fits(from_pb, ws, str(cfg.calibration_proto))
+    if cfg.calibration_model is not None:
+        imported = read_int8_prototxt(cfg.calibration_model)
+        base = from_pb if from_pb is not None else _weighted_template(ws, cfg.quant)
+        from_prototxt, unmatched = apply_imported(base, imported, ws.fold.net)
+        if unmatched:
+            raise ConfigError(f"{cfg.calibration_model}: keys that match no int8 layer or blob of {ws.proto}: "
+                              f"{', '.join(unmatched[:10])}")
+        missing = [v for v, e in from_prototxt.blobs.items() if e.calibrator == "unset"
+                   and any(v == l.input_value for l in from_prototxt.quantized_layers())]
+        if missing and from_pb is None:
+            raise ConfigError(f"{cfg.calibration_model}: no quantization_param for the input of "
+                              f"{', '.join(missing[:10])}; calibrate first or give --calibration_proto")
+    if from_pb is not None and from_prototxt is not None:
+        _require_agreement(from_pb, from_prototxt, cfg)
+    return from_pb if from_pb is not None else from_prototxt
+
+
+def _weighted_template(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
+    """Template whose weight thresholds come from the weights themselves (--weight_method), for files that may
+    not carry them; a file's own weight scales then override these."""
+    from ..quant.calibrate import layer_weight_thresholds
+    from ..quant.calibrators import CalibratorOptions
+
+    table = template_table(ws, quant)
+    for e in table.layers.values():
+        if e.weight_thresholds is not None:
+            e.weight_thresholds = layer_weight_thresholds(ws.converted, e.layer, quant.weight_method, table.spec,
+                                                          CalibratorOptions())
+            e.weight_method = quant.weight_method
+    return table
+
+
+def _check_table_fits(table: CalibrationTable, ws: Workspace, where: str) -> None:
+    names = {l.name for l in ws.fold.net.layers}
+    unknown = [l for l in table.layers if l not in names]
+    if unknown:
+        raise ConfigError(f"{where}: the table names layers that are not in {ws.proto} (after BatchNorm/Scale "
+                          f"folding): {', '.join(unknown[:10])}")
+    values = set(ws.fold.net.values())
+    bad = [v for v in table.blobs if v not in values]
+    if bad:
+        raise ConfigError(f"{where}: the table has thresholds for values not in {ws.proto}: {', '.join(bad[:10])}")
+
+
+def _require_agreement(a: CalibrationTable, b: CalibrationTable, cfg: TuneConfig) -> None:
+    diffs = []
+    for v, e in a.blobs.items():
+        if v in b.blobs and not np.isclose(e.threshold, b.blobs[v].threshold, rtol=1e-5):
+            diffs.append(f"{e.blob}: {e.threshold:.6g} vs {b.blobs[v].threshold:.6g}")
+    if diffs:
+        raise ConfigError(f"--calibration_proto {cfg.calibration_proto} and --calibration_model "
+                          f"{cfg.calibration_model} disagree on {len(diffs)} threshold(s): {'; '.join(diffs[:8])}")
+
+
+def known_formats() -> list[str]:
+    return TABLE_FORMATS.names()

@@ -1,0 +1,81 @@
+"""argparse namespaces -> typed configs (the one place raw options are interpreted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..config import CalibrateConfig, DataConfig, ModelConfig, QuantConfig, TuneConfig
+from ..errors import ConfigError
+from ..quant.spec import DEFAULT_QUANTIZE_TYPES
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def read_name_file(path: Path, option: str) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot read ({e})") from e
+    return [l.split("#", 1)[0].strip() for l in lines if l.split("#", 1)[0].strip()]
+
+
+def names_option(text: str, option: str) -> list[str]:
+    """Comma-separated names, or a file holding one per line (the seed tool's ignore_layer_list)."""
+    if text and os.path.isfile(text):
+        return read_name_file(Path(text), option)
+    return split_list(text)
+
+
+def default_threads(value: int | None) -> int:
+    return value or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def model_config(args) -> ModelConfig:
+    return ModelConfig(proto=args.proto, model=args.model)
+
+
+def data_config(args) -> DataConfig:
+    return DataConfig(data_list=args.data_list, image_params=args.image_params, dataset_path=args.dataset_path,
+                      data_limit=args.data_limit, batch_size=args.batch_size)
+
+
+def quant_config(args) -> QuantConfig:
+    names = split_list(args.ignore_layer_names) + names_option(args.ignore_layer_list, "--ignore_layer_list")
+    if args.ignore_layer_names_path:
+        names += read_name_file(args.ignore_layer_names_path, "--ignore_layer_names_path")
+    types = split_list(args.ignore_layer_types)
+    if args.ignore_layer_types_path:
+        types += read_name_file(args.ignore_layer_types_path, "--ignore_layer_types_path")
+    quantize = list(DEFAULT_QUANTIZE_TYPES) + [t for t in split_list(args.quantize_types)
+                                              if t not in DEFAULT_QUANTIZE_TYPES]
+    return QuantConfig(method=args.method, weight_method=args.weight_method, granularity=args.granularity,
+                       rounding=args.rounding, bias=args.bias, unsigned=args.unsigned,
+                       quantize_types=tuple(quantize), ignore_layer_names=tuple(dict.fromkeys(names)),
+                       ignore_layer_types=tuple(dict.fromkeys(types)), percentile=args.percentile, bins=args.bins)
+
+
+def calibrate_config(args) -> CalibrateConfig:
+    return CalibrateConfig(model=model_config(args), data=data_config(args), quant=quant_config(args),
+                           output_path=args.output_path, simplified=args.simplified,
+                           measure_images=args.measure_images, threads=default_threads(args.threads))
+
+
+def metric_params(text: str, yolo_cfg: Path | None) -> dict:
+    params: dict = {}
+    if text:
+        try:
+            params = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        except (json.JSONDecodeError, OSError) as e:
+            raise ConfigError(f"--metric_params: not valid JSON (or a readable JSON file): {e}") from e
+        if not isinstance(params, dict):
+            raise ConfigError(f"--metric_params must be a JSON object, found {type(params).__name__}")
+    if yolo_cfg is not None:
+        if not yolo_cfg.is_file():
+            raise ConfigError(f"--yolo_cfg {yolo_cfg}: no such file")
+        params.setdefault("cfg", str(yolo_cfg))
+    return params

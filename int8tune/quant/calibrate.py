@@ -1,0 +1,150 @@
+"""Calibration: which layers run int8, statistics of the blobs they read, thresholds, the CalibrationTable.
+
+    plan = plan_quantization(net, spec)                 # layers + the blobs they read; ignore lists validated
+    stats = collect_statistics(engine, plan_values, batches)   # two streamed passes
+    table = build_table(net, converted, plan, stats, spec, method, weight_method, options)
+
+`net` is the folded net (BatchNorm/Scale merged into convolutions, caffe/fold.py), as int8 engines quantize it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from ..caffe.net import CaffeNet
+from ..convert.converter import ConvertedModel
+from ..convert.registry import LAYER_CONVERTERS
+from ..errors import ConfigError
+from ..log import logger
+from ..runtime import Engine
+from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
+from .spec import QuantSpec, WEIGHTED_TYPES
+from .stats import BlobStatistics, StatsCollector
+from .table import BlobEntry, CalibrationTable, LayerEntry
+from .weights import to_output_matrix
+
+Batches = Callable[[], Iterable[np.ndarray]]  # a fresh iterator of input batches per call (one per pass)
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    layer: str
+    type: str
+    inputs: tuple[str, ...]  # values it reads that get quantized
+    int8: bool
+    note: str = ""
+
+
+def plan_quantization(net: CaffeNet, spec: QuantSpec) -> list[PlannedLayer]:
+    """The layers of quantize_types, each marked int8 or ignored. Unknown names in the ignore lists are errors."""
+    names = {layer.name for layer in net.layers}
+    unknown = [n for n in spec.ignore_layer_names if n not in names]
+    if unknown:
+        raise ConfigError(f"ignore list names layers that are not in {net.proto_path or net.name}: "
+                          f"{', '.join(unknown)} (layer names are case-sensitive)")
+    present_types = {layer.type for layer in net.layers}
+    for t in (*spec.ignore_layer_types, *spec.quantize_types):
+        if t not in LAYER_CONVERTERS:
+            raise ConfigError(f"layer type {t!r} (in --quantize_types or an ignore list) is not a Caffe layer type "
+                              f"known here; known: {', '.join(LAYER_CONVERTERS.names())}")
+    for t in spec.ignore_layer_types:
+        if t not in present_types:
+            logger.warning("ignored layer type %s does not occur in this net", t)
+    plan = []
+    for layer in net.layers:
+        if layer.type not in spec.quantize_types:
+            continue
+        note = ""
+        if layer.name in spec.ignore_layer_names:
+            note = "ignored by name"
+        elif layer.type in spec.ignore_layer_types:
+            note = "ignored by type"
+        plan.append(PlannedLayer(layer.name, layer.type, tuple(dict.fromkeys(layer.bottoms)), not note, note))
+    if not any(p.int8 for p in plan):
+        raise ConfigError(f"no layer to quantize: none of the types {', '.join(spec.quantize_types)} remains after "
+                          f"the ignore lists")
+    return plan
+
+
+def planned_values(plan: list[PlannedLayer]) -> list[str]:
+    return list(dict.fromkeys(v for p in plan for v in p.inputs))
+
+
+def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins: int, per_channel: bool,
+                       progress: bool = True) -> dict[str, BlobStatistics]:
+    """Two streamed passes over the data: absmax and moments, then |x| histograms. Memory: one histogram per
+    blob (per channel with per-channel activations), whatever the number of images."""
+    shapes = engine.converted.shapes
+    channels = {v: int(shapes[v][1]) if len(shapes[v]) > 1 else 1 for v in values}
+    collector = StatsCollector(values, channels, bins=bins, per_channel=per_channel)
+    for pass_no, observe in ((1, collector.observe_range), (2, collector.observe_histogram)):
+        for batch in _progress(batches(), f"statistics pass {pass_no}/2", progress):
+            outputs = engine.run(batch, values)
+            for v in values:
+                observe(v, outputs[v])
+    return collector.statistics
+
+
+def _progress(it: Iterable, desc: str, enabled: bool) -> Iterator:
+    return iter(tqdm(it, desc=desc, unit="batch", leave=False, disable=not enabled))
+
+
+def all_thresholds(stats: BlobStatistics, options: CalibratorOptions) -> dict[str, float]:
+    """Every activation calibrator's threshold for one blob (per tensor), for the statistics CSV."""
+    hist = stats.tensor_histogram()
+    return {name: calibrate_activation(name, hist, options) for name in ACTIVATION_CALIBRATORS.names()}
+
+
+def build_table(net: CaffeNet, converted: ConvertedModel, plan: list[PlannedLayer],
+                stats: dict[str, BlobStatistics], spec: QuantSpec, method: str | dict[str, str],
+                weight_method: str, options: CalibratorOptions) -> CalibrationTable:
+    """Thresholds for every planned blob (per tensor, or per channel with per_channel granularity) and weight
+    thresholds for every weighted layer. `method` may map values to calibrator names (a per-blob choice)."""
+    table = CalibrationTable(model=net.name, spec=spec)
+    for value in planned_values(plan):
+        s = stats[value]
+        name = method if isinstance(method, str) else method[value]
+        unsigned = spec.unsigned and s.non_negative
+        opts = options if options.unsigned == unsigned else _with(options, unsigned=unsigned)
+        threshold = calibrate_activation(name, s.tensor_histogram(), opts)
+        channel_t = None
+        if spec.granularity.activations_per_channel and s.channel_histograms is not None:
+            channel_t = np.array([calibrate_activation(name, s.channel_histogram(c), opts)
+                                  for c in range(s.channels)], dtype=np.float64)
+        table.blobs[value] = BlobEntry(value=value, blob=net.blob_of[value], threshold=float(threshold),
+                                       channel_thresholds=channel_t, unsigned=unsigned, calibrator=name,
+                                       absmax=float(s.absmax))
+    for p in plan:
+        weights = None
+        if p.type in WEIGHTED_TYPES:
+            weights = layer_weight_thresholds(converted, p.layer, weight_method, spec, options)
+        table.layers[p.layer] = LayerEntry(layer=p.layer, type=p.type, input_value=p.inputs[0],
+                                           extra_inputs=p.inputs[1:], weight_thresholds=weights,
+                                           weight_method=weight_method if weights is not None else "",
+                                           int8=p.int8, note=p.note)
+    return table
+
+
+def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method: str, spec: QuantSpec,
+                            options: CalibratorOptions) -> np.ndarray:
+    """Per-output-channel (or one per-tensor) thresholds of a layer's ONNX weights (BN/Scale already folded)."""
+    from onnx import numpy_helper
+
+    record = converted.records[layer]
+    init = next(t for t in converted.model.graph.initializer if t.name == record.weight)
+    node = next(n for n in converted.model.graph.node if n.name == record.main_node)
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    matrix = to_output_matrix(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
+    if not spec.granularity.weights_per_channel:
+        matrix = matrix.reshape(1, -1)
+    return calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
+
+
+def _with(options: CalibratorOptions, **changes) -> CalibratorOptions:
+    from dataclasses import replace
+
+    return replace(options, **changes)
