@@ -71,7 +71,62 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--measure_images", type=int, default=32,
                      help="images used by --method auto and the difference check (default 32)")
     cal.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+
+    test = sub.add_parser("test", help="report the fp32-vs-int8 difference of one layer or of the whole model",
+                          description="test.sh: with --int8_layer NAME, the difference of that layer's output (all "
+                                      "upstream layers int8 as the table says); without, the model difference under "
+                                      "--metric and every int8 layer's own difference, worst first. Writes "
+                                      "<output_path>/report.log.")
+    _add_tuning_args(test)
+    test.add_argument("--int8_layer", default="", help="the layer whose output difference to report (default: all)")
+
+    tune = sub.add_parser("tune", help="sweep one layer's threshold and write every candidate int8 model",
+                          description="tune.sh: moves the threshold of --tune_layer's input blob up and down, writes "
+                                      "each candidate (calibration_table.pb + int8.prototxt) under --output_path, "
+                                      "names the best, and reports each candidate's difference next to --tune_diff.")
+    _add_tuning_args(tune)
+    tune.add_argument("--tune_layer", required=True, help="int8 layer whose input threshold is swept")
+    tune.add_argument("--tune_diff", type=float, default=None,
+                      help="the difference before tuning, to compare candidates with (measured when omitted)")
+
+    auto = sub.add_parser("auto", help="the whole loop (main.sh): calibrate if needed, tune every layer, write all",
+                          description="main.sh: calibrates first when no table is given, measures, tunes every int8 "
+                                      "blob in network order (each starting from the best table so far) and writes "
+                                      "the tuned model in every format, report.log, layers.csv, trials.jsonl and "
+                                      "plots under --output_path. Interrupted, it keeps the best table so far; run "
+                                      "again with the same inputs, it resumes from trials.jsonl.")
+    _add_tuning_args(auto)
+    auto.add_argument("--no_resume", dest="resume", action="store_false",
+                      help="start afresh even if --output_path holds a trial log of the same inputs")
+    auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
     return parser
+
+
+def _add_tuning_args(p: argparse.ArgumentParser) -> None:
+    _add_model_args(p)
+    p.add_argument("--calibration_model", type=Path, default=None,
+                   help="int8 prototxt to tune (int8.prototxt written by calibrate)")
+    p.add_argument("--calibration_proto", type=Path, default=None,
+                   help="calibration table .pb/.pbtxt (written by calibrate); with --calibration_model they must agree")
+    p.add_argument("--output_path", type=Path, required=True, help="folder for every output")
+    _add_data_args(p)
+    p.add_argument("--metric", default="square",
+                   help="difference metric registered in evaluation_utils.py: square (default), yolo, yolo_map, ...")
+    p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
+    p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")
+    p.add_argument("--objective", default="model", choices=["model", "layer"],
+                   help="minimise the metric on the model's outputs (default) or on the tuned layer's own output")
+    s = p.add_argument_group("threshold search")
+    s.add_argument("--search", default="both_directions", choices=["both_directions", "grid"],
+                   help="both_directions: up then down by factors of (1+step_ratio) while it improves (default); "
+                        "grid: --multipliers, or steps each side of 1")
+    s.add_argument("--step_ratio", type=float, default=0.1, help="relative step (default 0.1)")
+    s.add_argument("--steps", type=int, default=8, help="largest number of steps each way (default 8)")
+    s.add_argument("--patience", type=int, default=2,
+                   help="stop a direction after this many candidates in a row without improvement (default 2)")
+    s.add_argument("--multipliers", default="", help="explicit comma-separated multipliers (implies --search grid)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    _add_quant_args(p)
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +174,11 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
             from .commands.parse import calibrate_config
 
             return run_calibrate(calibrate_config(args), prepare_image)
+        if args.command in ("test", "tune", "auto"):
+            from .commands import tuning
+            from .commands.parse import tune_config
+
+            return getattr(tuning, f"run_{args.command}")(tune_config(args), prepare_image)
         parser.error(f"unknown command {args.command}")
     except Int8TuneError as e:
         print(f"error: {e}", file=sys.stderr)

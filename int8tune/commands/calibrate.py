@@ -12,7 +12,7 @@ Outputs under --output_path:
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,24 +29,29 @@ from ..quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from ..quant.formats import write_all
 from ..quant.qdq import count_int8_kernels, export_qdq
 from ..quant.spec import WEIGHTED_TYPES
+from ..quant.table import BlobEntry, CalibrationTable
 from ..runtime import Engine
 from ..tune.tuner import TuneSettings, Tuner, metric_outputs
-from .common import data_items, load_workspace, prepared_batches, streamed_batches
+from .common import Workspace, data_items, load_workspace, prepared_batches, streamed_batches
 
 
-def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
-    t_start = time.perf_counter()
-    print("int8tune calibrate\n" + cfg.describe())
-    out = cfg.output_path
-    out.mkdir(parents=True, exist_ok=True)
-    ws = load_workspace(cfg.model.proto, cfg.model.model)
+@dataclass
+class CalibrationResult:
+    table: CalibrationTable
+    stats: dict  # value -> BlobStatistics
+    per_blob: dict  # value -> {calibrator: threshold}
+    scores: dict  # value -> {calibrator: measured difference} (method auto)
+    lines: list[str]  # report lines
+    tuner: Tuner | None  # holds the measurement images and fp32 references (None when simplified)
+
+
+def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image) -> CalibrationResult:
     spec = cfg.quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     method = "minmax" if cfg.simplified else cfg.quant.method
     if method == "auto" and spec.granularity.activations_per_channel:
         raise ConfigError("--method auto chooses one threshold per blob; with --granularity per_channel pick a "
                           "calibrator (e.g. --method mse)")
-    items = data_items(cfg.data)
     values = planned_values(plan)
     extra = output_values(ws, plan)
     engine = Engine(ws.converted, threads=cfg.threads)
@@ -60,8 +65,6 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     table = build_table(ws.fold.net, ws.converted, plan, stats, spec, first, cfg.quant.weight_method, options)
     for v in extra:  # output thresholds (for the QDQ export's output quantizers), not quantized in simulation
         if v not in table.blobs:
-            from ..quant.table import BlobEntry
-
             s = stats[v]
             table.blobs[v] = BlobEntry(v, ws.fold.net.blob_of[v], per_blob[v][first], calibrator=first,
                                        unsigned=spec.unsigned and s.non_negative, absmax=s.absmax)
@@ -69,34 +72,55 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
              f"{len(items)} calibration image(s) from {cfg.data.data_list}",
              f"{sum(p.int8 for p in plan)} int8 layer(s) of {len(plan)} of types {', '.join(spec.quantize_types)}"
              + (f"; ignored: {', '.join(p.layer for p in plan if not p.int8)}" if any(not p.int8 for p in plan) else ""),
-             f"folded BatchNorm/Scale into: {', '.join(ws.fold.folded) or 'none'}"]
+             f"folded BatchNorm/Scale into: {', '.join(ws.fold.folded) or 'none'}",
+             f"activation calibrator: {method}; weights: {cfg.quant.weight_method}; granularity "
+             f"{spec.granularity.value}; rounding {spec.rounding.value}; bias {spec.bias.value}"
+             f"{'; unsigned for non-negative blobs' if spec.unsigned else ''}"]
     scores: dict[str, dict[str, float]] = {}
     tuner = None
     if not cfg.simplified:
         batches = prepared_batches(items[: cfg.measure_images], cfg.data, prepare_image, ws.input_shape)
         tuner = Tuner(ws.converted, batches, METRICS.get("square"), TuneSettings(threads=cfg.threads))
         if method == "auto":
-            candidates = {v: per_blob[v] for v in values}
-            table, scores = choose_calibrators(tuner, table, candidates)
+            table, scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
     table.provenance = provenance(cfg.to_dict(), {"proto": ws.proto, "model": ws.model},
                                   [str(i.path) for i in items])
-    written = write_all(table, ws.proto, out)
-    _write_statistics(out / "statistics.csv", stats, per_blob, table, ws, scores)
-    if not cfg.simplified and tuner is not None:
-        lines += _difference_lines(tuner, table, ws, min(len(items), cfg.measure_images))
-        lines += _qdq_lines(ws, table, out)
-    lines += ["", "per-blob choice (statistics.csv has every calibrator's threshold):"]
-    for v in values:
-        e = table.blobs[v]
-        lines.append(f"  {e.blob:<40} {e.calibrator:<10} T={e.threshold:<10.5g} absmax={e.absmax:<10.5g} "
-                     f"T/absmax={e.threshold / e.absmax if e.absmax else 0:.3f}{'  unsigned' if e.unsigned else ''}")
-    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
+    return CalibrationResult(table, stats, per_blob, scores, lines, tuner)
+
+
+def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
+    t_start = time.perf_counter()
+    print("int8tune calibrate\n" + cfg.describe())
+    out = cfg.output_path
+    out.mkdir(parents=True, exist_ok=True)
+    ws = load_workspace(cfg.model.proto, cfg.model.model)
+    items = data_items(cfg.data)
+    result = calibrate_model(cfg, ws, items, prepare_image)
+    lines = result.lines + write_calibration(result, ws, out, min(len(items), cfg.measure_images))
     lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.log", text)
-    atomic_write_json(out / "config.json", table.provenance)
     print(text)
     return 0
+
+
+def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_measured: int) -> list[str]:
+    """Every table format, the QDQ model, statistics.csv, config.json under `out`; returns report lines."""
+    table = result.table
+    written = write_all(table, ws.proto, out)
+    _write_statistics(out / "statistics.csv", result.stats, result.per_blob, table, ws, result.scores)
+    atomic_write_json(out / "config.json", table.provenance)
+    lines: list[str] = []
+    if result.tuner is not None:
+        lines += _difference_lines(result.tuner, table, ws, n_measured)
+        lines += _qdq_lines(ws, table, out)
+    lines += ["", "per-blob choice (statistics.csv has every calibrator's threshold):"]
+    for v in table.active_blobs():
+        e = table.blobs[v]
+        lines.append(f"  {e.blob:<40} {e.calibrator:<10} T={e.threshold:<10.5g} absmax={e.absmax or 0:<10.5g} "
+                     f"T/absmax={e.threshold / e.absmax if e.absmax else 0:.3f}{'  unsigned' if e.unsigned else ''}")
+    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
+    return lines
 
 
 def output_values(ws, plan) -> list[str]:

@@ -79,3 +79,15 @@ def metric_params(text: str, yolo_cfg: Path | None) -> dict:
             raise ConfigError(f"--yolo_cfg {yolo_cfg}: no such file")
         params.setdefault("cfg", str(yolo_cfg))
     return params
+
+
+def tune_config(args) -> TuneConfig:
+    multipliers = tuple(float(m) for m in split_list(args.multipliers)) if args.multipliers else ()
+    return TuneConfig(
+        model=model_config(args), data=data_config(args), quant=quant_config(args), output_path=args.output_path,
+        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric,
+        metric_params=metric_params(args.metric_params, args.yolo_cfg), objective=args.objective,
+        int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
+        tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else args.search,
+        step_ratio=args.step_ratio, steps=args.steps, patience=args.patience, multipliers=multipliers,
+        threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6))

@@ -71,10 +71,12 @@ def metric_outputs(converted: ConvertedModel) -> list[str]:
 
 class Tuner:
     def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
-                 settings: TuneSettings, log: TrialLog | None = None) -> None:
+                 settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None) -> None:
         self.converted = converted
         self.batches = batches
-        self.metric = metric
+        self.metric = metric  # on the model's outputs
+        # on one layer's output: a model metric such as yolo does not apply there, so layers use square
+        self.layer_metric = layer_metric or (metric if metric.name == "square" else _square())
         self.settings = settings
         self.log = log
         self.fp32 = Engine(converted, threads=settings.threads)
@@ -128,7 +130,7 @@ class Tuner:
         names = list(dict.fromkeys(outputs.values()))
         fp32 = self.references(names)
         int8 = self.run_int8(table, names)
-        return {layer: self.metric({v: fp32[v]}, {v: int8[v]}, self.settings.metric_params)
+        return {layer: self.layer_metric({v: fp32[v]}, {v: int8[v]}, {})
                 for layer, v in outputs.items()}
 
     # -- tuning ---------------------------------------------------------------------------------------------
@@ -136,6 +138,7 @@ class Tuner:
                          objective: str | None = None) -> dict[str, float]:
         """The objective for each named threshold of `value` (everything else as in `table`)."""
         names = self.objective_names(table, value, objective)
+        metric, params = self.objective_metric(objective)
         refs = self.references(names)
         graph, engine = self.int8(table)
         evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads)
@@ -143,8 +146,13 @@ class Tuner:
         for key, t in thresholds.items():
             out = concat_outputs(evaluator.evaluate(table.with_threshold(value, t, calibrator=key)), names)
             self.evaluations += 1
-            scores[key] = self.metric(refs, out, self.settings.metric_params)
+            scores[key] = metric(refs, out, params)
         return scores
+
+    def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
+        if (objective or self.settings.objective) == "model":
+            return self.metric, self.settings.metric_params
+        return self.layer_metric, {}
 
     def objective_names(self, table: CalibrationTable, value: str, objective: str | None = None) -> list[str]:
         if (objective or self.settings.objective) == "model":
@@ -158,6 +166,7 @@ class Tuner:
         layers = _readers(table, value)
         first = layers[0]
         names = self.objective_names(table, value)
+        metric, params = self.objective_metric()
         refs = self.references(names)
         start = table.blobs[value].threshold
         evaluator: PartialEvaluator | None = None
@@ -176,21 +185,21 @@ class Tuner:
             candidate = table.with_threshold(value, start * multiplier) if multiplier != 1.0 else table
             out = concat_outputs(evaluator.evaluate(candidate), names)
             self.evaluations += 1
-            diff = self.metric(refs, out, self.settings.metric_params)
+            diff = metric(refs, out, params)
             self._record(Trial(self.trial_count, first, value, multiplier, start * multiplier, diff,
                                time.perf_counter() - t, note), on_trial)
             return diff
 
         baseline = evaluate(1.0, "baseline")
         best_m, best = 1.0, baseline
-        search = SEARCHES.get(self.settings.search)(self.settings.search_settings, self.metric.better, baseline)
+        search = SEARCHES.get(self.settings.search)(self.settings.search_settings, metric.better, baseline)
         count = 0
         try:
             m = next(search)
             while True:
                 count += 1
                 d = evaluate(m, "")
-                if self.metric.better(d, best):
+                if metric.better(d, best):
                     best_m, best = m, d
                 m = search.send(d)
         except StopIteration:
@@ -221,6 +230,15 @@ class Tuner:
                 if v not in order:
                     order.append(v)
         return order
+
+
+def _square() -> Metric:
+    from ..metrics import METRICS
+
+    if "square" not in METRICS:
+        raise ConfigError("the square metric is not registered (it lives in evaluation_utils.py, which main.py "
+                          "imports); per-layer differences need it")
+    return METRICS.get("square")
 
 
 def _readers(table: CalibrationTable, value: str) -> list[str]:

@@ -1,0 +1,280 @@
+"""`int8tune test`, `int8tune tune` and `int8tune auto` (test.sh, tune.sh, main.sh).
+
+test   difference of one layer's output (--int8_layer) or of the model plus every int8 layer's own difference
+tune   sweep one layer's threshold (--tune_layer), write every candidate int8 model, name the best
+auto   the whole loop: calibrate if no table is given, measure, tune every blob in order, write the tuned model
+       in every format with report.log, layers.csv, trials.jsonl and plots
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import CalibrateConfig, TuneConfig
+from ..errors import ConfigError, Int8TuneError
+from ..log import logger
+from ..metrics import METRICS, Metric
+from ..outputs import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance
+from ..plots import plot_histogram, plot_layer_differences
+from ..quant.calibrate import collect_statistics
+from ..quant.formats import write_all, write_int8_prototxt, write_table_pb
+from ..quant.table import CalibrationTable
+from ..runtime import Engine
+from ..tune.search import SearchSettings
+from ..tune.trials import Trial, TrialLog
+from ..tune.tuner import BlobResult, TuneSettings, Tuner, metric_outputs
+from .calibrate import _qdq_lines, calibrate_model, write_calibration
+from .common import Workspace, data_items, fingerprint, load_table, load_workspace, prepared_batches
+
+
+@dataclass
+class Session:
+    """Everything a tuning command works with, loaded once."""
+
+    cfg: TuneConfig
+    ws: Workspace
+    items: list
+    batches: list[np.ndarray]
+    metric: Metric
+    tuner: Tuner
+    table: CalibrationTable
+    calibration: object | None = None  # CalibrationResult when auto calibrated in this run
+
+
+def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None) -> Session:
+    ws = load_workspace(cfg.model.proto, cfg.model.model)
+    items = data_items(cfg.data)
+    metric = METRICS.get(cfg.metric)
+    table = load_table(cfg, ws)
+    calibration = None
+    if table is None:
+        if need_table:
+            raise ConfigError("give the int8 model to work on: --calibration_proto (calibration_table.pb/.pbtxt) "
+                              "and/or --calibration_model (int8.prototxt); `int8tune calibrate` writes both")
+        logger.info("no table given: calibrating first (method %s)", cfg.quant.method)
+        cal_cfg = CalibrateConfig(model=cfg.model, data=cfg.data, quant=cfg.quant,
+                                  output_path=cfg.output_path / "calibration", threads=cfg.threads)
+        calibration = calibrate_model(cal_cfg, ws, items, prepare_image)
+        table = calibration.table
+    batches = prepared_batches(items, cfg.data, prepare_image, ws.input_shape)
+    settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads,
+                            search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
+                                                           patience=cfg.patience, multipliers=cfg.multipliers),
+                            metric_params=cfg.metric_params)
+    log = None
+    if log_name:
+        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "plots", "threads")}
+        fp = fingerprint(ws, items, settings_fp)
+        fp["table"] = _table_hash(table)
+        log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
+    tuner = Tuner(ws.converted, batches, metric, settings, log)
+    if calibration is not None:
+        write_calibration(calibration, ws, cfg.output_path / "calibration", len(items))
+    return Session(cfg, ws, items, batches, metric, tuner, table, calibration)
+
+
+def _table_hash(table: CalibrationTable) -> str:
+    h = hashlib.sha256()
+    for v, e in sorted(table.blobs.items()):
+        h.update(f"{v}:{e.threshold!r}:{e.unsigned}".encode())
+    for name, e in table.layers.items():
+        h.update(f"{name}:{e.int8}".encode())
+        if e.weight_thresholds is not None:
+            h.update(np.asarray(e.weight_thresholds, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _header(s: Session, title: str) -> list[str]:
+    return [f"int8tune {title}: {s.ws.proto} + {s.ws.model}",
+            f"images: {len(s.items)} from {s.cfg.data.data_list} (in {len(s.batches)} batch(es))",
+            f"metric: {s.metric.name} ({s.metric.direction.value} is better) on "
+            f"{', '.join(metric_outputs(s.ws.converted))}; per-layer differences use square",
+            f"int8 layers: {len(s.table.quantized_layers())} of {len(s.table.layers)}"
+            + (f" (fp32: {', '.join(e.layer for e in s.table.layers.values() if not e.int8)})"
+               if any(not e.int8 for e in s.table.layers.values()) else "")]
+
+
+# --- test ---------------------------------------------------------------------------------------------------
+
+def run_test(cfg: TuneConfig, prepare_image) -> int:
+    print("int8tune test\n" + cfg.describe())
+    s = open_session(cfg, prepare_image, need_table=True)
+    lines = _header(s, "test")
+    if cfg.int8_layer:
+        if cfg.int8_layer not in s.table.layers:
+            raise ConfigError(f"--int8_layer {cfg.int8_layer!r} is not a quantized layer of the table; quantized "
+                              f"layers: {', '.join(s.table.layers)}")
+        diffs = s.tuner.layer_differences(s.table)
+        if cfg.int8_layer not in diffs:
+            raise ConfigError(f"--int8_layer {cfg.int8_layer!r} runs in fp32 in this table")
+        value = s.tuner.layer_outputs(s.table)[cfg.int8_layer]
+        lines.append(f"layer {cfg.int8_layer} (output {s.ws.fold.net.blob_of[value]}), all upstream layers int8 as "
+                     f"the table says: square difference {diffs[cfg.int8_layer]:.6g}")
+    else:
+        model = s.tuner.difference(s.table)
+        lines.append(f"model difference ({s.metric.name}): {model:.6g}")
+        lines += ["", "every int8 layer's own output difference (square), worst first:"]
+        diffs = s.tuner.layer_differences(s.table)
+        for name, d in sorted(diffs.items(), key=lambda kv: -kv[1]):
+            e = s.table.layers[name]
+            lines.append(f"  {name:<40} {e.type:<14} input {s.table.blobs[e.input_value].blob:<32} {d:.6g}")
+    return _finish(cfg.output_path, lines)
+
+
+def _finish(out: Path, lines: list[str]) -> int:
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "report.log", text)
+    print(text + f"wrote {out / 'report.log'}")
+    return 0
+
+
+# --- tune (one layer) ------------------------------------------------------------------------------------
+
+def run_tune(cfg: TuneConfig, prepare_image) -> int:
+    print("int8tune tune\n" + cfg.describe())
+    if not cfg.tune_layer:
+        raise ConfigError("--tune_layer is required: the int8 layer whose input threshold to sweep")
+    s = open_session(cfg, prepare_image, need_table=True)
+    if cfg.tune_layer not in s.table.layers or not s.table.layers[cfg.tune_layer].int8:
+        raise ConfigError(f"--tune_layer {cfg.tune_layer!r} is not an int8 layer of the table; int8 layers: "
+                          f"{', '.join(e.layer for e in s.table.quantized_layers())}")
+    value = s.table.layers[cfg.tune_layer].input_value
+    trials: list[Trial] = []
+    t0 = time.perf_counter()
+    tuned, result = s.tuner.tune_blob(s.table, value, on_trial=trials.append)
+    elapsed = time.perf_counter() - t0
+    tune_diff = cfg.tune_diff if cfg.tune_diff is not None else result.difference_before
+    lines = _header(s, "tune") + [
+        f"tuned layer {cfg.tune_layer}: blob {s.table.blobs[value].blob}, threshold {result.threshold_before:.6g}",
+        f"objective: {cfg.objective} ({'the model outputs' if cfg.objective == 'model' else 'the layer output'}); "
+        f"tune_diff {tune_diff:.6g}" + (" (given)" if cfg.tune_diff is not None else " (measured)"), "",
+        f"  {'candidate':<26} {'multiplier':>10} {'threshold':>12} {'difference':>12} {'vs tune_diff':>12}"]
+    best = min(trials, key=lambda t: (t.difference if s.tuner.objective_metric()[0].direction.value == "lower"
+                                      else -t.difference, abs(t.multiplier - 1)))
+    for k, t in enumerate(trials):
+        name = f"candidate_{k:02d}_x{t.multiplier:.4f}"
+        folder = cfg.output_path / name
+        candidate = s.table.with_threshold(value, t.threshold) if t.multiplier != 1.0 else s.table
+        write_table_pb(candidate, folder / "calibration_table.pb")
+        write_int8_prototxt(candidate, s.ws.proto, folder / "int8.prototxt")
+        mark = "  <- best" if t is best else ""
+        lines.append(f"  {name:<26} {t.multiplier:>10.4f} {t.threshold:>12.6g} {t.difference:>12.6g} "
+                     f"{t.difference - tune_diff:>+12.4g}{mark}")
+    best_name = f"candidate_{trials.index(best):02d}_x{best.multiplier:.4f}"
+    lines += ["", f"best: {best_name} (threshold {best.threshold:.6g}, difference {best.difference:.6g}); "
+                  f"{len(trials)} candidates in {elapsed:.2f}s ({elapsed / len(trials):.3f}s each)",
+              f"each candidate folder holds calibration_table.pb and int8.prototxt under {cfg.output_path}"]
+    atomic_write_text(cfg.output_path / "best_candidate.txt", best_name + "\n")
+    return _finish(cfg.output_path, lines)
+
+
+# --- auto (main.sh) ------------------------------------------------------------------------------------------
+
+def run_auto(cfg: TuneConfig, prepare_image) -> int:
+    t_start = time.perf_counter()
+    print("int8tune auto\n" + cfg.describe())
+    out = cfg.output_path
+    s = open_session(cfg, prepare_image, need_table=False, log_name="trials.jsonl")
+    tuner, start = s.tuner, s.table
+    before_model = tuner.difference(start)
+    before_layers = tuner.layer_differences(start)
+    logger.info("before tuning: model difference %.6g", before_model)
+    skip = set(cfg.quant.ignore_layer_names)
+    order = tuner.blobs_in_order(start, skip_layers=skip)
+    table, results, interrupted = start, [], False
+    t_tune = time.perf_counter()
+    try:
+        for i, value in enumerate(order, 1):
+            logger.info("[%d/%d] tuning blob %s", i, len(order), start.blobs[value].blob)
+            table, result = tuner.tune_blob(table, value)
+            results.append(result)
+            _save_progress(table, out)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: the best table so far is in %s", out / "tuned")
+    tune_seconds = time.perf_counter() - t_tune
+    _save_progress(table, out)
+    after_model = tuner.difference(table)
+    after_layers = tuner.layer_differences(table)
+    table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model},
+                                  [str(i.path) for i in s.items])
+    written = write_all(table, s.ws.proto, out / "tuned")
+    qdq_lines = _qdq_lines(s.ws, table, out / "tuned")
+    lines = _header(s, "auto") + [
+        f"objective: {cfg.objective}; search {cfg.search} (step ratio {cfg.step_ratio}, up to {cfg.steps} steps each "
+        f"way, patience {cfg.patience})",
+        f"starting table: {'calibrated in this run (' + cfg.quant.method + ')' if s.calibration else 'given'}",
+        "", f"model difference ({s.metric.name}): before {before_model:.6g}, after {after_model:.6g}"
+            + (f" ({after_model / before_model:.3f}x)" if before_model else ""),
+        f"tuned {len(results)} of {len(order)} blob(s) in {tune_seconds:.1f}s; {tuner.trial_count} candidates "
+        f"({tuner.log.replayed if tuner.log else 0} replayed from the trial log), "
+        f"{tune_seconds / max(tuner.trial_count, 1):.3f}s per candidate"]
+    if interrupted:
+        lines.append("INTERRUPTED: the tables under tuned/ are the best found so far")
+    rows = _layer_rows(s, start, table, results, before_layers, after_layers)
+    frame = pd.DataFrame(rows)
+    atomic_write_bytes(out / "layers.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    lines += ["", f"  {'layer':<34} {'blob':<30} {'T before':>10} {'T after':>10} {'x':>6} {'diff before':>12} "
+                  f"{'diff after':>12}"]
+    for r in rows:
+        lines.append(f"  {r['layer']:<34} {r['blob']:<30} {r['threshold_before']:>10.4g} {r['threshold_after']:>10.4g} "
+                     f"{r['multiplier']:>6.3f} {r['difference_before']:>12.4g} {r['difference_after']:>12.4g}")
+    lines += qdq_lines
+    lines += _plots(s, start, table, rows, out)
+    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [
+        f"  {out / 'layers.csv'}", f"  {out / 'trials.jsonl'}", f"  {out / 'plots'}"]
+    lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
+    atomic_write_json(out / "config.json", table.provenance)
+    _finish(out, lines)
+    return 130 if interrupted else 0
+
+
+def _save_progress(table: CalibrationTable, out: Path) -> None:
+    """The best table so far, after every blob: a killed or interrupted run loses nothing it found."""
+    write_table_pb(table, out / "tuned" / "calibration_table.pb")
+    write_table_pb(table, out / "tuned" / "calibration_table.pbtxt")
+
+
+def _layer_rows(s: Session, start, table, results: list[BlobResult], before, after) -> list[dict]:
+    by_blob = {r.blob: r for r in results}
+    rows = []
+    for e in table.quantized_layers():
+        r = by_blob.get(e.input_value)
+        rows.append({
+            "layer": e.layer, "type": e.type, "blob": table.blobs[e.input_value].blob,
+            "threshold_before": start.blobs[e.input_value].threshold,
+            "threshold_after": table.blobs[e.input_value].threshold,
+            "multiplier": table.blobs[e.input_value].threshold / start.blobs[e.input_value].threshold,
+            "difference_before": before.get(e.layer, np.nan), "difference_after": after.get(e.layer, np.nan),
+            "objective_before": r.difference_before if r else np.nan,
+            "objective_after": r.difference_after if r else np.nan,
+            "candidates": r.candidates if r else 0, "seconds": r.seconds if r else 0.0,
+        })
+    return rows
+
+
+def _plots(s: Session, start, table, rows, out: Path) -> list[str]:
+    plots = out / "plots"
+    layers = [r["layer"] for r in rows]
+    plot_layer_differences(layers, [r["difference_before"] for r in rows], [r["difference_after"] for r in rows],
+                           plots / "layer_differences.png", "square")
+    worst = sorted(rows, key=lambda r: -(r["difference_before"] if np.isfinite(r["difference_before"]) else 0))
+    values = list(dict.fromkeys(table.layers[r["layer"]].input_value for r in worst[: s.cfg.plots]))
+    if values:
+        engine = Engine(s.ws.converted, threads=s.cfg.threads)
+        stats = collect_statistics(engine, values, lambda: iter(s.batches), 2048, False, progress=False)
+        for v in values:
+            st = stats[v]
+            marks = {"before": start.blobs[v].threshold, "after": table.blobs[v].threshold, "absmax": st.absmax}
+            safe = v.replace("/", "_").replace("@", "_at_")
+            plot_histogram(st.value, st.histogram, st.absmax, marks, plots / f"histogram_{safe}.png")
+            atomic_write_json(plots / f"histogram_{safe}.json",
+                              {"blob": v, "absmax": st.absmax, "counts": st.histogram.tolist(), "thresholds": marks})
+    return [f"plots: {plots / 'layer_differences.png'} and |x| histograms of the {len(values)} worst layers' inputs"]
