@@ -1,0 +1,60 @@
+"""Shared pieces of the benchmark scripts: the shared assets, labelled splits, int8 evaluation helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import evaluation_utils  # noqa: E402,F401  (registers the metrics)
+from test_utils import prepare_image  # noqa: E402
+
+from int8tune.data import DataItem, iter_batches, read_data_list  # noqa: E402
+from int8tune.image_params import load_image_params  # noqa: E402
+
+ASSETS = REPO.parent / "shared" / "assets"
+MODELS = {
+    "squeezenet_v1.0": ("deploy.prototxt", "squeezenet_v1.0.caffemodel"),
+    "lenet_mnist": ("lenet.prototxt", "lenet_iter_10000.caffemodel"),
+    "yolov3_nano_voc": ("MobileNetV2-YOLOv3-Nano-voc.prototxt", "MobileNetV2-YOLOv3-Nano-voc.caffemodel"),
+    "yoloface_500k_v2": ("yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel"),
+    "res10_ssd_face": ("deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel"),
+    "landmark106": ("landmark106.prototxt", "landmark106.caffemodel"),
+}
+
+
+def require_assets() -> None:
+    if not ASSETS.is_dir():
+        print(f"skipped: the shared assets are not at {ASSETS}")
+        sys.exit(0)
+
+
+def model_paths(name: str) -> tuple[Path, Path]:
+    proto, model = MODELS[name]
+    return ASSETS / "models" / name / proto, ASSETS / "models" / name / model
+
+
+def params_for(name: str):
+    return load_image_params(REPO / "examples" / "image_params" / f"{name}.json")
+
+
+def labelled(folder: str) -> list[DataItem]:
+    """The labelled list of an image folder (labels.txt), in file order."""
+    return read_data_list(ASSETS / "images" / folder / "labels.txt")
+
+
+def split(items: list, first: int, second: int | None = None) -> tuple[list, list]:
+    """The first `first` items and the next `second` (default: the rest). Deterministic: file order."""
+    return items[:first], items[first:first + second if second else None]
+
+
+def batches_of(items, params, input_shape, batch_size: int = 10) -> list[np.ndarray]:
+    return [b for b, _ in iter_batches(items, prepare_image, params, input_shape, batch_size)]
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.reshape(len(labels), -1).argmax(axis=1) == labels).mean())

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Tuning a YOLO detector: plain calibrators vs the tuned table, measured on held-out images.
+
+Images: ../shared/assets/images/detection + natural, sorted by name; every third one (starting with the first)
+up to --tune images is used for calibration and tuning, the rest is held out. On the held-out images each table
+is scored with the yolo head difference (lower is better) and the detection agreement mAP@0.5 of the int8
+detections against the fp32 detections (higher is better). Every convolution stays int8 in every table.
+Speed: seconds per tuning candidate next to one plain fp32 forward pass of the whole net on the tuning images.
+
+    python bench/tuning_yolo.py --model yolov3_nano_voc
+    python bench/tuning_yolo.py --model yoloface_500k_v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from common import ASSETS, batches_of, model_paths, params_for, require_assets
+
+from int8tune.data import DataItem
+from int8tune.metrics import METRICS
+from int8tune.quant.auto import choose_calibrators
+from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
+from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
+from int8tune.quant.simulate import build_int8_graph
+from int8tune.quant.spec import QuantSpec
+from int8tune.runtime import Engine
+from int8tune.tune.search import SearchSettings
+from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
+from int8tune.commands.common import load_workspace
+
+CFG = {"yolov3_nano_voc": "MobileNetV2-YOLOv3-Nano-voc.cfg", "yoloface_500k_v2": "yoloface-500k-v2.cfg"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(CFG))
+    ap.add_argument("--tune", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--objective", default="model", choices=["model", "layer"])
+    ap.add_argument("--metric", default="yolo")
+    args = ap.parse_args()
+    require_assets()
+    proto, model = model_paths(args.model)
+    ws = load_workspace(proto, model)
+    params = params_for(args.model)
+    paths = sorted([p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()],
+                   key=lambda p: p.name)
+    tune_paths = paths[::3][: args.tune]
+    held_out = [p for p in paths if p not in tune_paths]
+    print(f"{args.model}: tuning images {[p.name for p in tune_paths]}")
+    print(f"held-out images ({len(held_out)}): {[p.name for p in held_out]}")
+    tune_b = batches_of([DataItem(p, None, None) for p in tune_paths], params, ws.input_shape, 1)
+    test_b = batches_of([DataItem(p, None, None) for p in held_out], params, ws.input_shape, 1)
+    mparams = {"cfg": str(ASSETS / "models" / args.model / CFG[args.model])}
+    yolo, ymap = METRICS.get("yolo"), METRICS.get("yolo_map")
+    outputs = metric_outputs(ws.converted)
+    fp32_engine = Engine(ws.converted, threads=args.threads)
+    fp32_test = {o: np.concatenate([fp32_engine.run_tensors(b, [o])[o] for b in test_b]) for o in outputs}
+
+    def held_out_scores(table):
+        graph = build_int8_graph(ws.converted, table)
+        engine = Engine(graph.converted, threads=args.threads)
+        feeds = graph.feeds(table)
+        runs = [engine.run_tensors(b, outputs, extra_feeds=feeds) for b in test_b]
+        int8 = {o: np.concatenate([r[o] for r in runs]) for o in outputs}
+        return yolo(fp32_test, int8, mparams), ymap(fp32_test, int8, mparams)
+
+    plan = plan_quantization(ws.fold.net, QuantSpec())
+    values = planned_values(plan)
+    stats = collect_statistics(fp32_engine, values, lambda: iter(tune_b), 2048, False, progress=False)
+    options = CalibratorOptions()
+    rows = []
+    tables = {}
+    for method in ACTIVATION_CALIBRATORS.names() + ["auto"]:
+        table = build_table(ws.fold.net, ws.converted, plan, stats, QuantSpec(), "mse" if method == "auto" else method,
+                            "minmax", options)
+        if method == "auto":
+            tuner = Tuner(ws.converted, tune_b, METRICS.get("square"), TuneSettings(threads=args.threads))
+            table, _ = choose_calibrators(tuner, table, {v: all_thresholds(stats[v], options) for v in values})
+        tables[method] = table
+        d, m = held_out_scores(table)
+        rows.append((method, d, m))
+        print(f"  plain {method:<11} held-out yolo difference {d:.5f}   mAP@0.5 vs fp32 {m:.4f}", flush=True)
+    best_plain = max(rows, key=lambda r: r[2])
+    start = tables["auto"]
+
+    # one plain fp32 forward pass of the whole net over the tuning images, for scale
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for b in tune_b:
+            fp32_engine.run_tensors(b, outputs)
+        times.append(time.perf_counter() - t0)
+    forward = statistics.median(times)
+    settings = TuneSettings(objective=args.objective, threads=args.threads, metric_params=mparams,
+                            search_settings=SearchSettings())
+    tuner = Tuner(ws.converted, tune_b, METRICS.get(args.metric), settings)
+    before_tune = tuner.difference(start)
+    t0 = time.perf_counter()
+    table = start
+    per_blob = []
+    for value in tuner.blobs_in_order(start):
+        table, result = tuner.tune_blob(table, value)
+        per_blob.append(result.seconds / result.candidates)
+    tune_seconds = time.perf_counter() - t0
+    after_tune = tuner.difference(table)
+    d, m = held_out_scores(table)
+    n_conv = sum(1 for e in table.quantized_layers())
+    print(f"\nstart: auto table; tuning objective {args.objective}, metric {args.metric} on the {len(tune_b)} tuning "
+          f"images: {before_tune:.5f} -> {after_tune:.5f}")
+    print(f"tuned: held-out yolo difference {d:.5f}   mAP@0.5 vs fp32 {m:.4f}   ({n_conv}/{len(table.layers)} "
+          f"layers int8)")
+    print(f"best plain calibrator on held-out mAP: {best_plain[0]} ({best_plain[2]:.4f})")
+    print(f"tuning: {tuner.trial_count} candidates in {tune_seconds:.1f}s; mean {np.mean(per_blob):.4f}s per "
+          f"candidate (averaged over blobs) vs {forward:.4f}s for one fp32 forward pass of the whole net on the "
+          f"same {len(tune_b)} images: ratio {np.mean(per_blob) / forward:.2f}")
+    print("\n| table | held-out yolo difference | held-out mAP@0.5 vs fp32 |")
+    print("|---|---|---|")
+    for method, d0, m0 in rows:
+        print(f"| {method} | {d0:.5f} | {m0:.4f} |")
+    print(f"| tuned (from auto) | {d:.5f} | {m:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

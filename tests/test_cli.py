@@ -1,0 +1,102 @@
+"""The commands end to end on a tiny synthetic net and synthetic images: files written, figures reported,
+bad input answered with errors that name what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import main as entry
+from int8tune.quant.formats import read_table_pb
+from netbuilder import input_header, layer, write_net
+
+RNG = np.random.default_rng(21)
+PROTOTXT = (input_header((1, 3, 16, 16))
+            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("bn1", "BatchNorm", "conv1", "conv1")
+            + layer("relu1", "ReLU", "conv1", "conv1")
+            + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("relu2", "ReLU", "conv2", "conv2")
+            + layer("pool", "Pooling", "conv2", "pool", "pooling_param { pool: AVE global_pooling: true }")
+            + layer("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 4 }"))
+WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, RNG.standard_normal(8).astype(np.float32)],
+           "bn1": [RNG.standard_normal(8).astype(np.float32), RNG.random(8).astype(np.float32) + 0.5,
+                   np.array([1.0], np.float32)],
+           "conv2": [RNG.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, RNG.standard_normal(8).astype(np.float32)],
+           "fc": [RNG.standard_normal((4, 8)).astype(np.float32), RNG.standard_normal(4).astype(np.float32)]}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    proto, model = write_net(root, PROTOTXT, WEIGHTS)
+    images = root / "images"
+    images.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(images / f"img{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    params = root / "params.json"
+    params.write_text(json.dumps({"size": [16, 16], "color_format": "bgr", "b_mean": 128, "g_mean": 128,
+                                  "r_mean": 128, "scale": 0.02}))
+    base = ["--proto", str(proto), "--model", str(model), "--data_list", str(images), "--image_params", str(params)]
+    return root, base
+
+
+def test_calibrate_writes_every_output(project, capsys):
+    root, base = project
+    out = root / "cal"
+    assert entry.main(["calibrate", *base, "--output_path", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"calibration_table.pb", "calibration_table.pbtxt", "int8.prototxt", "tensorrt_calibration.cache",
+            "onnxruntime_calibration.cache", "ncnn.table", "model_int8_qdq.onnx", "statistics.csv", "report.log",
+            "config.json"} <= names
+    report = (out / "report.log").read_text()
+    assert "3/3 int8 layers run as int8 kernels" in report
+    assert "folded BatchNorm/Scale into: conv1" in report
+    table = read_table_pb(out / "calibration_table.pb")
+    assert set(table.layers) == {"conv1", "conv2", "fc"}
+    assert {e.calibrator for e in table.blobs.values()} <= {"minmax", "kl", "percentile", "mse", "aciq"}
+
+
+def test_test_tune_and_auto(project):
+    root, base = project
+    cal = root / "cal2"
+    assert entry.main(["calibrate", *base, "--output_path", str(cal), "--method", "minmax"]) == 0
+    table_args = ["--calibration_proto", str(cal / "calibration_table.pb"), "--calibration_model",
+                  str(cal / "int8.prototxt")]
+    assert entry.main(["test", *base, *table_args, "--output_path", str(root / "t")]) == 0
+    report = (root / "t" / "report.log").read_text()
+    assert "model difference (square)" in report and "conv2" in report
+    assert entry.main(["test", *base, *table_args, "--output_path", str(root / "t1"), "--int8_layer", "conv2"]) == 0
+    assert "layer conv2" in (root / "t1" / "report.log").read_text()
+    assert entry.main(["tune", *base, *table_args, "--output_path", str(root / "u"), "--tune_layer", "fc",
+                       "--multipliers", "0.5,0.8,1.25"]) == 0
+    candidates = sorted(p.name for p in (root / "u").iterdir() if p.name.startswith("candidate_"))
+    assert len(candidates) == 4  # the baseline and the three multipliers
+    assert (root / "u" / "best_candidate.txt").read_text().strip() in candidates
+    assert entry.main(["auto", *base, "--output_path", str(root / "a")]) == 0
+    a = root / "a"
+    assert (a / "tuned" / "calibration_table.pb").is_file() and (a / "layers.csv").is_file()
+    assert (a / "plots" / "layer_differences.png").is_file()
+    first = (a / "report.log").read_text()
+    tuned = read_table_pb(a / "tuned" / "calibration_table.pb").thresholds()
+    assert entry.main(["auto", *base, "--output_path", str(a)]) == 0  # resumes from trials.jsonl
+    second = (a / "report.log").read_text()
+    assert "(0 replayed" in first and "(0 replayed" not in second
+    assert read_table_pb(a / "tuned" / "calibration_table.pb").thresholds() == tuned
+
+
+def test_errors_name_what_is_wrong(project, capsys):
+    root, base = project
+    assert entry.main(["calibrate", *base, "--output_path", str(root / "e"), "--ignore_layer_names", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    bad = list(base)
+    bad[3] = str(root / "missing.caffemodel")
+    assert entry.main(["calibrate", *bad, "--output_path", str(root / "e")]) == 2
+    assert "missing.caffemodel" in capsys.readouterr().err
+    assert entry.main(["test", *base, "--output_path", str(root / "e")]) == 2
+    assert "--calibration_proto" in capsys.readouterr().err
+    assert entry.main(["auto", *base, "--output_path", str(root / "e"), "--metric", "nosuch"]) == 2
+    assert "valid names" in capsys.readouterr().err
