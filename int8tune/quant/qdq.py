@@ -73,7 +73,8 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
         new_inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def qdq(tensor: str, threshold: float, unsigned: bool) -> str:
+    def qdq(tensor: str, threshold: float, unsigned: bool, grid_of: str | None = None) -> str:
+        """Q/DQ pair on `tensor` (once); `grid_of` names the blob whose threshold it borrows, for reading."""
         if tensor in qdq_of:
             return qdq_of[tensor]
         levels = spec.umax if unsigned else spec.qmax
@@ -171,26 +172,51 @@ def _quantization_point(value: str, record, by_name, producer) -> str:
     return value
 
 
-def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport) -> None:
-    """Give the layer's output a quantizer so that onnxruntime can fuse the layer into an int8 kernel."""
-    out = main.output[0]
+# Ops that commute with a zero-point-0 quantizer of one scale: quantizing before them or after them gives the same
+# numbers (Relu: q(relu(x)) = relu(q(x)); Concat with one scale for all inputs; max pooling; pure data movement).
+TRANSPARENT_OPS = frozenset({"Relu", "Concat", "MaxPool", "Identity", "Flatten", "Reshape", "Transpose"})
+
+
+def _downstream_entry(out: str, table, consumers, graph_outputs):
+    """The first quantized blob reached from `out` through transparent ops only (each tensor on the way read by
+    that single op), and whether a Relu was passed; (None, False) when there is none."""
     active = set(table.active_blobs())
-    readers = consumers.get(out, [])
-    if out in active:  # read by an int8 layer: its quantizer exists in the simulation too
-        _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)
-        return
-    if len(readers) == 1 and readers[0].op_type == "Relu" and out not in graph_outputs \
-            and readers[0].output[0] in table.blobs:
-        relu_out = readers[0].output[0]
-        # Zero point 0: quantize-then-ReLU equals ReLU-then-quantize with the ReLU output's threshold (signed),
-        # and an unsigned quantizer is itself ReLU-then-quantize.
-        entry = table.blobs[relu_out]
-        _rewire(out, qdq(out, entry.threshold, entry.unsigned), consumers)
-        if relu_out not in active:
+    tensor, relu = out, False
+    for _ in range(64):
+        if tensor in active:
+            return table.blobs[tensor], relu
+        readers = consumers.get(tensor, [])
+        if tensor in graph_outputs or len(readers) != 1 or readers[0].op_type not in TRANSPARENT_OPS:
+            return None, relu
+        relu = relu or readers[0].op_type == "Relu"
+        tensor = readers[0].output[0]
+    return None, relu
+
+
+def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport) -> None:
+    """Give the layer's output a quantizer so that onnxruntime can fuse the layer into an int8 kernel.
+
+    Preferably with the threshold of the quantized blob it flows into through transparent ops (ReLU, Concat,
+    max pooling, reshapes): the quantizer then lands on the grid the simulation uses anyway and adds no error.
+    Otherwise the output's own calibrated threshold (an extra requantization, reported), or none (fp32 in
+    onnxruntime, reported)."""
+    out = main.output[0]
+    entry, relu = _downstream_entry(out, table, consumers, graph_outputs)
+    if entry is not None:
+        # An unsigned quantizer clips negatives, which only a ReLU on the way makes harmless.
+        unsigned = entry.unsigned and (relu or entry.value == out)
+        if entry.unsigned and not unsigned:
             report.requantized.append(layer)
+        _rewire(out, qdq(out, entry.threshold, unsigned, entry.value), consumers)
         return
     if out in table.blobs:
         _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)
+        report.requantized.append(layer)
+        return
+    readers = consumers.get(out, [])
+    if len(readers) == 1 and readers[0].op_type == "Relu" and readers[0].output[0] in table.blobs:
+        entry = table.blobs[readers[0].output[0]]
+        _rewire(out, qdq(out, entry.threshold, entry.unsigned), consumers)
         report.requantized.append(layer)
         return
     report.fp32_in_runtime.append(layer)
