@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--no_resume", dest="resume", action="store_false",
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
+
+    bench = sub.add_parser("benchmark", help="latency of the fp32 model vs its exported int8 QDQ model in onnxruntime",
+                           description="Times the fp32 graph and the int8 QDQ export (default graph optimisation, "
+                                       "so onnxruntime uses its int8 kernels), one session at a time, at each batch "
+                                       "size, and prints the fp32/int8 ratio and the int8 kernel count.")
+    _add_model_args(bench)
+    bench.add_argument("--calibration_proto", type=Path, default=None, help="table to export as QDQ")
+    bench.add_argument("--qdq", type=Path, default=None, help="an already exported QDQ model")
+    bench.add_argument("--batch_sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    bench.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (default 30)")
+    bench.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    bench.add_argument("--json", dest="json_path", type=Path, default=None, help="also write the figures as JSON")
     return parser
 
 
@@ -174,6 +186,10 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
             from .commands.parse import calibrate_config
 
             return run_calibrate(calibrate_config(args), prepare_image)
+        if args.command == "benchmark":
+            from .commands.benchmark import run_benchmark
+
+            return run_benchmark(args)
         if args.command in ("test", "tune", "auto"):
             from .commands import tuning
             from .commands.parse import tune_config

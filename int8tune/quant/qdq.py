@@ -87,6 +87,7 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
         return dq
 
     producer = {o: n for n in nodes for o in n.output}
+    dropped: set[str] = set()  # ReLU nodes made redundant by an unsigned quantizer just before them
     for entry in table.quantized_layers():
         record = converted.records[entry.layer]
         for value in (entry.input_value, *entry.extra_inputs):
@@ -142,9 +143,11 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
                 for i, inp in enumerate(n.input):
                     if inp == record.bias:
                         n.input[i] = b_dq
-        _quantize_output(entry.layer, main, record, table, consumers, graph_outputs, qdq, report)
+        _quantize_output(entry.layer, main, record, table, consumers, graph_outputs, qdq, report, dropped)
         report.int8_layers.append(entry.layer)
 
+    if dropped:
+        report.notes.append(f"{len(dropped)} ReLU(s) after unsigned quantizers became identities")
     _dequantized_graph_outputs(nodes + new_nodes, graph_outputs, qdq_of)
     more_nodes, more_inits = _unique_quantizers(nodes + new_nodes, graph_outputs, {t.name: t for t in new_inits})
     new_nodes += more_nodes
@@ -193,7 +196,8 @@ def _downstream_entry(out: str, table, consumers, graph_outputs):
     return None, relu
 
 
-def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport) -> None:
+def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport,
+                     dropped: set[str]) -> None:
     """Give the layer's output a quantizer so that onnxruntime can fuse the layer into an int8 kernel.
 
     Preferably with the threshold of the quantized blob it flows into through transparent ops (ReLU, Concat,
@@ -207,7 +211,14 @@ def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, 
         unsigned = entry.unsigned and (relu or entry.value == out)
         if entry.unsigned and not unsigned:
             report.requantized.append(layer)
-        _rewire(out, qdq(out, entry.threshold, unsigned, entry.value), consumers)
+        dq = qdq(out, entry.threshold, unsigned, entry.value)
+        _rewire(out, dq, consumers)
+        readers = consumers.get(out, [])
+        if unsigned and len(readers) == 1 and readers[0].op_type == "Relu" and readers[0].output[0] not in graph_outputs:
+            # The unsigned quantizer already clips at 0: the ReLU is the identity on its output. Dropping it lets
+            # onnxruntime chain int8 kernels (a DQ -> Relu -> Q left between them stays in fp32).
+            readers[0].op_type = "Identity"  # onnxruntime removes it, and with it the DQ -> Q pair around it
+            dropped.add(readers[0].name)
         return
     if out in table.blobs:
         _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)

@@ -1,0 +1,46 @@
+"""Latency and throughput of the fp32 model and of its exported int8 QDQ model in onnxruntime.
+
+Both run with onnxruntime's default (full) graph optimisation, so that the QDQ model uses int8 kernels; each
+session is timed on its own (interleaving sessions on a small machine distorts both), median of `repeat` runs
+after `warmup` runs, at each batch size. Anchors: OpenVINO's benchmark_app, Neural Compressor's performance
+objective.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .runtime import session_options
+
+
+@dataclass
+class Timing:
+    model: str
+    batch: int
+    median_ms: float
+
+    @property
+    def images_per_second(self) -> float:
+        return 1000.0 * self.batch / self.median_ms
+
+
+def time_model(name: str, model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...], batch: int,
+               repeat: int = 30, warmup: int = 5, threads: int = 2, seed: int = 0) -> Timing:
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(seed).random((batch, *input_shape[1:]), dtype=np.float32)
+    outputs = [o.name for o in session.get_outputs()]
+    for _ in range(warmup):
+        session.run(outputs, {input_name: x})
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        session.run(outputs, {input_name: x})
+        samples.append(time.perf_counter() - t0)
+    return Timing(name, batch, 1000.0 * statistics.median(samples))
