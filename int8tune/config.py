@@ -85,7 +85,7 @@ class QuantConfig(ConfigBase):
     method: str = "auto"
     weight_method: str = "minmax"
     granularity: str = "mix"
-    rounding: str = "half_away_from_zero"
+    rounding: str = "half_to_even"
     bias: str = "int32"
     unsigned: bool = False
     quantize_types: tuple[str, ...] = ("Convolution", "Deconvolution", "InnerProduct")

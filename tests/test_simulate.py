@@ -120,3 +120,23 @@ def test_fp32_bias_and_rounding_modes_differ_on_ties(converted):
         graph = build_int8_graph(converted, table)
         outs[rounding] = Engine(graph.converted).run(x, ["conv1@conv1"], extra_feeds=graph.feeds(table))["conv1@conv1"]
     assert not np.allclose(outs[Rounding.HALF_AWAY], outs[Rounding.HALF_EVEN])
+
+
+@pytest.mark.parametrize("rounding", list(Rounding))
+def test_per_channel_activation_thresholds(converted, rounding):
+    """Granularity per_channel: each input channel of conv1 has its own threshold (bias then stays fp32)."""
+    spec = QuantSpec(rounding=rounding, granularity=Granularity.PER_CHANNEL)
+    table = make_table(spec)
+    t = np.array([0.5, 1.0, 2.0], dtype=np.float64)
+    table.blobs["data"].channel_thresholds = t
+    graph = build_int8_graph(converted, table)
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    ours = Engine(graph.converted).run(x, ["conv1@conv1"], extra_feeds=graph.feeds(table))["conv1@conv1"]
+    xq = np.stack([quant(x[:, c], t[c], rounding)[0] * quant(x[:, c], t[c], rounding)[1] for c in range(3)], axis=1)
+    w, b = WEIGHTS["conv1"]
+    t_w = table.layers["conv1"].weight_thresholds
+    wq = np.stack([quant(w[m], t_w[m], rounding)[0] * quant(w[m], t_w[m], rounding)[1] for m in range(4)])
+    xp = np.pad(xq, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    ref = np.einsum("nchwij,mcij->nmhw", win, wq) + b[None, :, None, None]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
