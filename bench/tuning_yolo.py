@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--objective", default="model", choices=["model", "layer"])
     ap.add_argument("--metric", default="yolo")
+    ap.add_argument("--subset", type=int, default=3, help="search on the N worst tuning images, confirm on all")
     args = ap.parse_args()
     require_assets()
     proto, model = model_paths(args.model)
@@ -98,7 +99,7 @@ def main() -> int:
             fp32_engine.run_tensors(b, outputs)
         times.append(time.perf_counter() - t0)
     forward = statistics.median(times)
-    settings = TuneSettings(objective=args.objective, threads=args.threads, metric_params=mparams,
+    settings = TuneSettings(objective=args.objective, threads=args.threads, metric_params=mparams, subset=args.subset,
                             search_settings=SearchSettings())
     tuner = Tuner(ws.converted, tune_b, METRICS.get(args.metric), settings)
     before_tune = tuner.difference(start)

@@ -150,6 +150,7 @@ class TuneConfig(ConfigBase):
     steps: int = 8
     patience: int = 2
     multipliers: tuple[float, ...] = ()
+    search_subset: int = -1
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot

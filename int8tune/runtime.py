@@ -22,8 +22,13 @@ from .errors import ConfigError, DataError
 from .log import logger
 
 
-def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, optimize: bool = True, simulation: bool = False) -> ort.SessionOptions:
+    """`simulation`: the graph's QuantizeLinear/DequantizeLinear pairs simulate int8 and must stay as written;
+    onnxruntime's QDQ rewrites are turned off for it (they would also keep its convolutions out of the blocked
+    NCHWc layout: measured 10.6 vs 11.6 ms on yolov3_nano_voc)."""
     opts = ort.SessionOptions()
+    if simulation:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
@@ -50,11 +55,12 @@ class Engine:
     MAX_SESSIONS = 4
 
     def __init__(self, converted: ConvertedModel, *, threads: int | None = None, expose_all: bool = False,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, simulation: bool = False) -> None:
         self.converted = converted
         self.net = converted.net
         self.threads = threads or _default_threads()
         self.optimize = optimize
+        self.simulation = simulation
         self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
         self._all = frozenset(converted.onnx_values) if expose_all else None
         self.input_names = list(self.net.inputs)
@@ -83,7 +89,7 @@ class Engine:
             model = with_outputs(self.converted.model, sorted(key, key=self._order))
             logger.debug("new onnxruntime session exposing %d values", len(key))
             self._sessions[key] = ort.InferenceSession(
-                model.SerializeToString(), sess_options=session_options(self.threads, self.optimize),
+                model.SerializeToString(), sess_options=session_options(self.threads, self.optimize, self.simulation),
                 providers=["CPUExecutionProvider"])
         return self._sessions[key]
 

@@ -1,4 +1,7 @@
-"""Partial evaluation (frontier once, suffix per candidate) gives exactly what a full int8 run gives."""
+"""Partial evaluation (frontier once, suffix per candidate) gives what a full int8 run gives.
+
+Equal up to float32 summation order: the prefix and suffix sessions have the other blobs' thresholds frozen in
+as constants, so onnxruntime may pick other convolution kernels (blocked NCHWc) than for the fully fed graph."""
 
 from __future__ import annotations
 
@@ -36,10 +39,10 @@ def test_partial_equals_full_run(setup, value, outputs):
         for batch, result in zip(batches, got):
             full = engine.run(batch, outputs, extra_feeds=graph.feeds(candidate))
             for o in outputs:
-                np.testing.assert_array_equal(result[o], full[o])
+                np.testing.assert_allclose(result[o], full[o], rtol=0, atol=1e-5 * np.abs(full[o]).max())
 
 
 def test_suffix_of_the_last_layer_excludes_the_first_conv(setup):
     graph, *_ = setup
-    names = {n.name for n in dependents(graph.converted.model, "threshold:pool1")}
+    names = {n.name for n in dependents(graph.converted.model, graph.feed_inputs["pool1"])}
     assert "conv1" not in names and any(n.startswith("fc") for n in names)

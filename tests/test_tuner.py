@@ -78,3 +78,26 @@ def test_a_log_from_other_inputs_is_refused(tmp_path):
     TrialLog(tmp_path / "t.jsonl", {"model": "a", "images": "1"})
     with pytest.raises(ConfigError, match="changed: model"):
         TrialLog(tmp_path / "t.jsonl", {"model": "b", "images": "1"})
+
+
+def test_subset_search_confirms_on_every_batch(converted, tmp_path):
+    """Searching on the worst batch only, then confirming: the kept table never does worse on all batches."""
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    settings = TuneSettings(search_settings=SearchSettings(step_ratio=0.25, steps=10), subset=1)
+    log = TrialLog(tmp_path / "t.jsonl", {"k": 1})
+    tuner = Tuner(converted, batches(), METRICS.get("square"), settings, log)
+    table = bad
+    for value in tuner.blobs_in_order(bad):
+        before = tuner.difference(table)
+        table, result = tuner.tune_blob(table, value)
+        assert result.difference_before == pytest.approx(before, rel=1e-6)
+        assert result.difference_after <= result.difference_before
+        assert tuner.difference(table) == pytest.approx(result.difference_after, rel=1e-6)
+    assert len(tuner.search_batches(bad)) == 1
+    notes = [t.note for t in log.trials]
+    assert "confirm" in notes and all("subset" in t.extra for t in log.trials)
+    replay = Tuner(converted, batches(), METRICS.get("square"), settings, TrialLog(tmp_path / "t.jsonl", {"k": 1}))
+    again = bad
+    for value in replay.blobs_in_order(bad):
+        again, _ = replay.tune_blob(again, value)
+    assert again.thresholds() == table.thresholds()

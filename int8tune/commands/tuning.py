@@ -64,7 +64,8 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         calibration = calibrate_model(cal_cfg, ws, items, prepare_image)
         table = calibration.table
     batches = prepared_batches(items, cfg.data, prepare_image, ws.input_shape)
-    settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads,
+    subset = cfg.search_subset if cfg.search_subset >= 0 else (len(batches) // 3 if len(batches) >= 6 else 0)
+    settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
                             search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
                                                            patience=cfg.patience, multipliers=cfg.multipliers),
                             metric_params=cfg.metric_params)

@@ -21,14 +21,14 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from ..quant.simulate import THRESHOLD_PREFIX, Int8Graph
+from ..quant.simulate import Int8Graph
 from ..quant.table import CalibrationTable
 from ..runtime import Engine, session_options
 
 
-def dependents(model: onnx.ModelProto, source: str) -> list[onnx.NodeProto]:
-    """Nodes that (transitively) read `source`, in graph order."""
-    tainted = {source}
+def dependents(model: onnx.ModelProto, sources) -> list[onnx.NodeProto]:
+    """Nodes that (transitively) read any of `sources` (a name or names), in graph order."""
+    tainted = {sources} if isinstance(sources, str) else set(sources)
     out = []
     for node in model.graph.node:  # graph order is topological
         if any(i in tainted for i in node.input):
@@ -57,13 +57,15 @@ class Suffix:
     produced: set[str]  # tensors the suffix computes
 
 
-def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int) -> Suffix | None:
-    """The suffix session for tuning `value`'s threshold, or None if `value` has no threshold input."""
-    model = graph.converted.model
-    source = THRESHOLD_PREFIX + value
-    if source not in {i.name for i in model.graph.input}:
+def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
+                 table: CalibrationTable) -> Suffix | None:
+    """The suffix session for tuning `value`'s threshold, or None if `value` has no threshold input. Every other
+    blob's threshold is frozen into the suffix as a constant (from `table`)."""
+    sources = graph.feed_inputs.get(value)
+    model = graph.frozen(table, keep=(value,))
+    if not sources:
         return None
-    nodes = _needed_for(dependents(model, source), set(outputs))
+    nodes = _needed_for(dependents(model, sources), set(outputs))
     produced = {o for n in nodes for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name: i for i in model.graph.input}
@@ -72,8 +74,9 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int)
         for i in n.input:
             if i and i not in produced and i not in needed:
                 needed.append(i)
-    frontier = [i for i in needed if i not in inits and not i.startswith(THRESHOLD_PREFIX)]
-    thresholds = [i for i in needed if i.startswith(THRESHOLD_PREFIX)]
+    fed = {n for names in graph.feed_inputs.values() for n in names}
+    frontier = [i for i in needed if i not in inits and i not in fed]
+    thresholds = [i for i in needed if i in fed and i not in inits]
     wanted = [o for o in outputs if o in produced]
     g = helper.make_graph(
         nodes, f"suffix_{value}",
@@ -84,7 +87,7 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int)
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    session = ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads),
+    session = ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads, simulation=True),
                                    providers=["CPUExecutionProvider"])
     return Suffix(value, session, frontier, thresholds, produced)
 
@@ -101,7 +104,7 @@ def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int) -> or
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    return ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads),
+    return ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads, simulation=True),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -112,33 +115,34 @@ class PartialEvaluator:
                  outputs: list[str], table: CalibrationTable, threads: int) -> None:
         self.graph = graph
         self.outputs = outputs
-        self.suffix = build_suffix(graph, value, outputs, threads)
-        feeds = graph.feeds(table)
+        self.suffix = build_suffix(graph, value, outputs, threads, table)
         net_inputs = set(graph.converted.net.inputs)
         fetch = list(dict.fromkeys([o for o in outputs if self.suffix is None or o not in self.suffix.produced]
                                    + (self.suffix.frontier if self.suffix else [])))
         fetch = [f for f in fetch if f not in net_inputs]
         # Once per blob, with the current table: the frontier and the outputs the blob cannot change, computed by
         # a prefix session holding only the nodes they need (nothing downstream is run).
-        prefix = build_prefix(graph.converted.model, fetch, threads) if fetch else None
+        prefix = build_prefix(graph.frozen(table), fetch, threads) if fetch else None
         prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
         self.base: list[dict[str, np.ndarray]] = []
         for batch in batches:
-            all_feeds = {**engine.feeds(batch), **feeds}
+            all_feeds = engine.feeds(batch)
             values = dict(zip(fetch, prefix.run(fetch, {k: v for k, v in all_feeds.items() if k in prefix_inputs}))) \
                 if prefix else {}
             values.update(engine.feeds(batch))
             self.base.append(values)
 
-    def evaluate(self, table: CalibrationTable) -> list[dict[str, np.ndarray]]:
-        """The requested outputs per batch under `table` (only `value`'s threshold may differ from the base)."""
+    def evaluate(self, table: CalibrationTable, indices: list[int] | None = None) -> list[dict[str, np.ndarray]]:
+        """The requested outputs per batch (or for the batches at `indices`) under `table` (only `value`'s
+        threshold may differ from the base)."""
+        bases = self.base if indices is None else [self.base[i] for i in indices]
         if self.suffix is None:
-            return [{o: b[o] for o in self.outputs} for b in self.base]
+            return [{o: b[o] for o in self.outputs} for b in bases]
         feeds_all = self.graph.feeds(table)
         t_feeds = {t: feeds_all[t] for t in self.suffix.threshold_inputs}
         wanted = [o for o in self.outputs if o in self.suffix.produced]
         results = []
-        for base in self.base:
+        for base in bases:
             feeds = {f: base[f] for f in self.suffix.frontier}
             feeds.update(t_feeds)
             got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}

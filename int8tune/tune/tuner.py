@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,9 @@ class TuneSettings:
     search_settings: SearchSettings = SearchSettings()
     threads: int = 2
     metric_params: Mapping = field(default_factory=dict)
+    # Search on this many batches, those with the largest fp32-vs-int8 difference under the starting table,
+    # then confirm the chosen threshold on all of them (0: search on all batches).
+    subset: int = 0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -84,6 +88,7 @@ class Tuner:
         self._graph: Int8Graph | None = None
         self._graph_key = None
         self._engine: Engine | None = None
+        self._ranked: list[int] | None = None
         self.trial_count = 0
         self.evaluations = 0
 
@@ -103,14 +108,20 @@ class Tuner:
         if key != self._graph_key or self._graph is None or self._engine is None:
             self._graph = build_int8_graph(self.converted, table)
             self._graph_key = key
-            self._engine = Engine(self._graph.converted, threads=self.settings.threads)
+            self._engine = Engine(self._graph.converted, threads=self.settings.threads, simulation=True)
         return self._graph, self._engine
 
+    def frozen_engine(self, table: CalibrationTable) -> Engine:
+        """An engine for the int8 model of exactly this table, thresholds frozen in as constants (so onnxruntime
+        optimises it like fp32); for whole-model runs, which happen a few times per run."""
+        graph, _ = self.int8(table)
+        return Engine(dataclass_replace(graph.converted, model=graph.frozen(table)), threads=self.settings.threads,
+                      simulation=True)
+
     def run_int8(self, table: CalibrationTable, names: Sequence[str]) -> dict[str, np.ndarray]:
-        graph, engine = self.int8(table)
-        feeds = graph.feeds(table)
+        engine = self.frozen_engine(table)
         self.evaluations += 1
-        return concat_outputs([engine.run_tensors(b, names, extra_feeds=feeds) for b in self.batches], names)
+        return concat_outputs([engine.run_tensors(b, names) for b in self.batches], names)
 
     def difference(self, table: CalibrationTable, names: Sequence[str] | None = None) -> float:
         names = list(names or metric_outputs(self.converted))
@@ -160,6 +171,31 @@ class Tuner:
         outputs = self.layer_outputs(table)
         return list(dict.fromkeys(outputs[l] for l in _readers(table, value)))
 
+    def search_batches(self, table: CalibrationTable) -> list[int]:
+        """Indices of the batches the search runs on: all, or the `subset` with the largest difference under
+        `table` (ranked once per run, on the first call)."""
+        n = len(self.batches)
+        k = self.settings.subset
+        if not k or k >= n:
+            return list(range(n))
+        if self._ranked is None:
+            names = metric_outputs(self.converted)
+            engine = self.frozen_engine(table)
+            scores = []
+            for i, b in enumerate(self.batches):
+                int8 = engine.run_tensors(b, names)
+                ref = {o: self._refs_batch(o, i) for o in names}
+                scores.append(self.metric(ref, int8, self.settings.metric_params))
+            order = sorted(range(n), key=lambda i: scores[i], reverse=self.metric.direction.value == "lower")
+            self._ranked = sorted(order[:k])
+            logger.info("searching on %d of %d batches (largest %s difference first: %s), confirming on all",
+                        k, n, self.metric.name, self._ranked)
+        return self._ranked
+
+    def _refs_batch(self, name: str, i: int) -> np.ndarray:
+        self.references([name])
+        return self._refs[name][i]
+
     def tune_blob(self, table: CalibrationTable, value: str,
                   on_trial: Callable[[Trial], None] | None = None) -> tuple[CalibrationTable, BlobResult]:
         t0 = time.perf_counter()
@@ -167,30 +203,47 @@ class Tuner:
         first = layers[0]
         names = self.objective_names(table, value)
         metric, params = self.objective_metric()
-        refs = self.references(names)
+        self.references(names)
         start = table.blobs[value].threshold
+        n = len(self.batches)
+        subset = self.search_batches(table)
+        rest = [i for i in range(n) if i not in subset]
         evaluator: PartialEvaluator | None = None
+        outputs: dict[tuple[float, int], dict[str, np.ndarray]] = {}  # (multiplier, batch) -> outputs
 
-        def evaluate(multiplier: float, note: str) -> float:
+        def score(indices: list[int], multiplier: float) -> float:
+            refs = {o: np.concatenate([self._refs[o][i] for i in indices]) for o in names}
+            return metric(refs, concat_outputs([outputs[(multiplier, i)] for i in indices], names), params)
+
+        def evaluate(multiplier: float, note: str, indices: list[int]) -> Trial:
             nonlocal evaluator
             if self.log is not None:
                 replay = self.log.lookup(first, value, multiplier, note)
                 if replay is not None:
                     self._record(replay, on_trial)
-                    return replay.difference
+                    return replay
             t = time.perf_counter()
-            if evaluator is None:
-                graph, engine = self.int8(table)
-                evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads)
-            candidate = table.with_threshold(value, start * multiplier) if multiplier != 1.0 else table
-            out = concat_outputs(evaluator.evaluate(candidate), names)
-            self.evaluations += 1
-            diff = metric(refs, out, params)
-            self._record(Trial(self.trial_count, first, value, multiplier, start * multiplier, diff,
-                               time.perf_counter() - t, note), on_trial)
-            return diff
+            todo = [i for i in indices if (multiplier, i) not in outputs]
+            if todo:
+                if evaluator is None:
+                    graph, engine = self.int8(table)
+                    evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table,
+                                                 self.settings.threads)
+                candidate = table.with_threshold(value, start * multiplier) if multiplier != 1.0 else table
+                for i, out in zip(todo, evaluator.evaluate(candidate, todo)):
+                    outputs[(multiplier, i)] = out
+                self.evaluations += 1
+            full = score(list(range(n)), multiplier) if len(indices) == n else None
+            searched = score(subset, multiplier) if all((multiplier, i) in outputs for i in subset) else None
+            trial = Trial(self.trial_count, first, value, multiplier, start * multiplier,
+                          full if full is not None else searched, time.perf_counter() - t, note,
+                          {"subset": searched} if rest else {})
+            self._record(trial, on_trial)
+            return trial
 
-        baseline = evaluate(1.0, "baseline")
+        base_trial = evaluate(1.0, "baseline", list(range(n)))
+        baseline_full = base_trial.difference
+        baseline = base_trial.extra.get("subset", baseline_full) if rest else baseline_full
         best_m, best = 1.0, baseline
         search = SEARCHES.get(self.settings.search)(self.settings.search_settings, metric.better, baseline)
         count = 0
@@ -198,17 +251,29 @@ class Tuner:
             m = next(search)
             while True:
                 count += 1
-                d = evaluate(m, "")
+                d = evaluate(m, "", subset).difference
                 if metric.better(d, best):
                     best_m, best = m, d
                 m = search.send(d)
         except StopIteration:
             pass
+        final = best
+        if rest and best_m != 1.0:  # confirm on every batch; keep the old threshold unless it really helps
+            confirmed = evaluate(best_m, "confirm", list(range(n))).difference
+            if metric.better(confirmed, baseline_full):
+                final = confirmed
+            else:
+                logger.info("blob %s: x%.3f helped on the searched batches but not on all; kept",
+                            table.blobs[value].blob, best_m)
+                best_m, final = 1.0, baseline_full
+        elif rest:
+            final = baseline_full
         tuned = table.with_threshold(value, start * best_m) if best_m != 1.0 else table
-        result = BlobResult(value, layers, start, start * best_m, baseline, best, count + 1,
+        before = baseline_full
+        result = BlobResult(value, layers, start, start * best_m, before, final, count + 1,
                             time.perf_counter() - t0)
         logger.info("blob %s (%s): threshold %.5g -> %.5g (x%.3f), difference %.6g -> %.6g, %d candidates",
-                    table.blobs[value].blob, ", ".join(layers), start, start * best_m, best_m, baseline, best,
+                    table.blobs[value].blob, ", ".join(layers), start, start * best_m, best_m, before, final,
                     count + 1)
         return tuned, result
 
