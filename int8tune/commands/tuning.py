@@ -48,7 +48,8 @@ class Session:
     calibration: object | None = None  # CalibrationResult when auto calibrated in this run
 
 
-def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None) -> Session:
+def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None,
+                 full_search: bool = False) -> Session:
     ws = load_workspace(cfg.model.proto, cfg.model.model)
     items = data_items(cfg.data)
     metric = METRICS.get(cfg.metric)
@@ -65,6 +66,8 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         table = calibration.table
     batches = prepared_batches(items, cfg.data, prepare_image, ws.input_shape)
     subset = cfg.search_subset if cfg.search_subset >= 0 else (len(batches) // 3 if len(batches) >= 6 else 0)
+    if full_search and cfg.search_subset < 0:
+        subset = 0  # one layer: every candidate is scored on every image
     settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
                             search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
                                                            patience=cfg.patience, multipliers=cfg.multipliers),
@@ -142,7 +145,7 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune tune\n" + cfg.describe())
     if not cfg.tune_layer:
         raise ConfigError("--tune_layer is required: the int8 layer whose input threshold to sweep")
-    s = open_session(cfg, prepare_image, need_table=True)
+    s = open_session(cfg, prepare_image, need_table=True, full_search=True)
     if cfg.tune_layer not in s.table.layers or not s.table.layers[cfg.tune_layer].int8:
         raise ConfigError(f"--tune_layer {cfg.tune_layer!r} is not an int8 layer of the table; int8 layers: "
                           f"{', '.join(e.layer for e in s.table.quantized_layers())}")
@@ -150,6 +153,8 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
     trials: list[Trial] = []
     t0 = time.perf_counter()
     tuned, result = s.tuner.tune_blob(s.table, value, on_trial=trials.append)
+    confirms = [t for t in trials if t.note == "confirm"]
+    trials = [t for t in trials if t.note != "confirm"]
     elapsed = time.perf_counter() - t0
     tune_diff = cfg.tune_diff if cfg.tune_diff is not None else result.difference_before
     lines = _header(s, "tune") + [
@@ -169,6 +174,8 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
         lines.append(f"  {name:<26} {t.multiplier:>10.4f} {t.threshold:>12.6g} {t.difference:>12.6g} "
                      f"{t.difference - tune_diff:>+12.4g}{mark}")
     best_name = f"candidate_{trials.index(best):02d}_x{best.multiplier:.4f}"
+    for c in confirms:
+        lines.append(f"  confirmed on every image: x{c.multiplier:.4f} gives {c.difference:.6g}")
     lines += ["", f"best: {best_name} (threshold {best.threshold:.6g}, difference {best.difference:.6g}); "
                   f"{len(trials)} candidates in {elapsed:.2f}s ({elapsed / len(trials):.3f}s each)",
               f"each candidate folder holds calibration_table.pb and int8.prototxt under {cfg.output_path}"]
