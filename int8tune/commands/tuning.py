@@ -30,6 +30,7 @@ from ..runtime import Engine
 from ..tune.search import SearchSettings
 from ..tune.trials import Trial, TrialLog
 from ..tune.tuner import BlobResult, TuneSettings, Tuner, metric_outputs
+from ..quant.auto import best_start, tables_per_calibrator
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
 from .common import Workspace, data_items, fingerprint, load_table, load_workspace, prepared_batches
 
@@ -46,6 +47,7 @@ class Session:
     tuner: Tuner
     table: CalibrationTable
     calibration: object | None = None  # CalibrationResult when auto calibrated in this run
+    start_scores: dict | None = None  # calibrator -> metric of its whole table (when calibrated in this run)
 
 
 def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None,
@@ -72,6 +74,16 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
                             search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
                                                            patience=cfg.patience, multipliers=cfg.multipliers),
                             metric_params=cfg.metric_params)
+    start_scores: dict[str, float] = {}
+    if calibration is not None:
+        write_calibration(calibration, ws, cfg.output_path / "calibration", len(items))
+        if not spec_per_channel(table):
+            # Model-wise first: every calibrator's whole table against the metric on the tuning images.
+            probe = Tuner(ws.converted, batches, metric, settings)
+            tables = tables_per_calibrator(table, {v: calibration.per_blob[v] for v in table.active_blobs()})
+            name, start_scores = best_start(probe, tables)
+            table = tables[name]
+            start_scores = {**start_scores, "chosen": name}
     log = None
     if log_name:
         settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "plots", "threads")}
@@ -79,9 +91,11 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         fp["table"] = _table_hash(table)
         log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
     tuner = Tuner(ws.converted, batches, metric, settings, log)
-    if calibration is not None:
-        write_calibration(calibration, ws, cfg.output_path / "calibration", len(items))
-    return Session(cfg, ws, items, batches, metric, tuner, table, calibration)
+    return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores)
+
+
+def spec_per_channel(table: CalibrationTable) -> bool:
+    return table.spec.granularity.activations_per_channel
 
 
 def _table_hash(table: CalibrationTable) -> str:
@@ -218,7 +232,10 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     lines = _header(s, "auto") + [
         f"objective: {cfg.objective}; search {cfg.search} (step ratio {cfg.step_ratio}, up to {cfg.steps} steps each "
         f"way, patience {cfg.patience})",
-        f"starting table: {'calibrated in this run (' + cfg.quant.method + ')' if s.calibration else 'given'}",
+        "starting table: " + (("calibrated in this run; whole tables scored on the tuning images: "
+                               + ", ".join(f"{k} {v:.5g}" for k, v in s.start_scores.items() if k != "chosen")
+                               + f"; started from {s.start_scores['chosen']}")
+                              if s.start_scores else "given"),
         "", f"model difference ({s.metric.name}): before {before_model:.6g}, after {after_model:.6g}"
             + (f" ({after_model / before_model:.3f}x)" if before_model else ""),
         f"tuned {len(results)} of {len(order)} blob(s) in {tune_seconds:.1f}s; {tuner.trial_count} candidates "

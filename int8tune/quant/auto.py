@@ -31,3 +31,33 @@ def choose_calibrators(tuner: Tuner, table: CalibrationTable, candidates: dict[s
         logger.info("auto: blob %s -> %s (T=%.5g; %s)", table.blobs[value].blob, best, options[best],
                     ", ".join(f"{k} {v:.3g}" for k, v in sorted(measured.items())))
     return table, scores
+
+
+def tables_per_calibrator(table: CalibrationTable, per_blob: dict[str, dict[str, float]]) -> dict[str, CalibrationTable]:
+    """One whole table per calibrator (every blob at that calibrator's threshold), plus `table` itself as
+    "auto" when it came from the per-blob choice."""
+    names = sorted({name for options in per_blob.values() for name in options})
+    out = {}
+    for name in names:
+        t = table.copy()
+        for value, entry in t.blobs.items():
+            if value in per_blob and name in per_blob[value]:
+                entry.threshold = float(per_blob[value][name])
+                entry.calibrator = name
+        out[name] = t
+    out["auto"] = table
+    return out
+
+
+def best_start(tuner: Tuner, tables: dict[str, CalibrationTable]) -> tuple[str, dict[str, float]]:
+    """Model-wise choice of the starting table: each whole table scored with the tuner's metric on the model's
+    outputs over the tuning images (as Neural Compressor's basic strategy starts with global settings)."""
+    scores = {name: tuner.difference(t) for name, t in tables.items()}
+    better = tuner.metric.better
+    best = next(iter(scores))
+    for name, score in scores.items():
+        if better(score, scores[best]):
+            best = name
+    logger.info("starting tables scored with %s: %s; starting from %s", tuner.metric.name,
+                ", ".join(f"{k} {v:.5g}" for k, v in scores.items()), best)
+    return best, scores
