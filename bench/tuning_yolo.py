@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--objective", default="model", choices=["model", "layer"])
     ap.add_argument("--metric", default="yolo")
     ap.add_argument("--subset", type=int, default=3, help="search on the N worst tuning images, confirm on all")
+    ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
     args = ap.parse_args()
     require_assets()
     proto, model = model_paths(args.model)
@@ -99,6 +100,7 @@ def main() -> int:
         times.append(time.perf_counter() - t0)
     forward = statistics.median(times)
     settings = TuneSettings(objective=args.objective, threads=args.threads, metric_params=mparams, subset=args.subset,
+                            min_gain=args.min_gain,
                             search_settings=SearchSettings())
     tuner = Tuner(ws.converted, tune_b, METRICS.get(args.metric), settings)
     start_name, start_scores = best_start(tuner, tables)  # as `auto` does: the best whole table on tuning images

@@ -151,6 +151,7 @@ class TuneConfig(ConfigBase):
     patience: int = 2
     multipliers: tuple[float, ...] = ()
     search_subset: int = -1
+    min_gain: float = 0.01
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot

@@ -90,5 +90,5 @@ def tune_config(args) -> TuneConfig:
         int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
         tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else args.search,
         step_ratio=args.step_ratio, steps=args.steps, patience=args.patience, multipliers=multipliers,
-        search_subset=args.search_subset,
+        search_subset=args.search_subset, min_gain=args.min_gain,
         threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6))

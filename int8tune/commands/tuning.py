@@ -71,6 +71,7 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
     if full_search and cfg.search_subset < 0:
         subset = 0  # one layer: every candidate is scored on every image
     settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
+                            min_gain=0.0 if full_search else cfg.min_gain,
                             search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
                                                            patience=cfg.patience, multipliers=cfg.multipliers),
                             metric_params=cfg.metric_params)

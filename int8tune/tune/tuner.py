@@ -40,6 +40,9 @@ class TuneSettings:
     # Search on this many batches, those with the largest fp32-vs-int8 difference under the starting table,
     # then confirm the chosen threshold on all of them (0: search on all batches).
     subset: int = 0
+    # Keep a new threshold only when it improves the objective on all batches by more than this fraction: a
+    # smaller gain on a handful of images is as likely noise as signal (it did not carry over to held-out images).
+    min_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -268,6 +271,10 @@ class Tuner:
                 best_m, final = 1.0, baseline_full
         elif rest:
             final = baseline_full
+        if best_m != 1.0 and self.settings.min_gain > 0:
+            gain = (baseline_full - final) if metric.direction.value == "lower" else (final - baseline_full)
+            if gain <= self.settings.min_gain * abs(baseline_full):
+                best_m, final = 1.0, baseline_full
         tuned = table.with_threshold(value, start * best_m) if best_m != 1.0 else table
         before = baseline_full
         result = BlobResult(value, layers, start, start * best_m, before, final, count + 1,
