@@ -16,27 +16,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import ASSETS, MODELS, model_paths  # noqa: E402  (puts the repo root on sys.path)
 
 from int8tune.caffe.loader import load_net  # noqa: E402
 from int8tune.check import opencv_net  # noqa: E402
 from int8tune.convert.converter import convert_net  # noqa: E402
 from int8tune.runtime import Engine  # noqa: E402
-
-ASSETS = REPO.parent / "shared" / "assets" / "models"
-MODELS = {
-    "squeezenet_v1.0": ("deploy.prototxt", "squeezenet_v1.0.caffemodel"),
-    "lenet_mnist": ("lenet.prototxt", "lenet_iter_10000.caffemodel"),
-    "yolov3_nano_voc": ("MobileNetV2-YOLOv3-Nano-voc.prototxt", "MobileNetV2-YOLOv3-Nano-voc.caffemodel"),
-    "yoloface_500k_v2": ("yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel"),
-    "res10_ssd_face": ("deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel"),
-    "landmark106": ("landmark106.prototxt", "landmark106.caffemodel"),
-}
 
 
 def timed(fn, warmup: int, repeat: int) -> float:
@@ -59,14 +47,14 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     args = ap.parse_args()
     if not ASSETS.is_dir():
-        print(f"skipped: no models at {ASSETS}")
+        print(f"skipped: the shared assets are not at {ASSETS}")
         return 0
     import cv2
 
     cv2.setNumThreads(args.threads)
     rows = []
     for name in args.models:
-        proto, model = (ASSETS / name / f for f in MODELS[name])
+        proto, model = model_paths(name)
         t0 = time.perf_counter()
         net = load_net(proto, model)
         engine = Engine(convert_net(net), threads=args.threads)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
@@ -320,13 +320,3 @@ def count_int8_kernels(model: onnx.ModelProto, threads: int = 1) -> tuple[int, c
         optimised = onnx.load(str(path))
     ops = collections.Counter(n.op_type for n in optimised.graph.node)
     return sum(ops[k] for k in INT8_KERNELS), ops
-
-
-def with_model_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    present = {o.name for o in out.graph.output}
-    for n in names:
-        if n not in present:
-            out.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    return out
