@@ -8,6 +8,7 @@ layer. Everything the simulation, the tuner and the writers exchange is this one
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -83,10 +84,12 @@ class CalibrationTable:
         return copy.deepcopy(self)
 
     def with_threshold(self, value: str, threshold: float, calibrator: str = "tuned") -> "CalibrationTable":
+        """A new table differing in one blob's threshold. Only that entry is copied (tuning makes thousands of
+        candidates; the layers, weights and other blobs are shared and must not be mutated in place)."""
         if not np.isfinite(threshold) or threshold <= 0:
             raise ConfigError(f"threshold for {value!r} must be finite and positive, found {threshold}")
-        out = self.copy()
-        entry = out.blobs[value]
+        out = dataclasses.replace(self, blobs=dict(self.blobs))
+        entry = out.blobs[value] = copy.copy(self.blobs[value])
         if entry.channel_thresholds is not None:
             entry.channel_thresholds = entry.channel_thresholds * (threshold / entry.threshold)
         entry.threshold = float(threshold)
