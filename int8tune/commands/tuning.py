@@ -67,7 +67,7 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         calibration = calibrate_model(cal_cfg, ws, items, prepare_image)
         table = calibration.table
     batches = prepared_batches(items, cfg.data, prepare_image, ws.input_shape)
-    subset = cfg.search_subset if cfg.search_subset >= 0 else (len(batches) // 3 if len(batches) >= 6 else 0)
+    subset = cfg.search_subset if cfg.search_subset >= 0 else (len(batches) // 2 if len(batches) >= 6 else 0)
     if full_search and cfg.search_subset < 0:
         subset = 0  # one layer: every candidate is scored on every image
     settings = TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
