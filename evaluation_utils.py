@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from int8tune.errors import ConfigError
 from int8tune.metrics import register_metric
 from int8tune.yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
 
@@ -47,10 +48,81 @@ def yolo_map(fp32, int8, params):
     return mean_average_precision(detections_of(fp32, p), detections_of(int8, p), 0.5)
 
 
+# --- task metrics (higher is better) ---------------------------------------------------------------------
+# With a labelled data list (`path label` / `path,label,`, or --dataset_file), params["labels"] holds the class
+# of every image in order. Each has an "_agreement" twin that uses the fp32 prediction as the label instead, for
+# unlabelled data. They read the model's first output as per-image class scores.
+
+
+@register_metric("top1", "higher")
+def top1(fp32, int8, params):
+    """Top-1 accuracy of the int8 model on the labels."""
+    return topk_accuracy(_scores(int8), _labels(params, "top1"), 1)
+
+
+@register_metric("top5", "higher")
+def top5(fp32, int8, params):
+    """Top-5 accuracy of the int8 model on the labels."""
+    return topk_accuracy(_scores(int8), _labels(params, "top5"), int(params.get("k", 5)))
+
+
+@register_metric("top1_agreement", "higher")
+def top1_agreement(fp32, int8, params):
+    """Share of images whose int8 top-1 class is the fp32 top-1 class (no labels needed)."""
+    return topk_accuracy(_scores(int8), _scores(fp32).argmax(axis=1), 1)
+
+
+@register_metric("top5_agreement", "higher")
+def top5_agreement(fp32, int8, params):
+    """Share of images whose fp32 top-1 class is among the int8 top-5 (no labels needed)."""
+    return topk_accuracy(_scores(int8), _scores(fp32).argmax(axis=1), int(params.get("k", 5)))
+
+
+@register_metric("f1", "higher")
+def f1(fp32, int8, params):
+    """Macro-averaged F1 of the int8 top-1 predictions on the labels (classes present in labels or predictions)."""
+    return macro_f1(_scores(int8).argmax(axis=1), _labels(params, "f1"))
+
+
+@register_metric("f1_agreement", "higher")
+def f1_agreement(fp32, int8, params):
+    """Macro F1 of the int8 predictions against the fp32 predictions (no labels needed)."""
+    return macro_f1(_scores(int8).argmax(axis=1), _scores(fp32).argmax(axis=1))
+
+
+def _scores(outputs) -> np.ndarray:
+    first = next(iter(outputs.values()))
+    return np.asarray(first).reshape(len(first), -1)
+
+
+def _labels(params, metric: str) -> np.ndarray:
+    if "labels" not in params:
+        raise ConfigError(f"metric {metric} needs labels: give a labelled data list (`path label` per line, or "
+                          f"--dataset_file), or use {metric}_agreement to compare with the fp32 predictions")
+    return np.asarray(params["labels"])
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    classes = np.union1d(pred, truth)
+    scores = []
+    for c in classes:
+        tp = np.sum((pred == c) & (truth == c))
+        fp = np.sum((pred == c) & (truth != c))
+        fn = np.sum((pred != c) & (truth == c))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    return float(np.mean(scores))
+
+
 _PARSED: dict[str, YoloParams] = {}
 
 
 def _yolo_params(params) -> YoloParams:
+    params = {k: v for k, v in params.items() if k != "labels"}
     key = repr(sorted(params.items()))
     if key not in _PARSED:
         _PARSED[key] = YoloParams.from_dict(dict(params))

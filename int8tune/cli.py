@@ -25,7 +25,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser, default_limit: int | None = None) -> None:
-    p.add_argument("--data_list", type=Path, required=True,
+    p.add_argument("--data_list", "--dataset_file", dest="data_list", type=Path, required=True,
                    help="a folder of images, a file listing image paths, or a labelled list (`path label` or "
                         "`path,label,`)")
     p.add_argument("--dataset_path", type=Path, default=None,
@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--no_resume", dest="resume", action="store_false",
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
+    acc = auto.add_argument_group("accuracy-driven tuning (Glow, OpenVINO, Neural Compressor)")
+    acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse"],
+                     help="layerwise: threshold search blob by blob on the metric (default); halving: Glow's scale "
+                          "halving per node; basic: model-wise search then fp32 fallback ranked by measured impact; "
+                          "mse: fp32 fallback ranked by each layer's own difference")
+    acc.add_argument("--max_iter_per_node", type=int, default=3, help="halving: divisions by 2 tried per node (3)")
+    acc.add_argument("--acc_drop_skip", type=float, default=0.05,
+                     help="halving: stop a node's search when accuracy drops by more than this (0.05)")
+    acc.add_argument("--target_accuracy", type=float, default=None,
+                     help="stop once the metric reaches this value (0..1 for accuracies)")
+    acc.add_argument("--threshold", type=float, default=1.0,
+                     help="largest accuracy drop allowed, in percent points (default 1): the goal of the run")
+    acc.add_argument("--progress", default="print", choices=["print", "bar", "none"], help="progress output")
+    acc.add_argument("--no_fallback", dest="fallback", action="store_false",
+                     help="basic/mse: never fall a layer back to fp32")
 
     bench = sub.add_parser("benchmark", help="latency of the fp32 model vs its exported int8 QDQ model in onnxruntime",
                            description="Times the fp32 graph and the int8 QDQ export (default graph optimisation, "
@@ -122,7 +137,7 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
                    help="calibration table .pb/.pbtxt (written by calibrate); with --calibration_model they must agree")
     p.add_argument("--output_path", type=Path, required=True, help="folder for every output")
     _add_data_args(p)
-    p.add_argument("--metric", default="square",
+    p.add_argument("--metric", "--metric_name", "--metric_type", dest="metric", default="square",
                    help="difference metric registered in evaluation_utils.py: square (default), yolo, yolo_map, ...")
     p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
     p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")

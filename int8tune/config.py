@@ -152,6 +152,13 @@ class TuneConfig(ConfigBase):
     multipliers: tuple[float, ...] = ()
     search_subset: int = -1
     min_gain: float = 0.01
+    strategy: str = "layerwise"
+    max_iter_per_node: int = 3
+    acc_drop_skip: float = 0.05
+    target_accuracy: float | None = None
+    threshold: float = 1.0  # largest accuracy drop allowed, in percent points (OpenVINO's --threshold)
+    progress: str = "print"
+    fallback: bool = True
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot
@@ -167,3 +174,9 @@ class TuneConfig(ConfigBase):
             raise ConfigError("--step_ratio, --steps and --patience must be positive")
         if any(m <= 0 for m in self.multipliers):
             raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
+        if self.max_iter_per_node <= 0:
+            raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
+        if self.threshold < 0:
+            raise ConfigError(f"--threshold is an accuracy drop in percent and cannot be negative ({self.threshold})")
+        if self.progress not in ("print", "bar", "none"):
+            raise ConfigError(f"--progress must be print, bar or none, found {self.progress!r}")

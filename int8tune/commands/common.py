@@ -64,6 +64,14 @@ def prepared_batches(items: list[DataItem], data: DataConfig, prepare_image: Pre
     return [batch for batch, _ in iter_batches(items, prepare_image, params, input_shape, data.batch_size)]
 
 
+def batch_labels(items: list[DataItem], data: DataConfig) -> list[np.ndarray] | None:
+    """The labels of each batch (the order prepared_batches yields them), or None for an unlabelled list."""
+    if not items or any(i.label is None for i in items):
+        return None
+    b = data.batch_size
+    return [np.array([i.label for i in items[k:k + b]], dtype=np.int64) for k in range(0, len(items), b)]
+
+
 def streamed_batches(items: list[DataItem], data: DataConfig, prepare_image: PrepareImage,
                      input_shape: tuple[int, ...]) -> Callable[[], object]:
     """A fresh pass over the images per call, prepared on the fly (calibration's two passes)."""

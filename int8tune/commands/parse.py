@@ -90,5 +90,8 @@ def tune_config(args) -> TuneConfig:
         int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
         tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else args.search,
         step_ratio=args.step_ratio, steps=args.steps, patience=args.patience, multipliers=multipliers,
-        search_subset=args.search_subset, min_gain=args.min_gain,
+        search_subset=args.search_subset, min_gain=args.min_gain, strategy=getattr(args, "strategy", "layerwise"),
+        max_iter_per_node=getattr(args, "max_iter_per_node", 3), acc_drop_skip=getattr(args, "acc_drop_skip", 0.05),
+        target_accuracy=getattr(args, "target_accuracy", None), threshold=getattr(args, "threshold", 1.0),
+        progress=getattr(args, "progress", "print"), fallback=getattr(args, "fallback", True),
         threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6))

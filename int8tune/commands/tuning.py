@@ -30,9 +30,11 @@ from ..runtime import Engine
 from ..tune.search import SearchSettings
 from ..tune.trials import Trial, TrialLog
 from ..tune.tuner import BlobResult, TuneSettings, Tuner, metric_outputs
+from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
-from .common import Workspace, data_items, fingerprint, load_table, load_workspace, prepared_batches
+from .common import (Workspace, batch_labels, data_items, fingerprint, load_table, load_workspace,
+                     prepared_batches)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Session:
     table: CalibrationTable
     calibration: object | None = None  # CalibrationResult when auto calibrated in this run
     start_scores: dict | None = None  # calibrator -> metric of its whole table (when calibrated in this run)
+    alternatives: dict | None = None  # calibrator -> its whole table (model-wise candidates)
 
 
 def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None,
@@ -76,12 +79,14 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
                                                            patience=cfg.patience, multipliers=cfg.multipliers),
                             metric_params=cfg.metric_params)
     start_scores: dict[str, float] = {}
+    alternatives: dict[str, CalibrationTable] = {}
     if calibration is not None:
         write_calibration(calibration, ws, cfg.output_path / "calibration", len(items))
-        if not spec_per_channel(table):
+        alternatives = tables_per_calibrator(table, {v: calibration.per_blob[v] for v in table.active_blobs()})
+        if not spec_per_channel(table) and cfg.strategy == "layerwise":
             # Model-wise first: every calibrator's whole table against the metric on the tuning images.
-            probe = Tuner(ws.converted, batches, metric, settings)
-            tables = tables_per_calibrator(table, {v: calibration.per_blob[v] for v in table.active_blobs()})
+            probe = Tuner(ws.converted, batches, metric, settings, labels=batch_labels(items, cfg.data))
+            tables = alternatives
             name, start_scores = best_start(probe, tables)
             table = tables[name]
             start_scores = {**start_scores, "chosen": name}
@@ -91,8 +96,8 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         fp = fingerprint(ws, items, settings_fp)
         fp["table"] = _table_hash(table)
         log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
-    tuner = Tuner(ws.converted, batches, metric, settings, log)
-    return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores)
+    tuner = Tuner(ws.converted, batches, metric, settings, log, labels=batch_labels(items, cfg.data))
+    return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores, alternatives)
 
 
 def spec_per_channel(table: CalibrationTable) -> bool:
@@ -139,6 +144,8 @@ def run_test(cfg: TuneConfig, prepare_image) -> int:
     else:
         model = s.tuner.difference(s.table)
         lines.append(f"model difference ({s.metric.name}): {model:.6g}")
+        if s.metric.direction.value == "higher":
+            lines.append(f"fp32 {s.metric.name}: {s.tuner.fp32_score():.6g}")
         lines += ["", "every int8 layer's own output difference (square), worst first:"]
         diffs = s.tuner.layer_differences(s.table)
         for name, d in sorted(diffs.items(), key=lambda kv: -kv[1]):
@@ -205,6 +212,8 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune auto\n" + cfg.describe())
     out = cfg.output_path
     s = open_session(cfg, prepare_image, need_table=False, log_name="trials.jsonl")
+    if cfg.strategy != "layerwise":
+        return run_accuracy(s, t_start)
     tuner, start = s.tuner, s.table
     before_model = tuner.difference(start)
     before_layers = tuner.layer_differences(start)
@@ -304,3 +313,60 @@ def _plots(s: Session, start, table, rows, out: Path) -> list[str]:
             atomic_write_json(plots / f"histogram_{safe}.json",
                               {"blob": v, "absmax": st.absmax, "counts": st.histogram.tolist(), "thresholds": marks})
     return [f"plots: {plots / 'layer_differences.png'} and |x| histograms of the {len(values)} worst layers' inputs"]
+
+
+# --- accuracy-driven strategies (auto --strategy halving|basic|mse) ------------------------------------------
+
+def goal_of(metric: Metric, fp32: float, cfg: TuneConfig):
+    """The run's goal: --target_accuracy when given, else an accuracy drop of at most --threshold percent points
+    (a difference metric has no goal without --target_accuracy: lower is better, down to 0)."""
+    if cfg.target_accuracy is not None:
+        target = cfg.target_accuracy
+        return (lambda score: score >= target) if metric.direction.value == "higher" else (lambda score: score <= target)
+    if metric.direction.value == "higher":
+        return lambda score: fp32 - score <= cfg.threshold / 100.0 + 1e-12
+    return lambda score: False
+
+
+def run_accuracy(s: Session, t_start: float) -> int:
+    from ..tune.driver import run_strategy
+    from ..tune.strategies import StrategyContext, StrategySettings, int8_share
+
+    cfg, out = s.cfg, s.cfg.output_path
+    fp32 = s.tuner.fp32_score()
+    ctx = StrategyContext(start=s.table, tuner=s.tuner, metric=s.metric, fp32_score=fp32, goal=goal_of(s.metric, fp32, cfg),
+                          settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback),
+                          tables=s.alternatives or {})
+    interrupted = False
+    try:
+        result = run_strategy(cfg.strategy, ctx, s.tuner.log, cfg.progress, save_best=lambda t: _save_progress(t, out))
+        table, best, goal = result.best_table, result.best_score, result.goal_met
+    except KeyboardInterrupt:
+        interrupted = True
+        table, best = ctx.best_table or s.table, ctx.best_score
+        goal = best is not None and ctx.goal(best)
+        result = None
+    _save_progress(table, out)
+    table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model},
+                                  [str(i.path) for i in s.items])
+    written = write_all(table, s.ws.proto, out / "tuned")
+    int8, total = int8_share(table)
+    fmt = (lambda v: f"{100 * v:.2f} %") if s.metric.direction.value == "higher" else (lambda v: f"{v:.6g}")
+    lines = _header(s, f"auto --strategy {cfg.strategy}") + [
+        f"goal: " + (f"{s.metric.name} {'>=' if s.metric.direction.value == 'higher' else '<='} {cfg.target_accuracy}"
+                     if cfg.target_accuracy is not None else f"accuracy drop <= {cfg.threshold} points"),
+        f"{s.metric.name}: fp32 {fmt(fp32)}, int8 before {fmt(result.initial_score) if result else '?'}, "
+        f"best {fmt(best) if best is not None else '?'}",
+        f"goal {'MET' if goal else 'NOT MET'}; {int8}/{total} quantizable layers int8"
+        + (f"; fp32: {', '.join(e.layer for e in table.layers.values() if not e.int8)}" if int8 < total else ""),
+    ]
+    if result is not None:
+        lines.append(f"{result.evaluations} evaluations on {len(s.items)} images, {result.seconds:.1f}s")
+    if interrupted:
+        lines.append("INTERRUPTED: the tables under tuned/ are the best found so far")
+    lines += _qdq_lines(s.ws, table, out / "tuned")
+    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'trials.jsonl'}"]
+    lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
+    atomic_write_json(out / "config.json", table.provenance)
+    _finish(out, lines)
+    return 130 if interrupted else (0 if goal else 3)

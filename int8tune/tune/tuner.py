@@ -78,9 +78,11 @@ def metric_outputs(converted: ConvertedModel) -> list[str]:
 
 class Tuner:
     def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
-                 settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None) -> None:
+                 settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None,
+                 labels: list[np.ndarray] | None = None) -> None:
         self.converted = converted
         self.batches = batches
+        self.labels = labels  # per batch, for task metrics (top1, f1, ...) on a labelled data list
         self.metric = metric  # on the model's outputs
         # on one layer's output: a model metric such as yolo does not apply there, so layers use square
         self.layer_metric = layer_metric or (metric if metric.name == "square" else _square())
@@ -126,9 +128,22 @@ class Tuner:
         self.evaluations += 1
         return concat_outputs([engine.run_tensors(b, names) for b in self.batches], names)
 
+    def model_params(self, indices: Sequence[int] | None = None) -> Mapping:
+        """The model metric's parameters, with the labels of the batches at `indices` when the data has them."""
+        if self.labels is None:
+            return self.settings.metric_params
+        chosen = self.labels if indices is None else [self.labels[i] for i in indices]
+        return {**self.settings.metric_params, "labels": np.concatenate(chosen)}
+
     def difference(self, table: CalibrationTable, names: Sequence[str] | None = None) -> float:
         names = list(names or metric_outputs(self.converted))
-        return self.metric(self.references(names), self.run_int8(table, names), self.settings.metric_params)
+        return self.metric(self.references(names), self.run_int8(table, names), self.model_params())
+
+    def fp32_score(self) -> float:
+        """The model metric of fp32 against itself: a task metric's fp32 accuracy (0 for a difference)."""
+        names = metric_outputs(self.converted)
+        refs = self.references(names)
+        return self.metric(refs, refs, self.model_params())
 
     def layer_outputs(self, table: CalibrationTable) -> dict[str, str]:
         """int8 layer -> the value it writes (its own output)."""
@@ -165,7 +180,7 @@ class Tuner:
 
     def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
         if (objective or self.settings.objective) == "model":
-            return self.metric, self.settings.metric_params
+            return self.metric, self.model_params()
         return self.layer_metric, {}
 
     def objective_names(self, table: CalibrationTable, value: str, objective: str | None = None) -> list[str]:
@@ -188,7 +203,7 @@ class Tuner:
             for i, b in enumerate(self.batches):
                 int8 = engine.run_tensors(b, names)
                 ref = {o: self._refs_batch(o, i) for o in names}
-                scores.append(self.metric(ref, int8, self.settings.metric_params))
+                scores.append(self.metric(ref, int8, self.model_params([i])))
             order = sorted(range(n), key=lambda i: scores[i], reverse=self.metric.direction.value == "lower")
             self._ranked = sorted(order[:k])
             logger.info("searching on %d of %d batches (largest %s difference first: %s), confirming on all",
@@ -216,7 +231,8 @@ class Tuner:
 
         def score(indices: list[int], multiplier: float) -> float:
             refs = {o: np.concatenate([self._refs[o][i] for i in indices]) for o in names}
-            return metric(refs, concat_outputs([outputs[(multiplier, i)] for i in indices], names), params)
+            p = self.model_params(indices) if metric is self.metric else params
+            return metric(refs, concat_outputs([outputs[(multiplier, i)] for i in indices], names), p)
 
         def evaluate(multiplier: float, note: str, indices: list[int]) -> Trial:
             nonlocal evaluator
