@@ -7,6 +7,7 @@ evaluation_utils.py (imported there, so they are registered before any command r
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(cal)
     _add_quant_args(cal)
     cal.add_argument("--output_path", type=Path, required=True, help="folder for every output")
+    cal.add_argument("--config", help="YAML file of settings (option_name: value); command-line options win")
     cal.add_argument("--simplified", action="store_true",
                      help="OpenVINO's simplified mode: statistics and a min-max table, no difference check")
     cal.add_argument("--measure_images", type=int, default=32,
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tuning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of settings (option_name: value); command-line options win")
     _add_model_args(p)
     p.add_argument("--calibration_model", type=Path, default=None,
                    help="int8 prototxt to tune (int8.prototxt written by calibrate)")
@@ -197,6 +200,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 
 def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
     parser = build_parser()
+    try:
+        argv = with_config_file(list(argv), parser)
+    except Int8TuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
@@ -226,6 +234,50 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def with_config_file(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--config settings.yaml`: its keys are option names (without dashes) of the command; they act as defaults
+    placed before the command line's own options, which therefore win. Unknown keys are errors naming them."""
+    if "--config" not in argv:
+        return argv
+    from .errors import ConfigError
+
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise ConfigError("--config needs a YAML file")
+    path = Path(argv[i + 1])
+    rest = argv[:i] + argv[i + 2:]
+    command = next((a for a in rest if not a.startswith("-")), None)
+    sub = parser._subparsers._group_actions[0].choices.get(command) if command else None  # noqa: SLF001
+    if sub is None:
+        raise ConfigError("--config goes with a command (calibrate, test, tune, auto)")
+    import yaml
+
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {path}: cannot read it as YAML ({e})") from e
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    options = {a.dest: a for a in sub._actions if a.option_strings}  # noqa: SLF001
+    extra: list[str] = []
+    for key, value in settings.items():
+        action = options.get(key)
+        if action is None:
+            raise ConfigError(f"--config {path}: unknown key {key!r} for `{command}`; valid keys: "
+                              f"{', '.join(sorted(k for k in options if k != 'help'))}")
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            extra += [flag] if value else []
+        elif isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
+            extra += [] if value else [flag]
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, list) else \
+                (json.dumps(value) if isinstance(value, dict) else str(value))
+            extra += [flag, text]
+    at = rest.index(command) + 1
+    return rest[:at] + extra + rest[at:]
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:

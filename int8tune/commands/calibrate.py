@@ -45,7 +45,11 @@ class CalibrationResult:
     tuner: Tuner | None  # holds the measurement images and fp32 references (None when simplified)
 
 
-def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image) -> CalibrationResult:
+def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image, batches=None,
+                    measure_batches: list | None = None) -> CalibrationResult:
+    """Statistics, every calibrator's thresholds, the table. Images come from `items` (prepared on each pass) or
+    from `batches`, a callable giving a fresh iterator of input arrays per pass (the Python API's dataloader);
+    `measure_batches` are the images the auto choice and the difference check run on."""
     spec = cfg.quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     method = "minmax" if cfg.simplified else cfg.quant.method
@@ -55,8 +59,8 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image) -
     values = planned_values(plan)
     extra = output_values(ws, plan)
     engine = Engine(ws.converted, threads=cfg.threads)
-    stats = collect_statistics(engine, values + [v for v in extra if v not in values],
-                               streamed_batches(items, cfg.data, prepare_image, ws.input_shape), cfg.quant.bins,
+    source = batches if batches is not None else streamed_batches(items, cfg.data, prepare_image, ws.input_shape)
+    stats = collect_statistics(engine, values + [v for v in extra if v not in values], source, cfg.quant.bins,
                                spec.granularity.activations_per_channel)
     options = CalibratorOptions(percentile=cfg.quant.percentile)
     per_blob = {v: all_thresholds(s, replace(options, unsigned=spec.unsigned and s.non_negative))
@@ -69,7 +73,8 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image) -
             table.blobs[v] = BlobEntry(v, ws.fold.net.blob_of[v], per_blob[v][first], calibrator=first,
                                        unsigned=spec.unsigned and s.non_negative, absmax=s.absmax)
     lines = [f"int8tune calibrate: {ws.proto} + {ws.model}",
-             f"{len(items)} calibration image(s) from {cfg.data.data_list}",
+             f"{len(items)} calibration image(s) from {cfg.data.data_list}" if items is not None
+             else "calibration images from the dataloader",
              f"{sum(p.int8 for p in plan)} int8 layer(s) of {len(plan)} of types {', '.join(spec.quantize_types)}"
              + (f"; ignored: {', '.join(p.layer for p in plan if not p.int8)}" if any(not p.int8 for p in plan) else ""),
              f"folded BatchNorm/Scale into: {', '.join(ws.fold.folded) or 'none'}",
@@ -79,12 +84,13 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image) -
     scores: dict[str, dict[str, float]] = {}
     tuner = None
     if not cfg.simplified:
-        batches = prepared_batches(items[: cfg.measure_images], cfg.data, prepare_image, ws.input_shape)
-        tuner = Tuner(ws.converted, batches, METRICS.get("square"), TuneSettings(threads=cfg.threads))
+        measured = measure_batches if measure_batches is not None else \
+            prepared_batches(items[: cfg.measure_images], cfg.data, prepare_image, ws.input_shape)
+        tuner = Tuner(ws.converted, measured, METRICS.get("square"), TuneSettings(threads=cfg.threads))
         if method == "auto":
             table, scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
     table.provenance = provenance(cfg.to_dict(), {"proto": ws.proto, "model": ws.model},
-                                  [str(i.path) for i in items])
+                                  [str(i.path) for i in items] if items is not None else None)
     return CalibrationResult(table, stats, per_blob, scores, lines, tuner)
 
 

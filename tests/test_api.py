@@ -1,0 +1,86 @@
+"""The Python API (Neural Compressor's tune() shape) and YAML configuration files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import evaluation_utils  # noqa: F401
+import main as entry
+from int8tune.api import load_settings, tune
+from int8tune.errors import ConfigError
+from int8tune.quant.formats import read_table_pb
+from netbuilder import write_net
+from test_cli import PROTOTXT, WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_net(tmp_path_factory.mktemp("api"), PROTOTXT, WEIGHTS)
+
+
+def loader(n=4, labels=False, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+        yield (x, rng.integers(0, 4, 2)) if labels else x
+
+
+def test_tune_with_labels_and_a_strategy(model, tmp_path):
+    result = tune(model, list(loader()), eval_dataloader=list(loader(labels=True, seed=1)),
+                  config={"strategy": "mse", "metric": "top1_agreement", "threshold": 0.0}, output_path=tmp_path)
+    assert 0 <= result.score <= 1 and result.fp32_score == 1.0
+    assert (tmp_path / "tuned" / "calibration_table.pb").is_file()
+    assert (tmp_path / "tuned" / "int8.prototxt").is_file()
+    saved = read_table_pb(tmp_path / "tuned" / "calibration_table.pb")
+    assert [e.int8 for e in saved.layers.values()] == [e.int8 for e in result.table.layers.values()]
+
+
+def test_eval_func_q_func_and_resume(model, tmp_path):
+    seen = {}
+
+    def eval_func(outputs, labels):  # a user metric: higher is better
+        seen["labels"] = labels
+        return -float(np.abs(next(iter(outputs.values()))).mean())
+
+    def q_func(table):
+        seen["q_func"] = True
+        return table
+
+    kwargs = dict(q_func=q_func, eval_func=eval_func, resume_file=tmp_path / "trials.jsonl", output_path=tmp_path,
+                  strategy="halving", max_iter_per_node=2)
+    first = tune(model, list(loader()), **kwargs)
+    assert seen["q_func"] and seen["labels"] is None
+    again = tune(model, list(loader()), **kwargs)
+    assert again.table.thresholds() == first.table.thresholds()
+
+
+def test_settings_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting.*strategi"):
+        load_settings({"strategi": "basic"}, {})
+    path = tmp_path / "c.yaml"
+    path.write_text("strategy: basic\nthreshold: 0.5\n")
+    assert load_settings(path, {"threshold": 2.0}) == {"strategy": "basic", "threshold": 2.0}
+
+
+def test_cli_config_file(model, tmp_path, capsys):
+    import cv2
+    proto, caffemodel = model
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    params = tmp_path / "p.json"
+    params.write_text('{"size": [16, 16], "scale": 0.01}')
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text(f"proto: {proto}\nmodel: {caffemodel}\ndata_list: {images}\nimage_params: {params}\n"
+                   f"strategy: mse\nmetric: top1_agreement\nprogress: none\nunsigned: true\n")
+    assert entry.main(["auto", "--config", str(cfg), "--output_path", str(tmp_path / "o")]) == 0
+    report = (tmp_path / "o" / "report.log").read_text()
+    assert "auto --strategy mse" in report
+    assert read_table_pb(tmp_path / "o" / "tuned" / "calibration_table.pb").spec.unsigned
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategie: mse\n")
+    assert entry.main(["auto", "--config", str(bad), "--output_path", str(tmp_path / "o2")]) == 2
+    assert "unknown key 'strategie'" in capsys.readouterr().err
