@@ -29,17 +29,6 @@ WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
            "fc": [RNG.standard_normal((4, 8)).astype(np.float32), RNG.standard_normal(4).astype(np.float32)]}
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The CLI installs its own handler on the int8tune logger; give later tests (caplog) the logger back."""
-    from int8tune.log import logger
-
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
