@@ -34,7 +34,7 @@ from .quant.table import CalibrationTable
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "threads"}
+             "multipliers", "search_subset", "min_gain", "threads", "bayesian_trials"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 
@@ -154,7 +154,8 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
         goal = goal_of(metric, fp32, cfg)(score)
     else:
         ctx = StrategyContext(start=table, tuner=tuner, metric=metric, fp32_score=fp32, goal=goal_of(metric, fp32, cfg),
-                              settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback),
+                              settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback,
+                                                        cfg.bayesian_trials),
                               tables=alternatives)
         result = run_strategy(cfg.strategy, ctx, log, cfg.progress, save_best=lambda t: _save_progress(t, out))
         table, score, goal = result.best_table, result.best_score, result.goal_met

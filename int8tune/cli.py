@@ -102,10 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
     acc = auto.add_argument_group("accuracy-driven tuning (Glow, OpenVINO, Neural Compressor)")
-    acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse"],
+    acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse", "bayesian"],
                      help="layerwise: threshold search blob by blob on the metric (default); halving: Glow's scale "
                           "halving per node; basic: model-wise search then fp32 fallback ranked by measured impact; "
-                          "mse: fp32 fallback ranked by each layer's own difference")
+                          "mse: fp32 fallback ranked by each layer's own difference; bayesian: Gaussian-process "
+                          "search over per-blob threshold multipliers")
+    acc.add_argument("--bayesian_trials", type=int, default=30, help="bayesian: evaluations in all (30)")
     acc.add_argument("--max_iter_per_node", type=int, default=3, help="halving: divisions by 2 tried per node (3)")
     acc.add_argument("--acc_drop_skip", type=float, default=0.05,
                      help="halving: stop a node's search when accuracy drops by more than this (0.05)")

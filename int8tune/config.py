@@ -159,6 +159,7 @@ class TuneConfig(ConfigBase):
     threshold: float = 1.0  # largest accuracy drop allowed, in percent points (OpenVINO's --threshold)
     progress: str = "print"
     fallback: bool = True
+    bayesian_trials: int = 30
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot

@@ -75,3 +75,15 @@ def test_halving_on_top1_agreement_meets_an_easy_goal_at_once(converted):
     ctx = context(converted, table, goal=lambda s: s >= 0.0, metric="top1_agreement")
     result = run_strategy("halving", ctx, None, progress="none")
     assert result.evaluations == 1 and result.goal_met
+
+
+def test_bayesian_improves_on_a_badly_scaled_table_and_keeps_every_layer_int8(converted):
+    loose = make_table(QuantSpec(), t_data=6.0, t_pool=4.5)  # 3x the usual thresholds: within reach of 1/2
+    ctx = context(converted, loose)
+    ctx.settings.bayesian_trials = 14
+    result = run_strategy("bayesian", ctx, None, progress="none")
+    assert result.evaluations == 14
+    assert result.best_score < result.initial_score
+    assert all(e.int8 for e in result.best_table.layers.values())
+    ratios = [result.best_table.blobs[v].threshold / loose.blobs[v].threshold for v in ("data", "pool1")]
+    assert all(0.5 - 1e-9 <= r <= 2.0 + 1e-9 for r in ratios)

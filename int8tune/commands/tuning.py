@@ -335,7 +335,8 @@ def run_accuracy(s: Session, t_start: float) -> int:
     cfg, out = s.cfg, s.cfg.output_path
     fp32 = s.tuner.fp32_score()
     ctx = StrategyContext(start=s.table, tuner=s.tuner, metric=s.metric, fp32_score=fp32, goal=goal_of(s.metric, fp32, cfg),
-                          settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback),
+                          settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback,
+                                                    cfg.bayesian_trials),
                           tables=s.alternatives or {})
     interrupted = False
     try:

@@ -12,6 +12,9 @@ table after each one, and stops when the strategy is done. Registered strategies
   then accumulated fallback in that order until the goal is met (a fallback that does not help is undone).
 - `mse` (Neural Compressor's mse strategy): the same accumulated fallback, ordered by each layer's own
   fp32-vs-int8 difference (worst first) instead of measuring each fallback.
+- `bayesian` (Neural Compressor's bayesian strategy): a Gaussian-process search (scikit-learn) over one
+  threshold multiplier per blob, in log2 space within [1/2, 2]: a few random points, then each next point
+  maximises the expected improvement; every layer stays int8.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class StrategySettings:
     max_iter_per_node: int = 3
     acc_drop_skip: float = 0.05
     fallback: bool = True  # basic/mse: allowed to fall layers back to fp32
+    bayesian_trials: int = 30  # bayesian: evaluations in all (the start table and 5 random points included)
+    seed: int = 0
 
 
 @dataclass
@@ -161,6 +166,58 @@ def mse(ctx: StrategyContext) -> Generator[Candidate, float, None]:
     yield from _accumulated_fallback(ctx, ctx.start, score, order)
 
 
+@STRATEGIES.register("bayesian")
+def bayesian(ctx: StrategyContext) -> Generator[Candidate, float, None]:
+    import warnings
+
+    import numpy as np
+    from scipy.stats import norm
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    blobs = ctx.tuner.blobs_in_order(ctx.start)
+    rng = np.random.default_rng(ctx.settings.seed)
+    sign = 1.0 if ctx.metric.direction.value == "higher" else -1.0  # maximise sign * score
+
+    def table_at(u: np.ndarray) -> CalibrationTable:
+        table = ctx.start
+        for value, e in zip(blobs, u):
+            if e != 0.0:
+                table = table.with_threshold(value, ctx.start.blobs[value].threshold * float(2.0 ** e))
+        return table
+
+    points: list[np.ndarray] = []
+    scores: list[float] = []
+    budget = max(ctx.settings.bayesian_trials, 2)
+    for k in range(budget):
+        if k == 0:
+            u = np.zeros(len(blobs))
+        elif k <= 5:
+            u = rng.uniform(-1.0, 1.0, len(blobs))
+        else:
+            kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(len(blobs)), nu=2.5) + WhiteKernel(1e-4)
+            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=ctx.settings.seed)
+            with warnings.catch_warnings():  # hyper-parameters at their bounds on a handful of points: expected
+                warnings.simplefilter("ignore")
+                gp.fit(np.array(points), sign * np.array(scores))
+            pool = np.clip(np.array(points)[int(np.argmax(sign * np.array(scores)))] +
+                           rng.normal(0, 0.3, (512, len(blobs))), -1, 1)
+            pool = np.vstack([pool, rng.uniform(-1, 1, (512, len(blobs)))])
+            mean, std = gp.predict(pool, return_std=True)
+            best = float(np.max(sign * np.array(scores)))
+            z = (mean - best) / np.maximum(std, 1e-9)
+            expected = (mean - best) * norm.cdf(z) + std * norm.pdf(z)
+            u = pool[int(np.argmax(expected))]
+        u = np.round(u, 4)
+        got = yield Candidate(table_at(u), f"bayesian {k} " + ",".join(f"{x:.4f}" for x in u),
+                              "Gaussian-process search over per-blob multipliers", f"{k + 1}/{budget}",
+                              f"multipliers 2^[{u.min():+.2f} .. {u.max():+.2f}]")
+        points.append(u)
+        scores.append(got)
+        if ctx.goal(got) and k > 0:
+            return
+
+
 def estimated_evaluations(name: str, ctx: StrategyContext) -> int:
     """Upper bound of the evaluations a strategy makes (for the remaining-time estimate)."""
     blobs = len(ctx.tuner.blobs_in_order(ctx.start))
@@ -171,6 +228,8 @@ def estimated_evaluations(name: str, ctx: StrategyContext) -> int:
         return len(_model_wise(ctx)) + 2 * layers
     if name == "mse":
         return 1 + layers
+    if name == "bayesian":
+        return ctx.settings.bayesian_trials
     return 1
 
 
