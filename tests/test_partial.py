@@ -49,8 +49,9 @@ def test_suffix_of_the_last_layer_excludes_the_first_conv(setup):
 
 
 def test_optimised_simulation_equals_the_unoptimised_graph_on_a_real_detector(assets):
-    """onnxruntime's optimisations must not change what the int8 simulation computes (its NCHWc rewrite did, by
-    2 % of the output range, on this model: simulation sessions run at ORT_ENABLE_EXTENDED)."""
+    """Every way of running a table's simulation gives the same numbers: whole graph unoptimised, frozen and
+    optimised, partial. (At ORT_ENABLE_ALL the NCHWc kernels' other summation order flips quantizer roundings and
+    the outputs drift by 2 % of their range on this model: simulation sessions run at ORT_ENABLE_EXTENDED.)"""
     from dataclasses import replace
 
     from int8tune.commands.common import load_workspace
