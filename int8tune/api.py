@@ -34,7 +34,7 @@ from .quant.table import CalibrationTable
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "threads", "bayesian_trials"}
+             "multipliers", "search_subset", "min_gain", "threads", "bayesian_trials", "tiebreak"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 
@@ -157,7 +157,8 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
                               settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback,
                                                         cfg.bayesian_trials),
                               tables=alternatives)
-        result = run_strategy(cfg.strategy, ctx, log, cfg.progress, save_best=lambda t: _save_progress(t, out))
+        result = run_strategy(cfg.strategy, ctx, log, cfg.progress, save_best=lambda t: _save_progress(t, out),
+                              tiebreak=cfg.tiebreak)
         table, score, goal = result.best_table, result.best_score, result.goal_met
     write_all(table, proto, out / "tuned")
     return TuneResult(table, score, fp32, goal, out)

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "mse: fp32 fallback ranked by each layer's own difference; bayesian: Gaussian-process "
                           "search over per-blob threshold multipliers")
     acc.add_argument("--bayesian_trials", type=int, default=30, help="bayesian: evaluations in all (30)")
+    acc.add_argument("--tiebreak", default=None, choices=["performance", "model_size", "memory"],
+                     help="among every candidate that meets the goal, keep the fastest (QDQ latency in onnxruntime), "
+                          "the smallest, or the one with the lowest peak memory (default: the best score)")
     acc.add_argument("--max_iter_per_node", type=int, default=3, help="halving: divisions by 2 tried per node (3)")
     acc.add_argument("--acc_drop_skip", type=float, default=0.05,
                      help="halving: stop a node's search when accuracy drops by more than this (0.05)")

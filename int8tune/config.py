@@ -160,6 +160,7 @@ class TuneConfig(ConfigBase):
     progress: str = "print"
     fallback: bool = True
     bayesian_trials: int = 30
+    tiebreak: str | None = None
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot

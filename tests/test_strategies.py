@@ -87,3 +87,20 @@ def test_bayesian_improves_on_a_badly_scaled_table_and_keeps_every_layer_int8(co
     assert all(e.int8 for e in result.best_table.layers.values())
     ratios = [result.best_table.blobs[v].threshold / loose.blobs[v].threshold for v in ("data", "pool1")]
     assert all(0.5 - 1e-9 <= r <= 2.0 + 1e-9 for r in ratios)
+
+
+@pytest.mark.parametrize("objective", ["model_size", "performance", "memory"])
+def test_tiebreak_keeps_the_cheapest_candidate_that_meets_the_goal(converted, objective):
+    """basic with an easy goal: every model-wise table meets it; with model_size the smallest export wins."""
+    from int8tune.tune.objectives import OBJECTIVES
+
+    table = make_table(QuantSpec())
+    fallback = table.with_fallback(["fc"])  # an fp32 layer: a larger model, the same goal met
+    ctx = context(converted, table, goal=lambda s: True, tables={"with_fallback": fallback})
+    result = run_strategy("basic", ctx, None, progress="none", tiebreak=objective)
+    assert result.goal_met
+    if objective == "model_size":
+        assert all(e.int8 for e in result.best_table.layers.values())
+        assert OBJECTIVES.get("model_size")(result.best_table, converted) < \
+            OBJECTIVES.get("model_size")(fallback, converted)
+    assert OBJECTIVES.get(objective)(result.best_table, converted) > 0

@@ -94,5 +94,5 @@ def tune_config(args) -> TuneConfig:
         max_iter_per_node=getattr(args, "max_iter_per_node", 3), acc_drop_skip=getattr(args, "acc_drop_skip", 0.05),
         target_accuracy=getattr(args, "target_accuracy", None), threshold=getattr(args, "threshold", 1.0),
         progress=getattr(args, "progress", "print"), fallback=getattr(args, "fallback", True),
-        bayesian_trials=getattr(args, "bayesian_trials", 30),
+        bayesian_trials=getattr(args, "bayesian_trials", 30), tiebreak=getattr(args, "tiebreak", None),
         threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6))

@@ -340,7 +340,8 @@ def run_accuracy(s: Session, t_start: float) -> int:
                           tables=s.alternatives or {})
     interrupted = False
     try:
-        result = run_strategy(cfg.strategy, ctx, s.tuner.log, cfg.progress, save_best=lambda t: _save_progress(t, out))
+        result = run_strategy(cfg.strategy, ctx, s.tuner.log, cfg.progress, save_best=lambda t: _save_progress(t, out),
+                              tiebreak=cfg.tiebreak)
         table, best, goal = result.best_table, result.best_score, result.goal_met
     except KeyboardInterrupt:
         interrupted = True

@@ -40,7 +40,8 @@ def _pct(metric, value: float) -> str:
 
 def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None, progress: str = "print",
                  save_best: Callable[[CalibrationTable], None] | None = None,
-                 echo: Callable[[str], None] = print) -> DriverResult:
+                 echo: Callable[[str], None] = print, tiebreak: str | None = None) -> DriverResult:
+    """`tiebreak`: an objective of tune/objectives.py choosing among every candidate that meets the goal."""
     strategy = STRATEGIES.get(name)
     metric = ctx.metric
     say = echo if progress == "print" else (lambda text: None)
@@ -56,6 +57,7 @@ def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None, progress
     initial = None
     current_node = None
     times: list[float] = []
+    meeting: list[tuple[CalibrationTable, float]] = []
     try:
         candidate = next(generator)
         while True:
@@ -75,6 +77,8 @@ def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None, progress
             elapsed = time.perf_counter() - t0
             times.append(elapsed)
             history.append((candidate.label, score))
+            if tiebreak and ctx.goal(score):
+                meeting.append((candidate.table, score))
             if initial is None:
                 initial = score
                 say(f"Initial accuracy: INT8 = {_pct(metric, score)}")
@@ -96,6 +100,15 @@ def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None, progress
         pass
     finally:
         bar.close()
+    if tiebreak and len(meeting) > 1:
+        from .objectives import pick
+
+        table, score, costs = pick(meeting, tiebreak, ctx.tuner.converted)
+        say(f"{len(meeting)} candidates meet the goal; by {tiebreak}: " +
+            ", ".join(f"{c:.4g}" for c in costs.values()) + f"; keeping the one at {min(costs.values()):.4g}")
+        ctx.best_table, ctx.best_score = table, score
+        if save_best is not None:
+            save_best(table)
     seconds = time.perf_counter() - t_start
     goal = ctx.goal(ctx.best_score)
     int8, total_layers = int8_share(ctx.best_table)
