@@ -118,11 +118,34 @@ def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+@register_metric("coco_map", "higher")
+def coco_map(fp32, int8, params):
+    """COCO mAP@[.5:.95] (pycocotools) of the int8 YOLO detections against a COCO annotation file:
+    --metric_params '{"cfg": "model.cfg", "annotations": "instances.json", "category_ids": [...]}'; images are
+    matched to the annotation file by file name."""
+    from int8tune.coco import coco_map as score
+
+    if "annotations" not in params or "image_names" not in params:
+        raise ConfigError("coco_map needs --metric_params annotations (a COCO json) and a data list of files")
+    p = _yolo_params({k: v for k, v in params.items() if k not in ("annotations", "category_ids", "image_names")})
+    return score(detections_of(int8, p), params["annotations"], list(params["image_names"]),
+                 params.get("category_ids"))
+
+
+@register_metric("coco_map_agreement", "higher")
+def coco_map_agreement(fp32, int8, params):
+    """COCO mAP@[.5:.95] of the int8 YOLO detections with the fp32 detections as ground truth (no labels)."""
+    from int8tune.coco import coco_map_agreement as score
+
+    p = _yolo_params({k: v for k, v in params.items() if k not in ("annotations", "category_ids", "image_names")})
+    return score(detections_of(fp32, p), detections_of(int8, p), p.input_size)
+
+
 _PARSED: dict[str, YoloParams] = {}
 
 
 def _yolo_params(params) -> YoloParams:
-    params = {k: v for k, v in params.items() if k != "labels"}
+    params = {k: v for k, v in params.items() if k not in ("labels", "image_names")}
     key = repr(sorted(params.items()))
     if key not in _PARSED:
         _PARSED[key] = YoloParams.from_dict(dict(params))

@@ -92,3 +92,26 @@ def test_map_agreement():
     shifted = [[Detection(0, 0.9, (0.1, 0.1, 0.4, 0.4)), Detection(1, 0.8, (0.75, 0.75, 0.99, 0.99))]]
     assert mean_average_precision(gt, shifted) == pytest.approx(0.5)
     assert mean_average_precision([[]], [[]]) == 1.0
+
+
+def test_coco_map_against_annotations_and_agreement(tmp_path):
+    import json
+
+    from int8tune.coco import coco_map, coco_map_agreement
+
+    dets = [[Detection(0, 0.9, (0.1, 0.1, 0.5, 0.5))], [Detection(1, 0.8, (0.2, 0.2, 0.6, 0.9))]]
+    ann = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
+                      {"id": 9, "file_name": "b.jpg", "width": 200, "height": 100}],
+           "categories": [{"id": 1}, {"id": 2}],
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 40, 20], "area": 800, "iscrowd": 0},
+                           {"id": 2, "image_id": 9, "category_id": 2, "bbox": [40, 20, 80, 70], "area": 5600,
+                            "iscrowd": 0}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(ann))
+    assert coco_map(dets, path, ["dir/a.jpg", "b.jpg"]) == pytest.approx(1.0)
+    moved = [[Detection(0, 0.9, (0.3, 0.3, 0.7, 0.7))], dets[1]]
+    assert coco_map(moved, path, ["a.jpg", "b.jpg"]) < 0.6
+    assert coco_map_agreement(dets, dets, (320, 320)) == pytest.approx(1.0)
+    assert coco_map_agreement(dets, moved, (320, 320)) < 0.6
+    with pytest.raises(ConfigError, match="no image entry for c.jpg"):
+        coco_map(dets, path, ["a.jpg", "c.jpg"])

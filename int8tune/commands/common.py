@@ -72,6 +72,12 @@ def batch_labels(items: list[DataItem], data: DataConfig) -> list[np.ndarray] | 
     return [np.array([i.label for i in items[k:k + b]], dtype=np.int64) for k in range(0, len(items), b)]
 
 
+def batch_names(items: list[DataItem], data: DataConfig) -> list[list[str]]:
+    """The image files of each batch, in the order prepared_batches yields them."""
+    b = data.batch_size
+    return [[str(i.path) for i in items[k:k + b]] for k in range(0, len(items), b)]
+
+
 def streamed_batches(items: list[DataItem], data: DataConfig, prepare_image: PrepareImage,
                      input_shape: tuple[int, ...]) -> Callable[[], object]:
     """A fresh pass over the images per call, prepared on the fly (calibration's two passes)."""

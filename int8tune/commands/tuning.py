@@ -33,7 +33,7 @@ from ..tune.tuner import BlobResult, TuneSettings, Tuner, metric_outputs
 from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
-from .common import (Workspace, batch_labels, data_items, fingerprint, load_table, load_workspace,
+from .common import (Workspace, batch_labels, batch_names, data_items, fingerprint, load_table, load_workspace,
                      prepared_batches)
 
 
@@ -85,7 +85,8 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         alternatives = tables_per_calibrator(table, {v: calibration.per_blob[v] for v in table.active_blobs()})
         if not spec_per_channel(table) and cfg.strategy == "layerwise":
             # Model-wise first: every calibrator's whole table against the metric on the tuning images.
-            probe = Tuner(ws.converted, batches, metric, settings, labels=batch_labels(items, cfg.data))
+            probe = Tuner(ws.converted, batches, metric, settings, labels=batch_labels(items, cfg.data),
+                          names=batch_names(items, cfg.data))
             tables = alternatives
             name, start_scores = best_start(probe, tables)
             table = tables[name]
@@ -96,7 +97,8 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
         fp = fingerprint(ws, items, settings_fp)
         fp["table"] = _table_hash(table)
         log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
-    tuner = Tuner(ws.converted, batches, metric, settings, log, labels=batch_labels(items, cfg.data))
+    tuner = Tuner(ws.converted, batches, metric, settings, log, labels=batch_labels(items, cfg.data),
+                  names=batch_names(items, cfg.data))
     return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores, alternatives)
 
 

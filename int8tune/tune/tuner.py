@@ -79,10 +79,11 @@ def metric_outputs(converted: ConvertedModel) -> list[str]:
 class Tuner:
     def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
                  settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None,
-                 labels: list[np.ndarray] | None = None) -> None:
+                 labels: list[np.ndarray] | None = None, names: list[list[str]] | None = None) -> None:
         self.converted = converted
         self.batches = batches
         self.labels = labels  # per batch, for task metrics (top1, f1, ...) on a labelled data list
+        self.names = names  # per batch, the image files (COCO metrics match them to an annotation file)
         self.metric = metric  # on the model's outputs
         # on one layer's output: a model metric such as yolo does not apply there, so layers use square
         self.layer_metric = layer_metric or (metric if metric.name == "square" else _square())
@@ -129,11 +130,14 @@ class Tuner:
         return concat_outputs([engine.run_tensors(b, names) for b in self.batches], names)
 
     def model_params(self, indices: Sequence[int] | None = None) -> Mapping:
-        """The model metric's parameters, with the labels of the batches at `indices` when the data has them."""
-        if self.labels is None:
-            return self.settings.metric_params
-        chosen = self.labels if indices is None else [self.labels[i] for i in indices]
-        return {**self.settings.metric_params, "labels": np.concatenate(chosen)}
+        """The model metric's parameters, with the labels and file names of the batches at `indices` when known."""
+        params = dict(self.settings.metric_params)
+        picked = range(len(self.batches)) if indices is None else indices
+        if self.labels is not None:
+            params["labels"] = np.concatenate([self.labels[i] for i in picked])
+        if self.names is not None:
+            params["image_names"] = [n for i in picked for n in self.names[i]]
+        return params
 
     def difference(self, table: CalibrationTable, names: Sequence[str] | None = None) -> float:
         names = list(names or metric_outputs(self.converted))
