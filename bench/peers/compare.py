@@ -132,7 +132,7 @@ def peer(name: str, mode: str, out: Path, fp32: Path, task: str, timeout: float,
            "calibration": str(out / "calib.npz"), "evaluation": str(out / "eval.npz"), "task": task,
            "max_drop": 0.01, "output_dir": str(folder), "output_onnx": str(folder / "model_int8.onnx"), "threads": 2}
     (folder / "job.json").write_text(json.dumps(job, indent=1))
-    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # run_ppq.py sets what PPQ needs for itself
     status, seconds, peak, tail = run_timed([str(python), str(HERE / f"run_{name}.py"), str(folder / "job.json")],
                                             folder, timeout, env)
     result_file = folder / "result.json"
