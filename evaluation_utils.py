@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from int8tune.errors import ConfigError
-from int8tune.metrics import register_metric
+from int8tune.metrics import normalised_square, register_metric, squared_error_parts
 from int8tune.yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
 
 
@@ -22,13 +22,7 @@ def square(fp32, int8, params):
     sum over blobs b of  sum((fp32_b - int8_b)^2) / sum(fp32_b^2)
     (a blob that is all zero in fp32 contributes its plain squared error). Scale-free, so layers and models of
     different magnitude are comparable; 0.01 means the error carries 1 % of the signal's energy."""
-    total = 0.0
-    for name, ref in fp32.items():
-        diff = np.subtract(ref, int8[name], dtype=np.float32)
-        err = float(np.square(diff).sum(dtype=np.float64))  # float64 accumulation, no float64 copies
-        energy = float(np.square(ref, dtype=np.float32).sum(dtype=np.float64))
-        total += err / energy if energy > 0 else err
-    return total
+    return sum(normalised_square(*squared_error_parts(ref, int8[name])) for name, ref in fp32.items())
 
 
 @register_metric("yolo", "lower")

@@ -57,3 +57,15 @@ def register_metric(name: str, direction: str | Direction = Direction.LOWER, des
         return fn
 
     return decorator
+
+
+def squared_error_parts(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    """(sum (ref - test)^2, sum ref^2) in float64 accumulation without float64 copies. Additive over images, so
+    the square metric can be accumulated batch by batch."""
+    diff = np.subtract(ref, test, dtype=np.float32)
+    return float(np.square(diff).sum(dtype=np.float64)), float(np.square(ref, dtype=np.float32).sum(dtype=np.float64))
+
+
+def normalised_square(err: float, energy: float) -> float:
+    """err / energy, or the plain error when the reference is all zero."""
+    return err / energy if energy > 0 else err

@@ -22,7 +22,8 @@ from .errors import ConfigError, DataError
 from .log import logger
 
 
-def session_options(threads: int | None = None, optimize: bool = True, simulation: bool = False) -> ort.SessionOptions:
+def session_options(threads: int | None = None, optimize: bool = True, simulation: bool = False,
+                    arena: bool = True) -> ort.SessionOptions:
     """`simulation`: the graph simulates int8 with QuantizeLinear/DequantizeLinear pairs that must compute exactly
     what they say. onnxruntime's QDQ rewrites are off for it, and so is its highest level (ORT_ENABLE_ALL): the
     NCHWc convolutions sum in another order, and an fp32 difference in the last bit moves a value across a
@@ -42,6 +43,7 @@ def session_options(threads: int | None = None, optimize: bool = True, simulatio
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # onnxruntime's own warnings (e.g. unused initializers) are noise here
+    opts.enable_cpu_mem_arena = arena
     return opts
 
 
@@ -95,9 +97,13 @@ class Engine:
             if len(self._sessions) >= self.MAX_SESSIONS:  # bounded: each session holds a copy of the weights
                 self._sessions.pop(next(iter(self._sessions)))
             model = with_outputs(self.converted.model, sorted(key, key=self._order))
+            # A session that hands back intermediate blobs (statistics, references) runs without onnxruntime's
+            # memory arena: the arena keeps every session's peak, and these sessions come and go (SqueezeNet
+            # calibration: 2.1 GB peak with arenas, 1.0 GB without, 9 % slower).
+            arena = key <= {o.name for o in self.converted.model.graph.output}
             logger.debug("new onnxruntime session exposing %d values", len(key))
             self._sessions[key] = ort.InferenceSession(
-                model.SerializeToString(), sess_options=session_options(self.threads, self.optimize, self.simulation),
+                model.SerializeToString(), sess_options=session_options(self.threads, self.optimize, self.simulation, arena),
                 providers=["CPUExecutionProvider"])
         return self._sessions[key]
 

@@ -83,6 +83,15 @@ def prepare(model: str, out: Path, ws) -> tuple[dict, list[str], list[str]]:
         [i.path.name for i in ev]
 
 
+def _fresh(folder: Path) -> Path:
+    """An empty folder per tool and mode: a previous run's files (a trial log) must not leak into this one."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def run_timed(cmd: list[str], cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, float, float, str]:
     """(status, seconds, peak MB, tail of stderr) of a subprocess, killed after `timeout`."""
     t0 = time.perf_counter()
@@ -100,13 +109,13 @@ def run_timed(cmd: list[str], cwd: Path, timeout: float, env: dict | None = None
                 break
             time.sleep(0.2)
     seconds = time.perf_counter() - t0
-    tail = (cwd / "stderr.log").read_text()[-800:]
+    tail = (cwd / "stderr.log").read_text().strip().splitlines()[-1:] or [""]
+    tail = tail[0][-400:]
     return status, seconds, usage.ru_maxrss / 1024, tail
 
 
 def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeout: float, task: str) -> dict:
-    folder = out / f"int8tune_{mode}"
-    folder.mkdir(exist_ok=True)
+    folder = _fresh(out / f"int8tune_{mode}")
     params = REPO / "examples" / "image_params" / f"{model}.json"
     base = [sys.executable, str(REPO / "main.py"), "-q"]
     common = ["--proto", str(proto), "--model", str(caffemodel), "--image_params", str(params),
@@ -126,8 +135,7 @@ def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeou
 
 
 def peer(name: str, mode: str, out: Path, fp32: Path, task: str, timeout: float, python: Path) -> dict:
-    folder = out / f"{name}_{mode}"
-    folder.mkdir(exist_ok=True)
+    folder = _fresh(out / f"{name}_{mode}")
     job = {"peer": name, "mode": mode, "fp32_onnx": str(fp32), "input_name": "data",
            "calibration": str(out / "calib.npz"), "evaluation": str(out / "eval.npz"), "task": task,
            "max_drop": 0.01, "output_dir": str(folder), "output_onnx": str(folder / "model_int8.onnx"), "threads": 2}

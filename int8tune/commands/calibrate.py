@@ -130,20 +130,41 @@ def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_mea
 
 
 def output_values(ws, plan) -> list[str]:
-    """The outputs of int8 weighted layers, and what an in-place ReLU makes of them (thresholds for the QDQ
-    export's output quantizers)."""
+    """Outputs of int8 weighted layers that need a threshold of their own for the QDQ export's output quantizers:
+    those that do not flow, through layers that commute with a quantizer (ReLU, Concat, max pooling, reshapes),
+    into a blob an int8 layer reads (whose threshold the export borrows). Also what an in-place ReLU makes of
+    them. Collecting only these halves the statistics work on SqueezeNet."""
     consumers = ws.fold.net.consumers()
+    read_by_int8 = {v for p in plan if p.int8 for v in p.inputs}
     out: list[str] = []
     for p in plan:
         if not p.int8 or p.type not in WEIGHTED_TYPES:
             continue
-        layer = ws.fold.net.layer(p.layer)
-        top = layer.tops[0]
+        top = ws.fold.net.layer(p.layer).tops[0]
+        if _reaches(top, read_by_int8, consumers, ws.fold.net.outputs):
+            continue
         out.append(top)
         readers = consumers.get(top, [])
         if len(readers) == 1 and readers[0].type == "ReLU":
             out.append(readers[0].tops[0])
     return list(dict.fromkeys(out))
+
+
+def _transparent(layer) -> bool:
+    if layer.type in ("ReLU", "Concat", "Flatten", "Reshape", "Dropout", "Split"):
+        return True
+    return layer.type == "Pooling" and layer.param.pooling_param.pool == 0  # MAX
+
+
+def _reaches(value: str, targets: set[str], consumers, graph_outputs) -> bool:
+    for _ in range(64):
+        if value in targets:
+            return True
+        readers = consumers.get(value, [])
+        if value in graph_outputs or len(readers) != 1 or not _transparent(readers[0]):
+            return False
+        value = readers[0].tops[0]
+    return False
 
 
 def _write_statistics(path: Path, stats, per_blob, table, ws, scores) -> None:

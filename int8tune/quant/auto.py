@@ -20,11 +20,11 @@ def choose_calibrators(tuner: Tuner, table: CalibrationTable, candidates: dict[s
     and value -> {calibrator: measured difference}."""
     scores: dict[str, dict[str, float]] = {}
     order = tuner.blobs_in_order(table)
-    # fp32 references of every reading layer's output in one pass (instead of one full pass per blob)
-    tuner.references(list(dict.fromkeys(n for v in order for n in tuner.objective_names(table, v, "layer"))))
     for value in order:
         options = candidates[value]
         measured = tuner.score_thresholds(table, value, options, objective="layer")
+        # each blob's reference outputs are used once: keeping every layer's for every image took 1.5 GB
+        tuner.forget_references(tuner.objective_names(table, value, "layer"))
         best = min(measured, key=lambda k: (measured[k], k))
         table = table.with_threshold(value, options[best], calibrator=best)
         scores[value] = measured

@@ -125,7 +125,6 @@ class PartialEvaluator:
         prefix = build_prefix(graph.frozen(table), fetch, threads) if fetch else None
         prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
         self.base: list[dict[str, np.ndarray]] = []
-        self.sizes = [int(next(iter(engine.feeds(b).values())).shape[0]) for b in batches]
         for batch in batches:
             all_feeds = engine.feeds(batch)
             values = dict(zip(fetch, prefix.run(fetch, {k: v for k, v in all_feeds.items() if k in prefix_inputs}))) \
@@ -142,24 +141,14 @@ class PartialEvaluator:
         feeds_all = self.graph.feeds(table)
         t_feeds = {t: feeds_all[t] for t in self.suffix.threshold_inputs}
         wanted = [o for o in self.outputs if o in self.suffix.produced]
-        sizes = self.sizes if indices is None else [self.sizes[i] for i in indices]
-        stackable = all(b[f].shape[:1] == (n,) for b, n in zip(bases, sizes) for f in self.suffix.frontier)
-        if not stackable:  # a frontier tensor without the batch axis (a constant branch): one run per batch
-            results = []
-            for base in bases:
-                feeds = {f: base[f] for f in self.suffix.frontier}
-                feeds.update(t_feeds)
-                got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}
-                results.append({o: got[o] if o in got else base[o] for o in self.outputs})
-            return results
-        # One run over all requested batches stacked together (per-run overhead is paid once), split back after.
-        feeds = {f: np.concatenate([b[f] for b in bases], axis=0) for f in self.suffix.frontier}
-        feeds.update(t_feeds)
-        got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}
-        results, start = [], 0
-        for base, n in zip(bases, sizes):
-            results.append({o: got[o][start:start + n] if o in got else base[o] for o in self.outputs})
-            start += n
+        # One run per batch: stacking all batches into one run was no faster (compute-bound) and made
+        # onnxruntime's arena hold every image's activations at once.
+        results = []
+        for base in bases:
+            feeds = {f: base[f] for f in self.suffix.frontier}
+            feeds.update(t_feeds)
+            got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}
+            results.append({o: got[o] if o in got else base[o] for o in self.outputs})
         return results
 
 
