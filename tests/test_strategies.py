@@ -13,7 +13,7 @@ from int8tune.metrics import METRICS
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.tune.driver import run_strategy
-from int8tune.tune.strategies import StrategyContext, StrategySettings
+from int8tune.tune.strategies import STRATEGIES, Candidate, StrategyContext, StrategySettings
 from int8tune.tune.trials import TrialLog
 from int8tune.tune.tuner import TuneSettings, Tuner
 from netbuilder import write_net
@@ -89,18 +89,24 @@ def test_bayesian_improves_on_a_badly_scaled_table_and_keeps_every_layer_int8(co
     assert all(0.5 - 1e-9 <= r <= 2.0 + 1e-9 for r in ratios)
 
 
+def _two_candidates(ctx):
+    yield Candidate(ctx.start, "int8", "both", "1/2")
+    yield Candidate(ctx.tables["with_fallback"], "fallback", "both", "2/2")
+
+
+STRATEGIES.add("test_two_candidates", _two_candidates)
+
+
 @pytest.mark.parametrize("objective", ["model_size", "performance", "memory"])
-def test_tiebreak_keeps_the_cheapest_candidate_that_meets_the_goal(converted, objective):
-    """basic with an easy goal: every model-wise table meets it; with model_size the smallest export wins."""
+def test_tiebreak_chooses_among_the_candidates_that_meet_the_goal(converted, objective):
     from int8tune.tune.objectives import OBJECTIVES
 
     table = make_table(QuantSpec())
     fallback = table.with_fallback(["fc"])  # an fp32 layer: a larger model, the same goal met
     ctx = context(converted, table, goal=lambda s: True, tables={"with_fallback": fallback})
-    result = run_strategy("basic", ctx, None, progress="none", tiebreak=objective)
-    assert result.goal_met
-    if objective == "model_size":
-        assert all(e.int8 for e in result.best_table.layers.values())
-        assert OBJECTIVES.get("model_size")(result.best_table, converted) < \
-            OBJECTIVES.get("model_size")(fallback, converted)
-    assert OBJECTIVES.get(objective)(result.best_table, converted) > 0
+    result = run_strategy("test_two_candidates", ctx, None, progress="none", tiebreak=objective)
+    costs = {name: OBJECTIVES.get(objective)(t, converted) for name, t in (("int8", table), ("fallback", fallback))}
+    kept = "int8" if all(e.int8 for e in result.best_table.layers.values()) else "fallback"
+    if objective == "model_size":  # deterministic; the measured objectives are only checked to run
+        assert kept == "int8" and costs["int8"] < costs["fallback"]
+    assert all(c > 0 for c in costs.values())

@@ -7,8 +7,8 @@ table after each one, and stops when the strategy is done. Registered strategies
 - `halving` (Glow's model-tuner): blob by blob, the threshold divided by 2 up to `max_iter_per_node` times; the
   best is kept; a blob whose change has no effect is left at once; a drop of more than `acc_drop_skip` ends the
   blob; the run ends when `target` is reached.
-- `basic` (Intel Neural Compressor's basic strategy): model-wise first (every calibrator's whole table, per-channel
-  and per-tensor weights), then op-wise fp32 fallback (each int8 layer alone, ranked by the score it recovers),
+- `basic` (Intel Neural Compressor's basic strategy): model-wise first (the starting table, then every
+  calibrator's whole table, per-channel and per-tensor weights, until one meets the goal), then op-wise fp32 fallback (each int8 layer alone, ranked by the score it recovers),
   then accumulated fallback in that order until the goal is met (a fallback that does not help is undone).
 - `mse` (Neural Compressor's mse strategy): the same accumulated fallback, ordered by each layer's own
   fp32-vs-int8 difference (worst first) instead of measuring each fallback.
@@ -143,7 +143,9 @@ def basic(ctx: StrategyContext) -> Generator[Candidate, float, None]:
         got = yield Candidate(table, label, "Model-wise search", "model-wise", label.split(" ", 1)[1])
         if best is None or ctx.better(got, best):
             best_name, best_table, best = label, table, got
-    if ctx.goal(best) or not ctx.settings.fallback:
+        if ctx.goal(got):  # as Neural Compressor: the first configuration that meets the goal ends the search
+            return
+    if not ctx.settings.fallback:
         return
     impacts: dict[str, float] = {}
     layers = [e.layer for e in best_table.quantized_layers()]

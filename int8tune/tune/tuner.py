@@ -200,6 +200,47 @@ class Tuner:
             scores[key] = metric(refs, out, params)
         return scores
 
+    def score_isolated(self, table: CalibrationTable, candidates: Mapping[str, Mapping[str, float]],
+                       chunk: int = 8) -> dict[str, dict[str, float]]:
+        """For each blob, the layer objective of each candidate threshold with that blob alone quantized (every
+        other blob fp32): the reading layers' outputs against fp32, with the square metric, accumulated over
+        the batches. No int8 prefix is needed: the suffix reads the blob's fp32 value, computed for a chunk of
+        blobs in one fp32 pass (memory stays bounded by `chunk`)."""
+        from .partial import build_suffix
+
+        graph, _ = self.int8(table)
+        order = [v for v in self.blobs_in_order(table) if v in candidates]
+        net_values = set(self.converted.net.blob_of)
+        out: dict[str, dict[str, float]] = {}
+        for start in range(0, len(order), chunk):
+            group = order[start:start + chunk]
+            plans = {}
+            for value in group:
+                names = self.objective_names(table, value, "layer")
+                suffix = build_suffix(graph, value, names, self.settings.threads, table)
+                if suffix is None or not set(suffix.frontier) <= net_values:
+                    raise ConfigError(f"blob {value!r}: its reading layers need int8 values from elsewhere; "
+                                      f"measure it with score_thresholds")
+                plans[value] = (names, suffix)
+            needed = sorted({t for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
+            sums = {(v, k): [0.0, 0.0] for v in group for k in candidates[v]}
+            for batch in self.batches:
+                fp32 = self.fp32.run_tensors(batch, needed)
+                for value, (names, suffix) in plans.items():
+                    for key, t in candidates[value].items():
+                        feeds = graph.feeds(table.with_threshold(value, t, calibrator=key))
+                        run_feeds = {f: fp32[f] for f in suffix.frontier}
+                        run_feeds.update({n: feeds[n] for n in suffix.threshold_inputs})
+                        got = suffix.session.run(names, run_feeds)
+                        for name, array in zip(names, got):
+                            err, energy = squared_error_parts(fp32[name], array)
+                            sums[(value, key)][0] += err
+                            sums[(value, key)][1] += energy
+                self.evaluations += 1
+            for value in group:
+                out[value] = {k: normalised_square(*sums[(value, k)]) for k in candidates[value]}
+        return out
+
     def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
         if (objective or self.settings.objective) == "model":
             return self.metric, self.model_params()
