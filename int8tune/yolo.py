@@ -240,6 +240,24 @@ def head_difference(ref, test, background_weight: float) -> float:
     return float((w * per_cell).sum() / w.sum())
 
 
+# The tuner scores hundreds of candidates against the same fp32 reference arrays: their decode is kept for the
+# last few reference arrays seen (by identity; the array itself is held so that its id cannot be reused).
+_REFERENCE_DECODES: dict[tuple[int, YoloHead, tuple[int, int]], tuple[np.ndarray, tuple]] = {}
+_MAX_REFERENCE_DECODES = 8
+
+
+def _decode_reference(feature: np.ndarray, head: YoloHead, input_size: tuple[int, int]):
+    key = (id(feature), head, input_size)
+    hit = _REFERENCE_DECODES.get(key)
+    if hit is not None and hit[0] is feature:
+        return hit[1]
+    decoded = decode_head(feature, head, input_size)
+    if len(_REFERENCE_DECODES) >= _MAX_REFERENCE_DECODES:
+        _REFERENCE_DECODES.pop(next(iter(_REFERENCE_DECODES)))
+    _REFERENCE_DECODES[key] = (feature, decoded)
+    return decoded
+
+
 def yolo_difference(fp32: dict, int8: dict, params: YoloParams) -> float:
     """Sum over heads of head_difference."""
     total = 0.0
@@ -247,7 +265,7 @@ def yolo_difference(fp32: dict, int8: dict, params: YoloParams) -> float:
         if head.blob not in fp32:
             raise ConfigError(f"yolo metric: head blob {head.blob!r} is not among the model outputs "
                               f"({', '.join(fp32)})")
-        total += head_difference(decode_head(fp32[head.blob], head, params.input_size),
+        total += head_difference(_decode_reference(fp32[head.blob], head, params.input_size),
                                  decode_head(int8[head.blob], head, params.input_size), params.background_weight)
     return total
 

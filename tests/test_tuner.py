@@ -101,3 +101,51 @@ def test_subset_search_confirms_on_every_batch(converted, tmp_path):
     for value in replay.blobs_in_order(bad):
         again, _ = replay.tune_blob(again, value)
     assert again.thresholds() == table.thresholds()
+
+
+def _tune_trials(converted, table, batches_, carry: bool, blobs=None, metric="square", settings=None):
+    tuner = Tuner(converted, batches_, METRICS.get(metric),
+                  settings or TuneSettings(search_settings=SearchSettings(step_ratio=0.25, steps=10)))
+    tuner.carry_state = carry
+    tuner.difference(table)
+    trials = []
+    for value in (blobs or tuner.blobs_in_order(table)):
+        table, _ = tuner.tune_blob(table, value, on_trial=trials.append)
+    return table, [(t.blob, t.multiplier, t.difference) for t in trials], tuner.evaluations
+
+
+def test_carried_state_changes_no_decision_and_skips_the_baseline_runs(converted):
+    """The next blob starts from the tensors the previous one left (its frontier and the model outputs under the
+    kept table) instead of an upstream run: the same trials, the same table, one suffix run fewer per blob."""
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    carried, trials_c, evals_c = _tune_trials(converted, bad, batches(), carry=True)
+    plain, trials_p, evals_p = _tune_trials(converted, bad, batches(), carry=False)
+    assert carried.thresholds() == plain.thresholds()
+    assert trials_c == trials_p
+    assert evals_c == evals_p - 2  # two blobs, no baseline run for either
+
+
+def test_carried_state_on_a_real_detector(assets):
+    """yolov3_nano_voc, the first blobs of the chain (each bridged from the previous blob's frontier) and a blob
+    of the second head (not downstream of the one before it): the same trials as upstream runs from the input."""
+    from int8tune.commands.common import load_workspace
+    from int8tune.quant.calibrate import build_table, collect_statistics, plan_quantization, planned_values
+    from int8tune.quant.calibrators import CalibratorOptions
+    from int8tune.runtime import Engine
+
+    d = assets / "models" / "yolov3_nano_voc"
+    ws = load_workspace(d / "MobileNetV2-YOLOv3-Nano-voc.prototxt", d / "MobileNetV2-YOLOv3-Nano-voc.caffemodel")
+    rng = np.random.default_rng(3)
+    xs = [rng.random((1, 3, 320, 320), dtype=np.float32) for _ in range(2)]
+    plan = plan_quantization(ws.fold.net, QuantSpec())
+    stats = collect_statistics(Engine(ws.converted), planned_values(plan), lambda: iter(xs), 2048, False,
+                               progress=False)
+    table = build_table(ws.fold.net, ws.converted, plan, stats, QuantSpec(), "kl", "minmax", CalibratorOptions())
+    order = Tuner(ws.converted, xs, METRICS.get("square"), TuneSettings()).blobs_in_order(table)
+    blobs = order[:4] + order[-3:]
+    settings = TuneSettings(search_settings=SearchSettings(step_ratio=0.3, steps=2))
+    carried, trials_c, _ = _tune_trials(ws.converted, table, xs, True, blobs, settings=settings)
+    plain, trials_p, _ = _tune_trials(ws.converted, table, xs, False, blobs, settings=settings)
+    assert carried.thresholds() == plain.thresholds()
+    assert [t[:2] for t in trials_c] == [t[:2] for t in trials_p]
+    np.testing.assert_allclose([t[2] for t in trials_c], [t[2] for t in trials_p], rtol=1e-6)

@@ -3,7 +3,7 @@
 
 Every tool gets the fp32 ONNX graph this project's converter exports (BatchNorm folded), the same calibration
 and evaluation images with the same preprocessing, and (where it has one) its accuracy-aware mode with the same
-target. Each quantizes in its own subprocess (peers from the peers venv, bench/peers/setup.sh) under a time
+target, validated on the calibration images (with their labels): no tool sees the evaluation images. Each quantizes in its own subprocess (peers from the peers venv, bench/peers/setup.sh) under a time
 limit; a failure is a row, not a crash. Every resulting ONNX model is then measured the same way, here, with
 this venv's onnxruntime:
 
@@ -57,8 +57,10 @@ WEIGHTED = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm")
 
 
-def prepare(model: str, out: Path, ws) -> tuple[dict, list[str], list[str]]:
-    """calib.npz / eval.npz and the list files for this project's CLI; returns the split description."""
+def prepare(model: str, out: Path, ws, wide: int) -> tuple[dict, list[str], list[str]]:
+    """calib.npz / eval.npz (and wide.npz) and the list files for this project's CLI; returns the split
+    description. Detectors: `wide` > 0 adds a second evaluation set, the first `wide` photos of imagenet_dev
+    (natural photos, many with VOC objects), because the 18 held-out detection/natural photos decide little."""
     task, (source, n_cal, n_eval) = SPLITS[model]
     params = params_for(model)
     if task == "classification":
@@ -71,16 +73,23 @@ def prepare(model: str, out: Path, ws) -> tuple[dict, list[str], list[str]]:
         ev = [DataItem(p, None, None) for p in paths if p not in cal_paths]
     x_cal = np.concatenate(batches_of(cal, params, ws.input_shape, 10))
     x_ev = np.concatenate(batches_of(ev, params, ws.input_shape, 10))
-    np.savez(out / "calib.npz", x=x_cal)
+    if task == "classification":  # the labels are the accuracy-aware modes' validation targets
+        np.savez(out / "calib.npz", x=x_cal, labels=np.array([i.label for i in cal], dtype=np.int64))
+    else:
+        np.savez(out / "calib.npz", x=x_cal)
     if task == "classification":
         np.savez(out / "eval.npz", x=x_ev, labels=np.array([i.label for i in ev], dtype=np.int64))
     else:
         np.savez(out / "eval.npz", x=x_ev)
+    split = {"task": task, "calibration": len(cal), "evaluation": len(ev), "wide": 0}
+    if task == "detection" and wide > 0:
+        wide_items = [DataItem(p, None, None) for p in sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))[:wide]]
+        np.savez(out / "wide.npz", x=np.concatenate(batches_of(wide_items, params, ws.input_shape, 10)))
+        split["wide"] = len(wide_items)
     for name, items in (("calib", cal), ("eval", ev)):
         (out / f"{name}.txt").write_text("".join(f"{i.path}" + (f" {i.label}" if i.label is not None else "") + "\n"
                                                  for i in items))
-    return {"task": task, "calibration": len(cal), "evaluation": len(ev)}, [i.path.name for i in cal], \
-        [i.path.name for i in ev]
+    return split, [i.path.name for i in cal], [i.path.name for i in ev]
 
 
 def _fresh(folder: Path) -> Path:
@@ -189,8 +198,13 @@ def measure(row: dict, fp32_path: Path, out: Path, model: str, task: str, fp32_m
         row.update(status="failed", error=f"quantized model lacks outputs {missing}")
         return row
     input_name = q.get_inputs()[0].name
-    fp32_out = {n: np.concatenate([f.run([n], {"data": x[i:i + 1]})[0] for i in range(len(x))]) for n in names}
-    int8_out = {n: np.concatenate([q.run([n], {input_name: x[i:i + 1]})[0] for i in range(len(x))]) for n in names}
+
+    def outputs_on(x):
+        fp32 = {n: np.concatenate([f.run([n], {"data": x[i:i + 1]})[0] for i in range(len(x))]) for n in names}
+        int8 = {n: np.concatenate([q.run([n], {input_name: x[i:i + 1]})[0] for i in range(len(x))]) for n in names}
+        return fp32, int8
+
+    fp32_out, int8_out = outputs_on(x)
     if task == "classification":
         labels = data["labels"]
         row["accuracy"] = METRICS.get("top1")(fp32_out, int8_out, {"labels": labels})
@@ -201,6 +215,10 @@ def measure(row: dict, fp32_path: Path, out: Path, model: str, task: str, fp32_m
         row["accuracy"] = METRICS.get("yolo_map")(fp32_out, int8_out, params)
         row["fp32_accuracy"] = 1.0
         row["agreement"] = 1.0 - METRICS.get("square")(fp32_out, int8_out, {})
+        if (out / "wide.npz").is_file():
+            wide_fp32, wide_int8 = outputs_on(np.load(out / "wide.npz")["x"])
+            row["wide_accuracy"] = METRICS.get("yolo_map")(wide_fp32, wide_int8, params)
+            row["wide_yolo"] = METRICS.get("yolo")(wide_fp32, wide_int8, params)
     row["int8_graph"] = int8_in_graph(m)
     row["int8_kernels"], _ = count_int8_kernels(m, threads=2)
     shape = (1,) + tuple(x.shape[1:])
@@ -216,6 +234,8 @@ def main() -> int:
     ap.add_argument("--peers", nargs="*", default=list(PEERS))
     ap.add_argument("--modes", nargs="*", default=["plain", "accuracy"])
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--wide", type=int, default=250, help="detectors: imagenet_dev photos in a second evaluation "
+                                                          "set (0: none)")
     ap.add_argument("--peers_python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
     args = ap.parse_args()
     require_assets()
@@ -225,7 +245,7 @@ def main() -> int:
     ws = load_workspace(proto, caffemodel)
     fp32_path = out / "fp32.onnx"
     fp32_path.write_bytes(ws.converted.model.SerializeToString())
-    split, cal_names, _ = prepare(args.model, out, ws)
+    split, cal_names, _ = prepare(args.model, out, ws, args.wide)
     task = split["task"]
     fp32_ms = time_model("fp32", ws.converted.model, "data", (1,) + tuple(ws.input_shape[1:]), 1, repeat=30,
                          threads=2).median_ms
@@ -249,15 +269,21 @@ def write_results(rows, out: Path, model: str, split: dict, n_layers: int, fp32_
     metric = "top-1" if split["task"] == "classification" else "mAP@0.5 vs fp32"
     head = (f"{model}: {split['calibration']} calibration / {split['evaluation']} evaluation images; accuracy = "
             f"{metric}; {n_layers} quantizable layers; fp32 latency {fp32_ms:.2f} ms (batch 1)")
-    lines = [head, "", "| tool | mode | status | accuracy | fp32 agreement | int8 in graph | int8 kernels in ORT | "
-             "quantize time s | peak MB | fp32/int8 latency |", "|---" * 10 + "|"]
+    wide = split.get("wide", 0)
+    wide_head = f" {wide} imagenet_dev: mAP@0.5 vs fp32 | {wide} imagenet_dev: yolo difference |" if wide else ""
+    lines = [head, "", "| tool | mode | status | accuracy | fp32 agreement |" + wide_head + " int8 in graph | "
+             "int8 kernels in ORT | quantize time s | peak MB | fp32/int8 latency |",
+             "|---" * (10 + (2 if wide else 0)) + "|"]
     for r in rows:
         if r["status"] != "ok" or "accuracy" not in r:
-            lines.append(f"| {r['tool']} | {r['mode']} | {r['status']}: {str(r.get('error', ''))[:120]} | | | | | "
-                         f"{r.get('seconds', 0) or 0:.0f} | {r.get('peak_mb', 0) or 0:.0f} | |")
+            why = r.get("error") or (r.get("notes") or [""])[-1]
+            lines.append(f"| {r['tool']} | {r['mode']} | {r['status']}: {str(why).splitlines()[0][:120] if why else ''} | | |"
+                         + (" | |" if wide else "") + f" | | {r.get('seconds', 0) or 0:.0f} | "
+                         f"{r.get('peak_mb', 0) or 0:.0f} | |")
             continue
-        lines.append(f"| {r['tool']} | {r['mode']} | ok | {100 * r['accuracy']:.2f} | {100 * r['agreement']:.2f} | "
-                     f"{r['int8_graph']}/{n_layers} | {r['int8_kernels']}/{n_layers} | {r['seconds']:.0f} | "
+        wide_cells = f" {100 * r['wide_accuracy']:.2f} | {r['wide_yolo']:.4f} |" if wide else ""
+        lines.append(f"| {r['tool']} | {r['mode']} | ok | {100 * r['accuracy']:.2f} | {100 * r['agreement']:.2f} |"
+                     f"{wide_cells} {r['int8_graph']}/{n_layers} | {r['int8_kernels']}/{n_layers} | {r['seconds']:.0f} | "
                      f"{r['peak_mb']:.0f} | {r['speedup']:.2f} |")
     fp32 = next((r["fp32_accuracy"] for r in rows if "fp32_accuracy" in r), None)
     if fp32 is not None:
@@ -265,7 +291,7 @@ def write_results(rows, out: Path, model: str, split: dict, n_layers: int, fp32_
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
-        keys = ["tool", "mode", "status", "accuracy", "agreement", "int8_graph", "int8_kernels", "seconds", "peak_mb",
+        keys = ["tool", "mode", "status", "accuracy", "agreement", "wide_accuracy", "wide_yolo", "int8_graph", "int8_kernels", "seconds", "peak_mb",
                 "int8_ms", "speedup", "error"]
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()

@@ -12,7 +12,8 @@ A runner is `python run_<peer>.py JOB.json`; the job is written by bench/peers/c
 `job.notes`, and returns the path of the quantized ONNX model (None with job.status set for "not available").
 
 Validation metric of the accuracy-aware modes (job.metric(model)), computed with onnxruntime on the
-evaluation set:
+validation set, which is the calibration images (with their labels): every tool, this project included, tunes
+on the images it calibrates with, and the evaluation images stay unseen until compare.py scores the result:
 - classification: top-1 of the model's first output on the "labels" array;
 - detection (no labels): agreement with the fp32 model, 1 - sum((q - f)^2) / sum(f^2) over all outputs of all
   evaluation images (1 = identical outputs; the squared error normalised by the fp32 outputs' energy).
@@ -65,11 +66,12 @@ class Job:
         self.threads = int(spec.get("threads", 2))
         self.calibration_path = spec["calibration"]
         self.evaluation_path = spec["evaluation"]
+        self.validation_path = spec.get("validation", spec["calibration"])
         self.notes: list[str] = []
         self.seconds = 0.0
         self.status = "ok"
-        self._fp32_outputs: list[np.ndarray] | None = None
-        self._evaluation: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._fp32_outputs: dict[str, list[np.ndarray]] = {}
+        self._data: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     # data ------------------------------------------------------------------------------------------------
     def calibration(self) -> np.ndarray:
@@ -77,12 +79,19 @@ class Job:
         return np.load(self.calibration_path)["x"].astype(np.float32)
 
     def evaluation(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(x float32 (N, C, H, W), labels int64 (N,) or None for detection)."""
-        if self._evaluation is None:
-            data = np.load(self.evaluation_path)
+        """(x float32 (N, C, H, W), labels int64 (N,) or None for detection): the images results are scored on."""
+        return self._load(self.evaluation_path)
+
+    def validation(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The same for the validation set of the accuracy-aware modes (the calibration images)."""
+        return self._load(self.validation_path)
+
+    def _load(self, path: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if path not in self._data:
+            data = np.load(path)
             labels = data["labels"].astype(np.int64) if "labels" in data.files else None
-            self._evaluation = data["x"].astype(np.float32), labels
-        return self._evaluation
+            self._data[path] = data["x"].astype(np.float32), labels
+        return self._data[path]
 
     # onnxruntime -----------------------------------------------------------------------------------------
     def session(self, model):
@@ -121,18 +130,25 @@ class Job:
         return [np.concatenate(o) for o in outs]
 
     def metric(self, model) -> float:
-        """The validation metric of a model (path, bytes, ModelProto or session) on the whole evaluation set."""
+        """The validation metric of a model (path, bytes, ModelProto or session) on the whole validation set."""
         return self.score(model, self.validation_items())[0]
 
+    def evaluation_metric(self, model) -> float:
+        """The same metric on the evaluation images (for the notes; no tool sees it while quantizing)."""
+        return self.score(model, self._items(self.evaluation_path))[0]
+
     def validation_items(self) -> list[tuple[np.ndarray, object]]:
-        """One (x (1, C, H, W), target) per evaluation image: target = the label (classification) or the list of
+        """One (x (1, C, H, W), target) per validation image: target = the label (classification) or the list of
         fp32 outputs for that image (detection). For tools that take a validation dataset (NNCF)."""
-        x, labels = self.evaluation()
+        return self._items(self.validation_path)
+
+    def _items(self, path: str) -> list[tuple[np.ndarray, object]]:
+        x, labels = self._load(path)
         if self.task == "classification":
             if labels is None:
-                raise ValueError("classification job whose evaluation npz has no 'labels'")
+                raise ValueError(f"classification job whose npz {path} has no 'labels'")
             return [(x[i:i + 1], int(labels[i])) for i in range(len(x))]
-        fp32 = self.fp32_outputs()
+        fp32 = self.fp32_outputs(path)
         return [(x[i:i + 1], [f[i:i + 1] for f in fp32]) for i in range(len(x))]
 
     def score(self, model, items) -> tuple[float, list[float]]:
@@ -148,10 +164,10 @@ class Job:
         fp32 = [np.concatenate([t[k] for _, t in items]) for k in range(len(outs))]
         return agreement(fp32, outs), per
 
-    def fp32_outputs(self) -> list[np.ndarray]:
-        if self._fp32_outputs is None:
-            self._fp32_outputs = self.predict(self.fp32_onnx, self.evaluation()[0])
-        return self._fp32_outputs
+    def fp32_outputs(self, path: str) -> list[np.ndarray]:
+        if path not in self._fp32_outputs:
+            self._fp32_outputs[path] = self.predict(self.fp32_onnx, self._load(path)[0])
+        return self._fp32_outputs[path]
 
     def metric_name(self) -> str:
         return "top-1" if self.task == "classification" else "fp32 agreement (1 - sum sq diff / sum sq fp32)"
@@ -244,7 +260,8 @@ def _note_outcome(job: Job, onnx_path: str) -> None:
         total, fp32 = fp32_layers(onnx.load(onnx_path))
         job.note(f"{total - len(fp32)} of {total} weighted layers have quantized weights; left in float: {fp32}")
         job.note(f"{job.metric_name()} on the evaluation set (onnxruntime {version('onnxruntime')}, batch "
-                 f"{EVAL_BATCH}): fp32 {job.metric(job.fp32_onnx):.4f}, quantized {job.metric(onnx_path):.4f}")
+                 f"{EVAL_BATCH}): fp32 {job.evaluation_metric(job.fp32_onnx):.4f}, quantized "
+                 f"{job.evaluation_metric(onnx_path):.4f}")
     except Exception as exc:  # noqa: BLE001
         job.note(f"could not inspect or evaluate the quantized model: {type(exc).__name__}: {exc}")
 

@@ -3,8 +3,11 @@
 Changing the threshold of blob v only changes the nodes that depend on the graph input `threshold:v` (its fake
 quantizer, the bias rescaling of the layers reading it, and everything downstream). For one tuned blob:
 
-1. the *frontier* (tensors computed outside that dependent set but read inside it) is computed once, by one run
-   of the whole int8 graph with the current table, and kept in memory per batch;
+1. the *frontier* (tensors computed outside that dependent set but read inside it) is computed once per blob
+   with the current table and kept in memory per batch. Tensors already known under the current table (`known`:
+   what the tuning of the previous blob left behind, its frontier and the model outputs) are not recomputed; the
+   rest comes from a *bridge* session holding only the nodes between the known tensors and the missing ones
+   (for consecutive blobs of a chain, one or two layers), or from the net input when nothing is known;
 2. a *suffix* graph made of the dependent nodes only, whose inputs are the frontier tensors and the thresholds,
    gets one onnxruntime session;
 3. every candidate threshold is then one run of the suffix graph: a new feed, no new session.
@@ -37,14 +40,16 @@ def dependents(model: onnx.ModelProto, sources) -> list[onnx.NodeProto]:
     return out
 
 
-def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """The nodes among `nodes` that contribute to `outputs` (a layer objective needs only a few of them)."""
-    needed = set(outputs)
+def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str],
+                available: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+    """The nodes among `nodes` that contribute to `outputs` (a layer objective needs only a few of them), not
+    walking past tensors in `available` (they are inputs)."""
+    needed = set(outputs) - available
     keep = []
     for node in reversed(nodes):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(node.input)
+            needed.update(i for i in node.input if i not in available)
     return list(reversed(keep))
 
 
@@ -92,13 +97,18 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
     return Suffix(value, session, frontier, thresholds, produced)
 
 
-def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int) -> ort.InferenceSession:
-    """A session computing only `tensors` (the nodes they need), from the graph's inputs."""
-    nodes = _needed_for(list(model.graph.node), set(tensors))
+def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
+                 available: frozenset[str] = frozenset()) -> ort.InferenceSession:
+    """A session computing only `tensors` (the nodes they need), from the graph's inputs and the tensors in
+    `available` (fed as inputs: the bridge from known tensors)."""
+    nodes = _needed_for(list(model.graph.node), set(tensors), available)
     used = {i for n in nodes for i in n.input}
+    graph_inputs = {i.name for i in model.graph.input}
+    fed = [a for a in sorted(available) if a in used and a not in graph_inputs]
     g = helper.make_graph(
         nodes, "prefix",
-        inputs=[i for i in model.graph.input if i.name in used],
+        inputs=[i for i in model.graph.input if i.name in used]
+        + [helper.make_tensor_value_info(a, TensorProto.FLOAT, None) for a in fed],
         outputs=[helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors],
         initializer=[t for t in model.graph.initializer if t.name in used],
     )
@@ -112,7 +122,9 @@ class PartialEvaluator:
     """Int8 outputs for many candidate thresholds of one blob, reusing everything upstream of it."""
 
     def __init__(self, graph: Int8Graph, engine: Engine, batches: list[np.ndarray], value: str,
-                 outputs: list[str], table: CalibrationTable, threads: int) -> None:
+                 outputs: list[str], table: CalibrationTable, threads: int,
+                 known: list[dict[str, np.ndarray]] | None = None) -> None:
+        """`known`: per batch, tensors already computed under `table` (nothing is recomputed for them)."""
         self.graph = graph
         self.outputs = outputs
         self.suffix = build_suffix(graph, value, outputs, threads, table)
@@ -120,17 +132,26 @@ class PartialEvaluator:
         fetch = list(dict.fromkeys([o for o in outputs if self.suffix is None or o not in self.suffix.produced]
                                    + (self.suffix.frontier if self.suffix else [])))
         fetch = [f for f in fetch if f not in net_inputs]
-        # Once per blob, with the current table: the frontier and the outputs the blob cannot change, computed by
-        # a prefix session holding only the nodes they need (nothing downstream is run).
-        prefix = build_prefix(graph.frozen(table), fetch, threads) if fetch else None
+        if known is not None and len(known) != len(batches):
+            raise ValueError(f"known tensors for {len(known)} batches, {len(batches)} batches given")
+        available = frozenset(set.intersection(*(set(k) for k in known))) if known else frozenset()
+        missing = [f for f in fetch if f not in available]
+        # Once per blob, with the current table: the frontier and the outputs the blob cannot change, from a
+        # session holding only the nodes they need (nothing downstream is run), started at the known tensors.
+        prefix = build_prefix(graph.frozen(table), missing, threads, available) if missing else None
         prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
+        self.bridged = bool(prefix and available & prefix_inputs)
+        self.computed = missing
         self.base: list[dict[str, np.ndarray]] = []
-        for batch in batches:
-            all_feeds = engine.feeds(batch)
-            values = dict(zip(fetch, prefix.run(fetch, {k: v for k, v in all_feeds.items() if k in prefix_inputs}))) \
-                if prefix else {}
+        for i, batch in enumerate(batches):
+            values = {f: known[i][f] for f in fetch if f in available}
             values.update(engine.feeds(batch))
+            if prefix:
+                sources = {**values, **(known[i] if known else {})}
+                values.update(zip(missing, prefix.run(missing, {k: sources[k] for k in prefix_inputs})))
             self.base.append(values)
+        self.known_outputs = [{o: known[i][o] for o in outputs if o in available} for i in range(len(batches))] \
+            if known else None
 
     def evaluate(self, table: CalibrationTable, indices: list[int] | None = None) -> list[dict[str, np.ndarray]]:
         """The requested outputs per batch (or for the batches at `indices`) under `table` (only `value`'s
