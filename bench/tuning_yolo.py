@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(CFG))
     ap.add_argument("--tune", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--objective", default="model", choices=["model", "layer"])
+    ap.add_argument("--objective", default="model", choices=["model", "outputs", "layer"])
     ap.add_argument("--metric", default="yolo")
     ap.add_argument("--subset", type=int, default=5, help="search on the N worst tuning images, confirm on all")
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")

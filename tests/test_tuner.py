@@ -149,3 +149,28 @@ def test_carried_state_on_a_real_detector(assets):
     assert carried.thresholds() == plain.thresholds()
     assert [t[:2] for t in trials_c] == [t[:2] for t in trials_p]
     np.testing.assert_allclose([t[2] for t in trials_c], [t[2] for t in trials_p], rtol=1e-6)
+
+
+def test_outputs_objective_scores_candidates_by_the_square_distance_whatever_the_metric(converted):
+    """--objective outputs: a metric other than square (here the largest absolute difference) is reported, but
+    the candidates are ranked by the square distance of the model outputs: the same trials as --metric square."""
+    from int8tune.metrics import register_metric
+
+    name = "test_max_abs_difference"
+    if name not in METRICS:
+        register_metric(name, "lower")(lambda fp32, int8, params: max(float(np.abs(fp32[k] - int8[k]).max())
+                                                                      for k in fp32))
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    runs = {}
+    for metric, objective in ((name, "outputs"), ("square", "model"), (name, "model")):
+        tuner = Tuner(converted, batches(), METRICS.get(metric), TuneSettings(
+            objective=objective, search_settings=SearchSettings(step_ratio=0.25, steps=10)))
+        trials, table = [], bad
+        for value in tuner.blobs_in_order(bad):
+            table, _ = tuner.tune_blob(table, value, on_trial=trials.append)
+        runs[(metric, objective)] = [(t.multiplier, t.difference) for t in trials]
+        if objective == "outputs":
+            assert tuner.difference(table) == pytest.approx(max(float(np.abs(a - b).max()) for a, b in zip(
+                tuner.references(["fc"]).values(), tuner.run_int8(table, ["fc"]).values())))
+    assert runs[(name, "outputs")] == runs[("square", "model")]
+    assert runs[(name, "outputs")] != runs[(name, "model")]

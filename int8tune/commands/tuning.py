@@ -165,6 +165,10 @@ def _finish(out: Path, lines: list[str]) -> int:
 
 # --- tune (one layer) ------------------------------------------------------------------------------------
 
+OBJECTIVE_WORDS = {"model": "the metric on the model outputs", "outputs": "the square distance of the model outputs",
+                   "layer": "the square distance of the layer output"}
+
+
 def run_tune(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune tune\n" + cfg.describe())
     if not cfg.tune_layer:
@@ -183,7 +187,7 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
     tune_diff = cfg.tune_diff if cfg.tune_diff is not None else result.difference_before
     lines = _header(s, "tune") + [
         f"tuned layer {cfg.tune_layer}: blob {s.table.blobs[value].blob}, threshold {result.threshold_before:.6g}",
-        f"objective: {cfg.objective} ({'the model outputs' if cfg.objective == 'model' else 'the layer output'}); "
+        f"objective: {cfg.objective} ({OBJECTIVE_WORDS[cfg.objective]}); "
         f"tune_diff {tune_diff:.6g}" + (" (given)" if cfg.tune_diff is not None else " (measured)"), "",
         f"  {'candidate':<26} {'multiplier':>10} {'threshold':>12} {'difference':>12} {'vs tune_diff':>12}"]
     best = min(trials, key=lambda t: (t.difference if s.tuner.objective_metric()[0].direction.value == "lower"

@@ -2,8 +2,9 @@
 
 The unit of tuning is a blob (several int8 layers may read one blob and share its threshold); blobs are tuned in
 the order their first int8 reader appears (topological). Each blob starts from the best table so far. The
-objective is the metric on the model's outputs (`model`) or on the output of the layers reading the blob
-(`layer`, the original tool's tune_diff). fp32 references are computed once per run; each blob gets one partial
+objective is the metric on the model's outputs (`model`), the square distance of the model's outputs whatever the
+metric (`outputs`), or the square distance of the output of the layers reading the blob (`layer`, the original
+tool's tune_diff). fp32 references are computed once per run; each blob gets one partial
 evaluator (upstream computed once, a suffix session per blob); each candidate is one suffix run.
 
 Between blobs the tuner carries the tensors of the kept table (the last blob's frontier, and the model outputs
@@ -33,7 +34,11 @@ from .partial import PartialEvaluator
 from .search import SEARCHES, SearchSettings
 from .trials import Trial, TrialLog
 
-OBJECTIVES = ("model", "layer")
+# model: the chosen metric on the model's outputs; outputs: the square distance of the model's outputs whatever the
+# metric (dense: every output value counts, where a detection metric rests on the few cells holding objects);
+# layer: the square distance of the tuned layer's own output (the original tool's tune_diff).
+OBJECTIVES = ("model", "outputs", "layer")
+MODEL_OUTPUT_OBJECTIVES = ("model", "outputs")
 
 
 @dataclass(frozen=True)
@@ -265,12 +270,15 @@ class Tuner:
         return out
 
     def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
-        if (objective or self.settings.objective) == "model":
+        objective = objective or self.settings.objective
+        if objective == "model":
             return self.metric, self.model_params()
+        if objective == "outputs":
+            return (self.metric, self.model_params()) if self.metric.name == "square" else (_square(), {})
         return self.layer_metric, {}
 
     def objective_names(self, table: CalibrationTable, value: str, objective: str | None = None) -> list[str]:
-        if (objective or self.settings.objective) == "model":
+        if (objective or self.settings.objective) in MODEL_OUTPUT_OBJECTIVES:
             return metric_outputs(self.converted)
         outputs = self.layer_outputs(table)
         return list(dict.fromkeys(outputs[l] for l in _readers(table, value)))
@@ -285,15 +293,17 @@ class Tuner:
         if self._ranked is None:
             names = metric_outputs(self.converted)
             engine = self.frozen_engine(table)
+            # ranked by what the search minimises when that is a metric of the model's outputs
+            metric = self.objective_metric()[0] if self.settings.objective in MODEL_OUTPUT_OBJECTIVES else self.metric
             scores = []
             for i, b in enumerate(self.batches):
                 int8 = engine.run_tensors(b, names)
                 ref = {o: self._refs_batch(o, i) for o in names}
-                scores.append(self.metric(ref, int8, self.model_params([i])))
-            order = sorted(range(n), key=lambda i: scores[i], reverse=self.metric.direction.value == "lower")
+                scores.append(metric(ref, int8, self.model_params([i]) if metric is self.metric else {}))
+            order = sorted(range(n), key=lambda i: scores[i], reverse=metric.direction.value == "lower")
             self._ranked = sorted(order[:k])
             logger.info("searching on %d of %d batches (largest %s difference first: %s), confirming on all",
-                        k, n, self.metric.name, self._ranked)
+                        k, n, metric.name, self._ranked)
         return self._ranked
 
     def _references_of(self, names: Sequence[str], indices: Sequence[int]) -> dict[str, np.ndarray]:
