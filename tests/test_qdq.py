@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -79,3 +80,12 @@ def test_qdq_outputs_match_the_simulation_within_rounding(converted, unsigned):
     assert diff.max() <= 1.01 * step, (diff.max(), step)
     fp32 = Engine(converted).run(x, ["fc"])["fc"]
     assert np.abs(fp32 - sim).max() > diff.mean()
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_exported_graphs_pass_the_onnx_checker(converted, unsigned):
+    """Other tools validate what they are given (PPQ, onnx-simplifier): the fp32 graph and the QDQ export must
+    pass onnx.checker, graph outputs included (an output value_info without a shape fails it)."""
+    onnx.checker.check_model(converted.model)
+    model, _ = export_qdq(converted, table_for(converted, unsigned, Rounding.HALF_EVEN))
+    onnx.checker.check_model(model)

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -83,7 +84,8 @@ def prepare(model: str, out: Path, ws, wide: int) -> tuple[dict, list[str], list
         np.savez(out / "eval.npz", x=x_ev)
     split = {"task": task, "calibration": len(cal), "evaluation": len(ev), "wide": 0}
     if task == "detection" and wide > 0:
-        wide_items = [DataItem(p, None, None) for p in sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))[:wide]]
+        photos = sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))[:wide]
+        wide_items = [DataItem(p, None, None) for p in photos]
         np.savez(out / "wide.npz", x=np.concatenate(batches_of(wide_items, params, ws.input_shape, 10)))
         split["wide"] = len(wide_items)
     for name, items in (("calib", cal), ("eval", ev)):
@@ -129,18 +131,28 @@ def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeou
     base = [sys.executable, str(REPO / "main.py"), "-q"]
     common = ["--proto", str(proto), "--model", str(caffemodel), "--image_params", str(params),
               "--data_list", str(out / "calib.txt"), "--batch_size", "10", "--output_path", str(folder / "run")]
-    if mode == "plain":
+    if mode.endswith("+unsigned"):  # uint8 [0, 255] for non-negative blobs, as NNCF and onnxruntime quantize them
+        common.append("--unsigned")
+    if mode.startswith("plain"):
         cmd = base + ["calibrate", *common]
         qdq = folder / "run" / "model_int8_qdq.onnx"
     else:
         metric = ["--metric", "top1", "--strategy", "basic", "--threshold", "1"] if task == "classification" else \
             ["--metric", "yolo", "--yolo_cfg", str(ASSETS / "models" / model / YOLO_CFG[model])]
+        if mode.startswith("accuracy_outputs"):  # detectors: candidates scored by the square distance of the outputs
+            metric += ["--objective", "outputs"]
         cmd = base + ["auto", *common, *metric, "--progress", "none"]
         qdq = folder / "run" / "tuned" / "model_int8_qdq.onnx"
     status, seconds, peak, tail = run_timed(cmd, folder, timeout)
     ok = status in (0, 3 << 8) and qdq.is_file()  # 3: tuned, goal not met
+    # The peers' runners time their quantize call only, after imports and model loading; the comparable figure
+    # here is the command's own "total time" (Caffe loading, calibration, tuning, every output format, the QDQ
+    # export and its kernel check, plots), without the interpreter start and imports (kept as wall_seconds).
+    report = folder / "run" / "report.log"
+    found = re.findall(r"^total time ([0-9.]+)s$", report.read_text(), re.M) if report.is_file() else []
     return {"tool": "int8tune", "mode": mode, "status": "ok" if ok else "failed", "error": "" if ok else tail,
-            "onnx": str(qdq) if ok else None, "seconds": seconds, "peak_mb": peak}
+            "onnx": str(qdq) if ok else None, "seconds": float(found[-1]) if found else seconds,
+            "wall_seconds": seconds, "peak_mb": peak}
 
 
 def peer(name: str, mode: str, out: Path, fp32: Path, task: str, timeout: float, python: Path) -> dict:
@@ -234,6 +246,8 @@ def main() -> int:
     ap.add_argument("--peers", nargs="*", default=list(PEERS))
     ap.add_argument("--modes", nargs="*", default=["plain", "accuracy"])
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--no_ours_unsigned", dest="ours_unsigned", action="store_false",
+                    help="leave out this project's rows with --unsigned")
     ap.add_argument("--wide", type=int, default=250, help="detectors: imagenet_dev photos in a second evaluation "
                                                           "set (0: none)")
     ap.add_argument("--peers_python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
@@ -250,7 +264,10 @@ def main() -> int:
     fp32_ms = time_model("fp32", ws.converted.model, "data", (1,) + tuple(ws.input_shape[1:]), 1, repeat=30,
                          threads=2).median_ms
     rows = []
-    for mode in args.modes:
+    ours_modes = list(args.modes) + (["accuracy_outputs"] if task == "detection" and "accuracy" in args.modes else [])
+    if args.ours_unsigned:  # the same again with unsigned activations (signed is the default: ncnn, TensorRT)
+        ours_modes += [m + "+unsigned" for m in ours_modes]
+    for mode in ours_modes:
         rows.append(ours(args.model, mode, out, proto, caffemodel, args.timeout, task))
     for name in args.peers:
         if not args.peers_python.is_file():
@@ -271,28 +288,32 @@ def write_results(rows, out: Path, model: str, split: dict, n_layers: int, fp32_
             f"{metric}; {n_layers} quantizable layers; fp32 latency {fp32_ms:.2f} ms (batch 1)")
     wide = split.get("wide", 0)
     wide_head = f" {wide} imagenet_dev: mAP@0.5 vs fp32 | {wide} imagenet_dev: yolo difference |" if wide else ""
+    lines_note = ("quantize time: the tool's quantize/tune step in its own process (peers: their quantize call; "
+                  "int8tune: the command's total time, Caffe loading and every output included)")
     lines = [head, "", "| tool | mode | status | accuracy | fp32 agreement |" + wide_head + " int8 in graph | "
              "int8 kernels in ORT | quantize time s | peak MB | fp32/int8 latency |",
              "|---" * (10 + (2 if wide else 0)) + "|"]
     for r in rows:
         if r["status"] != "ok" or "accuracy" not in r:
             why = r.get("error") or (r.get("notes") or [""])[-1]
-            lines.append(f"| {r['tool']} | {r['mode']} | {r['status']}: {str(why).splitlines()[0][:120] if why else ''} | | |"
+            why = str(why).splitlines()[0][:120] if why else ""
+            lines.append(f"| {r['tool']} | {r['mode']} | {r['status']}: {why} | | |"
                          + (" | |" if wide else "") + f" | | {r.get('seconds', 0) or 0:.0f} | "
                          f"{r.get('peak_mb', 0) or 0:.0f} | |")
             continue
         wide_cells = f" {100 * r['wide_accuracy']:.2f} | {r['wide_yolo']:.4f} |" if wide else ""
         lines.append(f"| {r['tool']} | {r['mode']} | ok | {100 * r['accuracy']:.2f} | {100 * r['agreement']:.2f} |"
-                     f"{wide_cells} {r['int8_graph']}/{n_layers} | {r['int8_kernels']}/{n_layers} | {r['seconds']:.0f} | "
-                     f"{r['peak_mb']:.0f} | {r['speedup']:.2f} |")
+                     f"{wide_cells} {r['int8_graph']}/{n_layers} | {r['int8_kernels']}/{n_layers} | "
+                     f"{r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['speedup']:.2f} |")
     fp32 = next((r["fp32_accuracy"] for r in rows if "fp32_accuracy" in r), None)
     if fp32 is not None:
         lines.append(f"\nfp32 accuracy on the evaluation images: {100 * fp32:.2f}")
+    lines.append(lines_note)
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
-        keys = ["tool", "mode", "status", "accuracy", "agreement", "wide_accuracy", "wide_yolo", "int8_graph", "int8_kernels", "seconds", "peak_mb",
-                "int8_ms", "speedup", "error"]
+        keys = ["tool", "mode", "status", "accuracy", "agreement", "wide_accuracy", "wide_yolo", "int8_graph",
+                "int8_kernels", "seconds", "wall_seconds", "peak_mb", "int8_ms", "speedup", "error"]
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in rows:

@@ -71,6 +71,7 @@ class Job:
         self.seconds = 0.0
         self.status = "ok"
         self._fp32_outputs: dict[str, list[np.ndarray]] = {}
+        self._fp32_names: list[str] | None = None
         self._data: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     # data ------------------------------------------------------------------------------------------------
@@ -112,19 +113,25 @@ class Job:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def predict(self, model, x: np.ndarray, batch: int = EVAL_BATCH) -> list[np.ndarray]:
-        """All outputs of the model on x, concatenated over batches (batch 1 if the model's batch is fixed)."""
+        """All outputs of the model on x, concatenated over batches (batch 1 if the model's batch is fixed), in
+        the order of the fp32 model's outputs (matched by name: some exporters reorder the graph outputs)."""
         sess = self.session(model)
         inp = sess.get_inputs()[0]
         if isinstance(inp.shape[0], int):
             batch = inp.shape[0]
-        outs: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
+        names = [o.name for o in sess.get_outputs()]
+        if self._fp32_names is None:
+            self._fp32_names = [o.name for o in self.session(self.fp32_onnx).get_outputs()]
+        if sorted(names) == sorted(self._fp32_names):
+            names = list(self._fp32_names)
+        outs: list[list[np.ndarray]] = [[] for _ in names]
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch]
             if len(chunk) < batch and isinstance(inp.shape[0], int):
                 pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-                res = [r[:len(chunk)] for r in sess.run(None, {inp.name: np.concatenate([chunk, pad])})]
+                res = [r[:len(chunk)] for r in sess.run(names, {inp.name: np.concatenate([chunk, pad])})]
             else:
-                res = sess.run(None, {inp.name: chunk})
+                res = sess.run(names, {inp.name: chunk})
             for acc, r in zip(outs, res):
                 acc.append(np.asarray(r))
         return [np.concatenate(o) for o in outs]

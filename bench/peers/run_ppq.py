@@ -23,6 +23,9 @@ import peer_common
 from peer_common import Job
 
 
+PPQ_MAX_OPSET = 13  # "currently we support only [(10, 13)]" (PPQ 0.6.6's dispatcher)
+
+
 def quantize(job: Job) -> str | None:
     import onnx
     import ppq.lib  # noqa: F401  (registers the quantizers/exporters)
@@ -42,10 +45,25 @@ def quantize(job: Job) -> str | None:
     batch = max(1, min(10, len(x) // 8))  # PPQ insists on at least 8 calibration steps
     batches = [torch.from_numpy(x[i:i + batch]) for i in range(0, len(x), batch)]
     setting = QuantizationSettingFactory.default_setting()
+    fp32_onnx = job.fp32_onnx
+    model = onnx.load(fp32_onnx)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset > PPQ_MAX_OPSET:
+        # The same graph declared at opset 13: every op these nets use (Conv, Relu, Sum, MaxPool, Concat, Identity,
+        # Resize without opset-18 attributes, ...) means the same there, which onnx's checker confirms below.
+        # (onnx.version_converter cannot do it: it has no Identity 16 -> 13 adapter.)
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = PPQ_MAX_OPSET
+        onnx.checker.check_model(model)  # node schemas at the declared opset
+        fp32_onnx = str(job.output_dir / f"fp32_opset{PPQ_MAX_OPSET}.onnx")
+        onnx.save(model, fp32_onnx)
+        job.note(f"PPQ's dispatcher supports opsets 10-{PPQ_MAX_OPSET}: the fp32 graph (opset {opset}) was given "
+                 f"to it declared as opset {PPQ_MAX_OPSET} (same ops, checked by onnx.checker)")
     printed = io.StringIO()
     with job.timed(), contextlib.redirect_stdout(Tee(sys.stdout, printed)):
         graph = quantize_onnx_model(
-            onnx_import_file=job.fp32_onnx, calib_dataloader=batches, calib_steps=len(batches),
+            onnx_import_file=fp32_onnx, calib_dataloader=batches, calib_steps=len(batches),
             input_shape=[1, *x.shape[1:]], platform=TargetPlatform.ONNXRUNTIME, setting=setting,
             collate_fn=lambda b: b.to("cpu"), device="cpu", verbose=0)
         export_ppq_graph(graph=graph, platform=TargetPlatform.ONNXRUNTIME, graph_save_to=job.output_onnx)

@@ -67,7 +67,10 @@ def convert_net(net: CaffeNet) -> ConvertedModel:
     graph = helper.make_graph(
         builder.nodes, net.name or "caffe_net",
         inputs=[make_value_info(n, s, batch_free=True) for n, s in net.inputs.items()],
-        outputs=[helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in graph_outputs],
+        # rank known, every dimension left free (some outputs follow the batch, PriorBox constants do not): a
+        # value_info without any shape fails onnx.checker, which other tools run on the exported graph
+        outputs=[helper.make_tensor_value_info(v, TensorProto.FLOAT, [None] * len(builder.shapes[v]))
+                 for v in graph_outputs],
         initializer=list(builder.initializers.values()),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
