@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tuning a YOLO detector: plain calibrators vs the tuned table, measured on held-out images.
 
-Images: ../shared/assets/images/detection + natural, sorted by name; every third one (starting with the first)
+Images: ../shared/assets/images/detection + natural, sorted by name; every third one (starting with --offset)
 up to --tune images is used for calibration and tuning, the rest is held out. On the held-out images each table
 is scored with the yolo head difference (lower is better) and the detection agreement mAP@0.5 of the int8
 detections against the fp32 detections (higher is better). The 18 held-out photos decide little (one image can
@@ -44,8 +44,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(CFG))
     ap.add_argument("--tune", type=int, default=10)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="tuning images are every third one from this index (0, 1, 2: three different splits)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--objective", default="model", choices=["model", "outputs", "layer"])
+    ap.add_argument("--objective", default="outputs", choices=["model", "outputs", "layer"])
     ap.add_argument("--metric", default="yolo")
     ap.add_argument("--subset", type=int, default=5, help="search on the N worst tuning images, confirm on all")
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
@@ -59,7 +61,7 @@ def main() -> int:
     params = params_for(args.model)
     paths = sorted([p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()],
                    key=lambda p: p.name)
-    tune_paths = paths[::3][: args.tune]
+    tune_paths = paths[args.offset::3][: args.tune]
     held_out = [p for p in paths if p not in tune_paths]
     print(f"{args.model}: tuning images {[p.name for p in tune_paths]}")
     print(f"held-out images ({len(held_out)}): {[p.name for p in held_out]}")

@@ -149,11 +149,12 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
                    help="difference metric registered in evaluation_utils.py: square (default), yolo, yolo_map, ...")
     p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
     p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")
-    p.add_argument("--objective", default="model", choices=["model", "outputs", "layer"],
-                   help="what each candidate threshold is scored by: model = --metric on the model's outputs "
-                        "(default); outputs = the square distance of the model's outputs, whatever --metric (dense: "
-                        "generalises better from a few images than a detection metric; --metric is still reported "
-                        "and picks the starting table); layer = the tuned layer's own output (square)")
+    p.add_argument("--objective", default="outputs", choices=["model", "outputs", "layer"],
+                   help="what each candidate threshold is scored by: outputs = the square distance of the model's "
+                        "outputs, whatever --metric (default; the same as model for --metric square; dense, so it "
+                        "generalises from a few images where a detection metric over-fits them; --metric is still "
+                        "reported before/after and picks the starting table); model = --metric on the model's "
+                        "outputs; layer = the tuned layer's own output (square)")
     s = p.add_argument_group("threshold search")
     s.add_argument("--search", default="both_directions", choices=["both_directions", "grid"],
                    help="both_directions: up then down by factors of (1+step_ratio) while it improves (default); "

@@ -141,7 +141,7 @@ class TuneConfig(ConfigBase):
     calibration_proto: Path | None = None
     metric: str = "square"
     metric_params: dict = None  # type: ignore[assignment]
-    objective: str = "model"
+    objective: str = "outputs"
     int8_layer: str = ""
     tune_layer: str = ""
     tune_diff: float | None = None

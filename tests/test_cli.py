@@ -100,3 +100,21 @@ def test_errors_name_what_is_wrong(project, capsys):
     assert "--calibration_proto" in capsys.readouterr().err
     assert entry.main(["auto", *base, "--output_path", str(root / "e"), "--metric", "nosuch"]) == 2
     assert "valid names" in capsys.readouterr().err
+
+
+def test_auto_scores_candidates_by_the_dense_output_difference_by_default(project):
+    """With a metric other than square, auto's default objective is the square distance of the outputs: the
+    report gives it before and after (never worse: only improvements are kept) next to the metric itself."""
+    root, base = project
+    out = root / "obj"
+    assert entry.main(["auto", *base, "--output_path", str(out), "--metric", "top1_agreement"]) == 0
+    report = (out / "report.log").read_text()
+    assert "objective: outputs" in report and "model difference (top1_agreement)" in report
+    line = next(l for l in report.splitlines() if l.startswith("objective (the square distance of the model outputs)"))
+    before, after = (float(x.split()[-1]) for x in line.split(":", 1)[1].split(","))
+    assert after <= before
+    model = root / "obj_model"
+    assert entry.main(["auto", *base, "--output_path", str(model), "--metric", "top1_agreement",
+                       "--objective", "model"]) == 0
+    report = (model / "report.log").read_text()
+    assert "objective: model" in report and "objective (the square" not in report

@@ -139,8 +139,8 @@ def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeou
     else:
         metric = ["--metric", "top1", "--strategy", "basic", "--threshold", "1"] if task == "classification" else \
             ["--metric", "yolo", "--yolo_cfg", str(ASSETS / "models" / model / YOLO_CFG[model])]
-        if mode.startswith("accuracy_outputs"):  # detectors: candidates scored by the square distance of the outputs
-            metric += ["--objective", "outputs"]
+        if mode.startswith("accuracy_model"):  # detectors: candidates scored by the yolo metric itself
+            metric += ["--objective", "model"]
         cmd = base + ["auto", *common, *metric, "--progress", "none"]
         qdq = folder / "run" / "tuned" / "model_int8_qdq.onnx"
     status, seconds, peak, tail = run_timed(cmd, folder, timeout)
@@ -264,7 +264,7 @@ def main() -> int:
     fp32_ms = time_model("fp32", ws.converted.model, "data", (1,) + tuple(ws.input_shape[1:]), 1, repeat=30,
                          threads=2).median_ms
     rows = []
-    ours_modes = list(args.modes) + (["accuracy_outputs"] if task == "detection" and "accuracy" in args.modes else [])
+    ours_modes = list(args.modes) + (["accuracy_model"] if task == "detection" and "accuracy" in args.modes else [])
     if args.ours_unsigned:  # the same again with unsigned activations (signed is the default: ncnn, TensorRT)
         ours_modes += [m + "+unsigned" for m in ours_modes]
     for mode in ours_modes:

@@ -254,6 +254,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
                               if s.start_scores else "given"),
         "", f"model difference ({s.metric.name}): before {before_model:.6g}, after {after_model:.6g}"
             + (f" ({after_model / before_model:.3f}x)" if before_model else ""),
+        *_objective_line(cfg, s.metric.name, results),
         f"tuned {len(results)} of {len(order)} blob(s) in {tune_seconds:.1f}s; {tuner.trial_count} candidates "
         f"({tuner.log.replayed if tuner.log else 0} replayed from the trial log), "
         f"{tune_seconds / max(tuner.trial_count, 1):.3f}s per candidate"]
@@ -275,6 +276,14 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     atomic_write_json(out / "config.json", table.provenance)
     _finish(out, lines)
     return 130 if interrupted else 0
+
+
+def _objective_line(cfg: TuneConfig, metric: str, results: list[BlobResult]) -> list[str]:
+    """The objective before/after when it is not the model difference line above (outputs with another metric)."""
+    if cfg.objective != "outputs" or metric == "square" or not results:
+        return []
+    return [f"objective ({OBJECTIVE_WORDS['outputs']}): before {results[0].difference_before:.6g}, "
+            f"after {results[-1].difference_after:.6g}"]
 
 
 def _save_progress(table: CalibrationTable, out: Path) -> None:

@@ -43,7 +43,7 @@ MODEL_OUTPUT_OBJECTIVES = ("model", "outputs")
 
 @dataclass(frozen=True)
 class TuneSettings:
-    objective: str = "model"
+    objective: str = "outputs"
     search: str = "both_directions"
     search_settings: SearchSettings = SearchSettings()
     threads: int = 2
