@@ -104,7 +104,8 @@ def test_errors_name_what_is_wrong(project, capsys):
 
 def test_auto_scores_candidates_by_the_dense_output_difference_by_default(project):
     """With a metric other than square, auto's default objective is the square distance of the outputs: the
-    report gives it before and after (never worse: only improvements are kept) next to the metric itself."""
+    report gives it before and after (never worse: only improvements are kept) next to the metric itself.
+    tune's default stays the metric."""
     root, base = project
     out = root / "obj"
     assert entry.main(["auto", *base, "--output_path", str(out), "--metric", "top1_agreement"]) == 0
@@ -118,3 +119,9 @@ def test_auto_scores_candidates_by_the_dense_output_difference_by_default(projec
                        "--objective", "model"]) == 0
     report = (model / "report.log").read_text()
     assert "objective: model" in report and "objective (the square" not in report
+    # tune.sh keeps --metric itself: its candidates read in the units of test.sh's model difference (--tune_diff)
+    sweep = root / "obj_tune"
+    assert entry.main(["tune", *base, "--calibration_proto", str(out / "tuned" / "calibration_table.pb"),
+                       "--output_path", str(sweep), "--metric", "top1_agreement", "--tune_layer", "fc",
+                       "--multipliers", "0.5,2"]) == 0
+    assert "objective: model (the metric on the model outputs)" in (sweep / "report.log").read_text()

@@ -81,12 +81,19 @@ def metric_params(text: str, yolo_cfg: Path | None) -> dict:
     return params
 
 
+def default_objective(command: str) -> str:
+    """auto: the dense square distance of the outputs (a detection metric over-fits a few tuning images, see the
+    README); tune: --metric itself, so its candidates read in the units of test's model difference (--tune_diff)."""
+    return "model" if command == "tune" else "outputs"
+
+
 def tune_config(args) -> TuneConfig:
     multipliers = tuple(float(m) for m in split_list(args.multipliers)) if args.multipliers else ()
     return TuneConfig(
         model=model_config(args), data=data_config(args), quant=quant_config(args), output_path=args.output_path,
         calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric,
-        metric_params=metric_params(args.metric_params, args.yolo_cfg), objective=args.objective,
+        metric_params=metric_params(args.metric_params, args.yolo_cfg),
+        objective=args.objective or default_objective(args.command),
         int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
         tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else args.search,
         step_ratio=args.step_ratio, steps=args.steps, patience=args.patience, multipliers=multipliers,
