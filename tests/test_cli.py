@@ -69,6 +69,12 @@ def test_test_tune_and_auto(project):
     assert entry.main(["test", *base, *table_args, "--output_path", str(root / "t")]) == 0
     report = (root / "t" / "report.log").read_text()
     assert "model difference (square)" in report and "conv2" in report
+    # each image's own difference, worst first, and all of them in images.csv
+    section = report.split("each image's own model difference (square), worst first:\n")[1].split("\n\n")[0]
+    values = [float(line.split()[-1]) for line in section.splitlines()]
+    assert len(values) == 6 and values == sorted(values, reverse=True)
+    listed = (root / "t" / "images.csv").read_text().splitlines()
+    assert listed[0] == "image,square" and len(listed) == 7 and "img0.png" in listed[1]
     assert entry.main(["test", *base, *table_args, "--output_path", str(root / "t1"), "--int8_layer", "conv2"]) == 0
     assert "layer conv2" in (root / "t1" / "report.log").read_text()
     assert entry.main(["tune", *base, *table_args, "--output_path", str(root / "u"), "--tune_layer", "fc",

@@ -174,3 +174,21 @@ def test_outputs_objective_scores_candidates_by_the_square_distance_whatever_the
                 tuner.references(["fc"]).values(), tuner.run_int8(table, ["fc"]).values())))
     assert runs[(name, "outputs")] == runs[("square", "model")]
     assert runs[(name, "outputs")] != runs[(name, "model")]
+
+
+def test_each_image_difference_is_the_metric_on_that_image_alone(converted):
+    """test.sh's per-image table: batches of two images are split, and each value equals the model difference of
+    a run on that one image (whether the tuner already holds the table's outputs or must run it)."""
+    table = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    data = batches()
+    names = [[f"b{i}_{j}.png" for j in range(len(b))] for i, b in enumerate(data)]
+    tuner = Tuner(converted, data, METRICS.get("square"), TuneSettings(), names=names)
+    cold = tuner.image_differences(table)  # nothing known yet: runs the table
+    tuner.difference(table)
+    warm = tuner.image_differences(table)  # the outputs of that run are reused
+    assert [n for n, _ in cold] == [n for batch in names for n in batch]
+    assert [d for _, d in warm] == pytest.approx([d for _, d in cold], rel=1e-6)
+    for (name, d), (i, j) in zip(cold, [(i, j) for i, b in enumerate(data) for j in range(len(b))]):
+        alone = Tuner(converted, [data[i][j:j + 1]], METRICS.get("square"), TuneSettings()).difference(table)
+        assert d == pytest.approx(alone, rel=1e-5), name
+    assert len({round(d, 9) for _, d in cold}) > 1  # the images do differ

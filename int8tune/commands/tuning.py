@@ -148,12 +148,26 @@ def run_test(cfg: TuneConfig, prepare_image) -> int:
         lines.append(f"model difference ({s.metric.name}): {model:.6g}")
         if s.metric.direction.value == "higher":
             lines.append(f"fp32 {s.metric.name}: {s.tuner.fp32_score():.6g}")
+        lines += _image_lines(s)
         lines += ["", "every int8 layer's own output difference (square), worst first:"]
         diffs = s.tuner.layer_differences(s.table)
         for name, d in sorted(diffs.items(), key=lambda kv: -kv[1]):
             e = s.table.layers[name]
             lines.append(f"  {name:<40} {e.type:<14} input {s.table.blobs[e.input_value].blob:<32} {d:.6g}")
     return _finish(cfg.output_path, lines)
+
+
+def _image_lines(s: Session, show: int = 20) -> list[str]:
+    """The model difference of each image alone, worst first (the first `show`)."""
+    per_image = s.tuner.image_differences(s.table)
+    worst_first = sorted(per_image, key=lambda kv: kv[1], reverse=s.metric.direction.value == "lower")
+    head = f"each image's own model difference ({s.metric.name}), worst first"
+    if len(per_image) > show:
+        head += f" (the {show} worst of {len(per_image)}; all in images.csv)"
+    lines = ["", head + ":"] + [f"  {name:<60} {d:.6g}" for name, d in worst_first[:show]]
+    frame = pd.DataFrame({"image": [n for n, _ in per_image], s.metric.name: [d for _, d in per_image]})
+    atomic_write_bytes(s.cfg.output_path / "images.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    return lines
 
 
 def _finish(out: Path, lines: list[str]) -> int:

@@ -170,6 +170,32 @@ class Tuner:
         names = list(names or metric_outputs(self.converted))
         return self.metric(self.references(names), self.run_int8(table, names), self.model_params())
 
+    def image_differences(self, table: CalibrationTable) -> list[tuple[str, float]]:
+        """(image, the model metric on that image alone) for every image, in data order: where the int8 model
+        departs from fp32 (a detection metric is dominated by the images holding many objects)."""
+        names = metric_outputs(self.converted)
+        per_batch = self.known_tensors(table)
+        if per_batch is None or any(n not in per_batch[0] for n in names):
+            self.run_int8(table, names)
+            per_batch = self.known_tensors(table)
+        if per_batch is None:  # carrying switched off: run again without remembering
+            engine = self.frozen_engine(table)
+            per_batch = [engine.run_tensors(b, names) for b in self.batches]
+        self.references(names)
+        out = []
+        for i, got in enumerate(per_batch):
+            params = self.model_params([i])
+            for j in range(len(self.batches[i])):
+                one = dict(params)
+                if "labels" in one:
+                    one["labels"] = one["labels"][j:j + 1]
+                if "image_names" in one:
+                    one["image_names"] = one["image_names"][j:j + 1]
+                label = self.names[i][j] if self.names is not None else f"batch {i} image {j}"
+                ref = {n: self._refs[n][i][j:j + 1] for n in names}
+                out.append((label, self.metric(ref, {n: got[n][j:j + 1] for n in names}, one)))
+        return out
+
     def fp32_score(self) -> float:
         """The model metric of fp32 against itself: a task metric's fp32 accuracy (0 for a difference)."""
         names = metric_outputs(self.converted)
