@@ -131,3 +131,25 @@ def test_auto_scores_candidates_by_the_dense_output_difference_by_default(projec
                        "--output_path", str(sweep), "--metric", "top1_agreement", "--tune_layer", "fc",
                        "--multipliers", "0.5,2"]) == 0
     assert "objective: model (the metric on the model outputs)" in (sweep / "report.log").read_text()
+
+
+def test_auto_warns_when_the_metric_got_worse_and_keeps_the_starting_table(project):
+    """A metric that rises as the outputs' square distance falls: the dense objective improves it the wrong way,
+    and the report says so. start/ holds the table tuning began from: test.sh on it gives the "before" figure."""
+    from int8tune.metrics import METRICS, register_metric
+
+    if "negated_square_for_test" not in METRICS:
+        register_metric("negated_square_for_test", "lower")(
+            lambda fp32, int8, params: -METRICS.get("square")(fp32, int8, params))
+    root, base = project
+    out = root / "warn"
+    args = [*base, "--metric", "negated_square_for_test"]
+    assert entry.main(["auto", *args, "--output_path", str(out)]) == 0
+    report = (out / "report.log").read_text()
+    before = float(report.split("model difference (negated_square_for_test): before ")[1].split(",")[0])
+    assert "WARNING: negated_square_for_test on the tuning images got worse" in report
+    assert entry.main(["test", *args, "--calibration_proto", str(out / "start" / "calibration_table.pb"),
+                       "--output_path", str(root / "warn_test")]) == 0
+    measured = (root / "warn_test" / "report.log").read_text()
+    assert float(measured.split("model difference (negated_square_for_test): ")[1].split()[0]) == \
+        pytest.approx(before, rel=1e-6)

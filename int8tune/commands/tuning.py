@@ -235,6 +235,9 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     if cfg.strategy != "layerwise":
         return run_accuracy(s, t_start)
     tuner, start = s.tuner, s.table
+    # the table tuning starts from, for comparing before and after on other images (test.sh --calibration_proto)
+    write_table_pb(start, out / "start" / "calibration_table.pb")
+    write_int8_prototxt(start, s.ws.proto, out / "start" / "int8.prototxt")
     before_model = tuner.difference(start)
     before_layers = tuner.layer_differences(start)
     logger.info("before tuning: model difference %.6g", before_model)
@@ -268,7 +271,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
                               if s.start_scores else "given"),
         "", f"model difference ({s.metric.name}): before {before_model:.6g}, after {after_model:.6g}"
             + (f" ({after_model / before_model:.3f}x)" if before_model else ""),
-        *_objective_line(cfg, s.metric.name, results),
+        *_objective_line(cfg, s.metric, results, before_model, after_model),
         f"tuned {len(results)} of {len(order)} blob(s) in {tune_seconds:.1f}s; {tuner.trial_count} candidates "
         f"({tuner.log.replayed if tuner.log else 0} replayed from the trial log), "
         f"{tune_seconds / max(tuner.trial_count, 1):.3f}s per candidate"]
@@ -285,19 +288,28 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     lines += qdq_lines
     lines += _plots(s, start, table, rows, out)
     lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [
-        f"  {out / 'layers.csv'}", f"  {out / 'trials.jsonl'}", f"  {out / 'plots'}"]
+        f"  {out / 'start'} (the starting table)", f"  {out / 'layers.csv'}", f"  {out / 'trials.jsonl'}",
+        f"  {out / 'plots'}"]
     lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
     atomic_write_json(out / "config.json", table.provenance)
     _finish(out, lines)
     return 130 if interrupted else 0
 
 
-def _objective_line(cfg: TuneConfig, metric: str, results: list[BlobResult]) -> list[str]:
-    """The objective before/after when it is not the model difference line above (outputs with another metric)."""
-    if cfg.objective != "outputs" or metric == "square" or not results:
+def _objective_line(cfg: TuneConfig, metric: Metric, results: list[BlobResult], before: float, after: float
+                    ) -> list[str]:
+    """The objective before/after when it is not the model difference line above (outputs with another metric),
+    and a warning when --metric got worse on the tuning images while the objective improved."""
+    if cfg.objective != "outputs" or metric.name == "square" or not results:
         return []
-    return [f"objective ({OBJECTIVE_WORDS['outputs']}): before {results[0].difference_before:.6g}, "
-            f"after {results[-1].difference_after:.6g}"]
+    lines = [f"objective ({OBJECTIVE_WORDS['outputs']}): before {results[0].difference_before:.6g}, "
+             f"after {results[-1].difference_after:.6g}"]
+    if metric.better(before, after):
+        lines.append(f"WARNING: {metric.name} on the tuning images got worse ({before:.6g} -> {after:.6g}) while the "
+                     f"objective improved. On held-out photos the dense objective did better than --metric itself "
+                     f"(README, Tuning), but only your held-out images can tell: score start/ and tuned/ with test.sh "
+                     f"on them, or tune with --objective model")
+    return lines
 
 
 def _save_progress(table: CalibrationTable, out: Path) -> None:
