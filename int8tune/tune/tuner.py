@@ -278,13 +278,18 @@ class Tuner:
                 plans[value] = (names, suffix)
             needed = sorted({t for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
             sums = {(v, k): [0.0, 0.0] for v in group for k in candidates[v]}
+            # a candidate's threshold feeds are the same for every batch: computed once, not per batch
+            thresholds = {}
+            for value, (_, suffix) in plans.items():
+                for key, t in candidates[value].items():
+                    feeds = graph.feeds(table.with_threshold(value, t, calibrator=key))
+                    thresholds[(value, key)] = {n: feeds[n] for n in suffix.threshold_inputs}
             for batch in self.batches:
                 fp32 = self.fp32.run_tensors(batch, needed)
                 for value, (names, suffix) in plans.items():
-                    for key, t in candidates[value].items():
-                        feeds = graph.feeds(table.with_threshold(value, t, calibrator=key))
+                    for key in candidates[value]:
                         run_feeds = {f: fp32[f] for f in suffix.frontier}
-                        run_feeds.update({n: feeds[n] for n in suffix.threshold_inputs})
+                        run_feeds.update(thresholds[(value, key)])
                         got = suffix.session.run(names, run_feeds)
                         for name, array in zip(names, got):
                             err, energy = squared_error_parts(fp32[name], array)
