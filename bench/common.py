@@ -27,6 +27,32 @@ MODELS = {
 }
 
 
+# the darknet .cfg beside each YOLO model: the yolo metric's heads, anchors and classes
+YOLO_CFG = {"yolov3_nano_voc": "MobileNetV2-YOLOv3-Nano-voc.cfg", "yoloface_500k_v2": "yoloface-500k-v2.cfg"}
+
+
+def yolo_params(name: str) -> dict:
+    """The yolo metric's parameters for a shared YOLO model."""
+    return {"cfg": str(ASSETS / "models" / name / YOLO_CFG[name])}
+
+
+def detection_split(offset: int = 0, count: int = 10) -> tuple[list[Path], list[Path]]:
+    """The detection+natural photos sorted by name: every third from `offset` (at most `count`) to tune on, and
+    the others held out."""
+    paths = sorted([p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()],
+                   key=lambda p: p.name)
+    tune = paths[offset::3][:count]
+    return tune, [p for p in paths if p not in tune]
+
+
+def workspace_of(name: str):
+    """(the loaded model, its image parameters) for a shared model."""
+    from int8tune.commands.common import load_workspace
+
+    proto, model = model_paths(name)
+    return load_workspace(proto, model), params_for(name)
+
+
 def require_assets() -> None:
     if not ASSETS.is_dir():
         print(f"skipped: the shared assets are not at {ASSETS}")

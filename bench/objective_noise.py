@@ -19,9 +19,8 @@ import argparse
 
 import numpy as np
 
-from common import ASSETS, batches_of, model_paths, params_for, require_assets
+from common import YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
-from int8tune.commands.common import load_workspace
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
 from int8tune.quant.calibrate import build_table, collect_statistics, plan_quantization, planned_values
@@ -30,12 +29,9 @@ from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
 from int8tune.tune.tuner import TuneSettings, Tuner
 
-CFG = {"yolov3_nano_voc": "MobileNetV2-YOLOv3-Nano-voc.cfg", "yoloface_500k_v2": "yoloface-500k-v2.cfg"}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(CFG))
+    ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(YOLO_CFG))
     ap.add_argument("--tune", type=int, default=10)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--draws", type=int, default=8, help="perturbations per setting")
@@ -44,11 +40,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     require_assets()
-    proto, model = model_paths(args.model)
-    ws = load_workspace(proto, model)
-    params = params_for(args.model)
-    paths = sorted([p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()],
-                   key=lambda p: p.name)[args.offset::3][: args.tune]
+    ws, params = workspace_of(args.model)
+    paths, _ = detection_split(args.offset, args.tune)
     batches = batches_of([DataItem(p, None, None) for p in paths], params, ws.input_shape, 1)
     spec = QuantSpec()
     plan = plan_quantization(ws.fold.net, spec)
@@ -56,7 +49,7 @@ def main() -> int:
     stats = collect_statistics(Engine(ws.converted, threads=args.threads), values, lambda: iter(batches), 2048,
                                False, progress=False)
     table = build_table(ws.fold.net, ws.converted, plan, stats, spec, "percentile", "minmax", CalibratorOptions())
-    mparams = {"cfg": str(ASSETS / "models" / args.model / CFG[args.model])}
+    mparams = yolo_params(args.model)
     tuners = {name: Tuner(ws.converted, batches, METRICS.get(name), TuneSettings(threads=args.threads,
                                                                                    metric_params=mparams))
               for name in ("yolo", "square")}

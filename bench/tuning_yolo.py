@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from common import ASSETS, batches_of, model_paths, params_for, require_assets
+from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
@@ -35,14 +35,10 @@ from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
-from int8tune.commands.common import load_workspace
-
-CFG = {"yolov3_nano_voc": "MobileNetV2-YOLOv3-Nano-voc.cfg", "yoloface_500k_v2": "yoloface-500k-v2.cfg"}
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(CFG))
+    ap.add_argument("--model", default="yolov3_nano_voc", choices=sorted(YOLO_CFG))
     ap.add_argument("--tune", type=int, default=10)
     ap.add_argument("--offset", type=int, default=0,
                     help="tuning images are every third one from this index (0, 1, 2: three different splits)")
@@ -56,20 +52,15 @@ def main() -> int:
     args = ap.parse_args()
     require_assets()
     spec = QuantSpec(unsigned=args.unsigned)
-    proto, model = model_paths(args.model)
-    ws = load_workspace(proto, model)
-    params = params_for(args.model)
-    paths = sorted([p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()],
-                   key=lambda p: p.name)
-    tune_paths = paths[args.offset::3][: args.tune]
-    held_out = [p for p in paths if p not in tune_paths]
+    ws, params = workspace_of(args.model)
+    tune_paths, held_out = detection_split(args.offset, args.tune)
     print(f"{args.model}: tuning images {[p.name for p in tune_paths]}")
     print(f"held-out images ({len(held_out)}): {[p.name for p in held_out]}")
     tune_b = batches_of([DataItem(p, None, None) for p in tune_paths], params, ws.input_shape, 1)
     test_b = batches_of([DataItem(p, None, None) for p in held_out], params, ws.input_shape, 1)
     wide_paths = sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))[: args.wide]
     wide_b = batches_of([DataItem(p, None, None) for p in wide_paths], params, ws.input_shape, 10) if wide_paths else []
-    mparams = {"cfg": str(ASSETS / "models" / args.model / CFG[args.model])}
+    mparams = yolo_params(args.model)
     yolo, ymap = METRICS.get("yolo"), METRICS.get("yolo_map")
     outputs = metric_outputs(ws.converted)
     fp32_engine = Engine(ws.converted, threads=args.threads)

@@ -38,7 +38,8 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import ASSETS, REPO, batches_of, labelled, model_paths, params_for, require_assets  # noqa: E402
+from common import (ASSETS, REPO, YOLO_CFG, batches_of, labelled, model_paths, params_for,  # noqa: E402
+                    require_assets, yolo_params)
 
 from int8tune.benchmark import time_model  # noqa: E402
 from int8tune.commands.common import load_workspace  # noqa: E402
@@ -47,7 +48,6 @@ from int8tune.metrics import METRICS  # noqa: E402
 from int8tune.quant.qdq import count_int8_kernels  # noqa: E402
 
 PEERS = ("ort", "nncf", "inc", "aimet", "ppq")
-YOLO_CFG = {"yolov3_nano_voc": "MobileNetV2-YOLOv3-Nano-voc.cfg", "yoloface_500k_v2": "yoloface-500k-v2.cfg"}
 SPLITS = {  # model -> (task, how calibration and evaluation images are chosen)
     "squeezenet_v1.0": ("classification", ("imagenet_dev", 100, 150)),
     "lenet_mnist": ("classification", ("mnist_dev", 500, 1500)),
@@ -223,7 +223,7 @@ def measure(row: dict, fp32_path: Path, out: Path, model: str, task: str, fp32_m
         row["fp32_accuracy"] = METRICS.get("top1")(fp32_out, fp32_out, {"labels": labels})
         row["agreement"] = METRICS.get("top1_agreement")(fp32_out, int8_out, {})
     else:
-        params = {"cfg": str(ASSETS / "models" / model / YOLO_CFG[model])}
+        params = yolo_params(model)
         row["accuracy"] = METRICS.get("yolo_map")(fp32_out, int8_out, params)
         row["fp32_accuracy"] = 1.0
         row["agreement"] = 1.0 - METRICS.get("square")(fp32_out, int8_out, {})
