@@ -7,7 +7,8 @@ is scored with the yolo head difference (lower is better) and the detection agre
 detections against the fp32 detections (higher is better). The 18 held-out photos decide little (one image can
 move the yolo difference by a third), so the first --wide images of images/imagenet_dev (natural photos, many
 with VOC objects: animals, vehicles, people) form a second, larger held-out set, scored the same way.
-Every convolution stays int8 in every table.
+Every convolution stays int8 in every table. With --restarts N > 1 (auto's default) each restart's table is also
+scored alone: the spread of those rows is what a single tuning run is worth.
 Speed: seconds per tuning candidate next to one plain fp32 forward pass of the whole net on the tuning images.
 
     python bench/tuning_yolo.py --model yolov3_nano_voc
@@ -25,6 +26,7 @@ import numpy as np
 
 from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
+from int8tune.config import TuneConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
 from int8tune.quant.auto import best_start, choose_calibrators
@@ -33,6 +35,7 @@ from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
+from int8tune.tune.restarts import tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
 
@@ -48,6 +51,8 @@ def main() -> int:
     ap.add_argument("--subset", type=int, default=5, help="search on the N worst tuning images, confirm on all")
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
     ap.add_argument("--unsigned", action="store_true", help="T/255 for non-negative blobs (see QuantSpec)")
+    ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
+                    help="whole-net tuning runs, combined as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
     args = ap.parse_args()
     require_assets()
@@ -117,14 +122,19 @@ def main() -> int:
     start = tables[start_name]
     before_tune = tuner.difference(start)
     t0 = time.perf_counter()
-    table = start
-    per_blob = []
-    for value in tuner.blobs_in_order(start):
-        table, result = tuner.tune_blob(table, value)
-        per_blob.append(result.seconds / result.candidates)
+    tuning = tune_with_restarts(tuner, start, tuner.blobs_in_order(start), args.restarts)
+    table = tuning.table
+    per_blob = [r.seconds / r.candidates for r in tuning.results]
     tune_seconds = time.perf_counter() - t0
     after_tune = tuner.difference(table)
     d, m = held_out_scores(table, "tuned")
+    restart_rows = []
+    if len(tuning.restarts) > 1:  # each restart alone: what a single run would have given
+        for run in tuning.restarts:
+            rd, rm = held_out_scores(run.table, f"restart {run.number + 1}")
+            restart_rows.append((f"restart {run.number + 1} alone", rd, rm))
+            print(f"  restart {run.number + 1}: {args.metric} on the tuning images {tuner.difference(run.table):.5f}; "
+                  f"held-out {rd:.5f} / {rm:.4f}", flush=True)
     n_conv = sum(1 for e in table.quantized_layers())
     print(f"\nstart: {start_name} table (tuning-set {args.metric}: "
           f"{', '.join(f'{k} {v:.4f}' for k, v in start_scores.items())}); tuning objective {args.objective}, metric {args.metric} on the {len(tune_b)} tuning "
@@ -138,8 +148,9 @@ def main() -> int:
     wide = f"{len(wide_paths)} imagenet_dev"
     print(f"\n| table | held-out yolo difference | held-out mAP@0.5 vs fp32 | {wide}: yolo difference | {wide}: mAP@0.5 |")
     print("|---|---|---|---|---|")
-    for method, d0, m0 in rows + [(f"tuned (from {start_name})", d, m)]:
-        wd, wm = wide_scores.get(method if not method.startswith("tuned") else "tuned", (float("nan"),) * 2)
+    for method, d0, m0 in rows + restart_rows + [(f"tuned (from {start_name})", d, m)]:
+        key = "tuned" if method.startswith("tuned") else method.removesuffix(" alone")
+        wd, wm = wide_scores.get(key, (float("nan"),) * 2)
         print(f"| {method} | {d0:.5f} | {m0:.4f} | {wd:.5f} | {wm:.4f} |")
     return 0
 

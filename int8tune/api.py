@@ -34,7 +34,7 @@ from .quant.table import CalibrationTable
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "threads", "bayesian_trials", "tiebreak"}
+             "multipliers", "search_subset", "min_gain", "restarts", "threads", "bayesian_trials", "tiebreak"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 
@@ -101,6 +101,7 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     from .quant.auto import best_start, tables_per_calibrator
     from .quant.formats import write_all
     from .tune.driver import run_strategy
+    from .tune.restarts import tune_with_restarts
     from .tune.search import SearchSettings
     from .tune.strategies import StrategyContext, StrategySettings
     from .tune.trials import TrialLog
@@ -147,9 +148,13 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     tuner = Tuner(ws.converted, evals, metric, tune_settings, log, labels=labels)
     fp32 = tuner.fp32_score()
     if cfg.strategy == "layerwise":
-        for value in tuner.blobs_in_order(table):
-            table, _ = tuner.tune_blob(table, value)
+        tuning = tune_with_restarts(tuner, table, tuner.blobs_in_order(table), cfg.restarts,
+                                    on_blob=lambda k, i, t: k == 0 and _save_progress(t, out),
+                                    on_restart=lambda run, combined: _save_progress(combined, out))
+        table = tuning.table
+        if tuning.interrupted:  # the best table so far is saved; the caller's Ctrl-C goes on up
             _save_progress(table, out)
+            raise KeyboardInterrupt
         score = tuner.difference(table)
         goal = goal_of(metric, fp32, cfg)(score)
     else:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .config import TuneConfig
 from .errors import Int8TuneError
 from .log import logger
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--no_resume", dest="resume", action="store_false",
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
+    auto.add_argument("--restarts", type=int, default=TuneConfig.restarts,
+                      help=f"layerwise: tune the whole net this many times, each from the table moved by a relative "
+                           f"1e-6 (another rounding realization), and keep the geometric mean of their threshold "
+                           f"moves; a single run's result is one draw of a wide spread (default "
+                           f"{TuneConfig.restarts}; 1: one plain run)")
     acc = auto.add_argument_group("accuracy-driven tuning (Glow, OpenVINO, Neural Compressor)")
     acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse", "bayesian"],
                      help="layerwise: threshold search blob by blob on the metric (default); halving: Glow's scale "

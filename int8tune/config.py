@@ -152,6 +152,7 @@ class TuneConfig(ConfigBase):
     multipliers: tuple[float, ...] = ()
     search_subset: int = -1
     min_gain: float = 0.01
+    restarts: int = 4  # whole-net tuning runs combined (tune/restarts.py)
     strategy: str = "layerwise"
     max_iter_per_node: int = 3
     acc_drop_skip: float = 0.05
@@ -176,6 +177,8 @@ class TuneConfig(ConfigBase):
             raise ConfigError("--step_ratio, --steps and --patience must be positive")
         if any(m <= 0 for m in self.multipliers):
             raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
+        if self.restarts <= 0:
+            raise ConfigError(f"--restarts must be positive, found {self.restarts}")
         if self.max_iter_per_node <= 0:
             raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
         if self.threshold < 0:

@@ -88,10 +88,27 @@ def test_test_tune_and_auto(project):
     assert (a / "plots" / "layer_differences.png").is_file()
     first = (a / "report.log").read_text()
     tuned = read_table_pb(a / "tuned" / "calibration_table.pb").thresholds()
+    # the default restarts: each one's table kept, each one's objective reported, each one's moves in layers.csv
+    assert sorted(p.name for p in (a / "restarts").iterdir()) == [f"restart_{k}" for k in range(1, 5)]
+    assert [l.split(":")[0].strip() for l in first.splitlines() if l.strip().startswith("restart ")] == \
+        [f"restart {k}" for k in range(1, 5)]
+    header = (a / "layers.csv").read_text().splitlines()[0].split(",")
+    assert [h for h in header if h.startswith("multiplier_restart_")] == [f"multiplier_restart_{k}" for k in range(1, 5)]
     assert entry.main(["auto", *base, "--output_path", str(a)]) == 0  # resumes from trials.jsonl
     second = (a / "report.log").read_text()
     assert "(0 replayed" in first and "(0 replayed" not in second
     assert read_table_pb(a / "tuned" / "calibration_table.pb").thresholds() == tuned
+
+
+def test_one_restart_is_a_single_plain_run(project):
+    root, base = project
+    out = root / "one"
+    assert entry.main(["auto", *base, "--output_path", str(out), "--restarts", "1"]) == 0
+    report = (out / "report.log").read_text()
+    assert "x 1 restart(s)" in report and "restarts (" not in report
+    assert not (out / "restarts").exists()
+    assert "multiplier_restart_1" not in (out / "layers.csv").read_text().splitlines()[0]
+    assert entry.main(["auto", *base, "--output_path", str(root / "zero"), "--restarts", "0"]) == 2
 
 
 def test_errors_name_what_is_wrong(project, capsys):

@@ -28,8 +28,9 @@ from ..quant.formats import write_all, write_int8_prototxt, write_table_pb
 from ..quant.table import CalibrationTable
 from ..runtime import Engine
 from ..tune.search import SearchSettings
+from ..tune.restarts import RESTART_JITTER, Restart, RestartsResult, tune_with_restarts
 from ..tune.trials import Trial, TrialLog
-from ..tune.tuner import BlobResult, TuneSettings, Tuner, metric_outputs
+from ..tune.tuner import TuneSettings, Tuner, metric_outputs
 from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
@@ -243,16 +244,27 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     logger.info("before tuning: model difference %.6g", before_model)
     skip = set(cfg.quant.ignore_layer_names)
     order = tuner.blobs_in_order(start, skip_layers=skip)
-    table, results, interrupted = start, [], False
     t_tune = time.perf_counter()
-    try:
-        for i, value in enumerate(order, 1):
-            logger.info("[%d/%d] tuning blob %s", i, len(order), start.blobs[value].blob)
-            table, result = tuner.tune_blob(table, value)
-            results.append(result)
+
+    def on_blob(restart: int, i: int, table: CalibrationTable) -> None:
+        if restart == 0:  # later restarts save when complete: tuned/ holds the combination of the complete ones
             _save_progress(table, out)
-    except KeyboardInterrupt:
-        interrupted = True
+        if i + 1 < len(order):
+            logger.info("[restart %d/%d, %d/%d] tuning blob %s", restart + 1, cfg.restarts, i + 2, len(order),
+                        start.blobs[order[i + 1]].blob)
+
+    def on_restart(run: Restart, combined: CalibrationTable) -> None:
+        if cfg.restarts > 1:
+            write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
+        _save_progress(combined, out)
+        logger.info("restart %d/%d done in %.1fs", run.number + 1, cfg.restarts, run.seconds)
+
+    if order:
+        logger.info("[restart 1/%d, 1/%d] tuning blob %s", cfg.restarts, len(order), start.blobs[order[0]].blob)
+    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, on_blob, on_restart)
+    table, results, interrupted = tuning.table, tuning.restarts[0].results if tuning.restarts else [], \
+        tuning.interrupted
+    if interrupted:
         logger.warning("interrupted: the best table so far is in %s", out / "tuned")
     tune_seconds = time.perf_counter() - t_tune
     _save_progress(table, out)
@@ -271,13 +283,16 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
                               if s.start_scores else "given"),
         "", f"model difference ({s.metric.name}): before {before_model:.6g}, after {after_model:.6g}"
             + (f" ({after_model / before_model:.3f}x)" if before_model else ""),
-        *_objective_line(cfg, s.metric, results, before_model, after_model),
-        f"tuned {len(results)} of {len(order)} blob(s) in {tune_seconds:.1f}s; {tuner.trial_count} candidates "
-        f"({tuner.log.replayed if tuner.log else 0} replayed from the trial log), "
+        *_objective_line(cfg, s, start, table, before_model, after_model),
+        *_restart_lines(s, tuning, len(order)),
+        f"tuned {len(order)} blob(s) x {len(tuning.restarts)} restart(s) in {tune_seconds:.1f}s; "
+        f"{tuner.trial_count} candidates ({tuner.log.replayed if tuner.log else 0} replayed from the trial log), "
         f"{tune_seconds / max(tuner.trial_count, 1):.3f}s per candidate"]
     if interrupted:
-        lines.append("INTERRUPTED: the tables under tuned/ are the best found so far")
-    rows = _layer_rows(s, start, table, results, before_layers, after_layers)
+        lines.append("INTERRUPTED: the tables under tuned/ are the best found so far"
+                     + (f" (the combination of the {len(tuning.complete)} complete restart(s))" if tuning.complete
+                        else f" (restart 1, {len(results)} of {len(order)} blobs)"))
+    rows = _layer_rows(s, start, table, tuning, before_layers, after_layers)
     frame = pd.DataFrame(rows)
     atomic_write_bytes(out / "layers.csv", frame.to_csv(index=False, float_format="%.6g").encode())
     lines += ["", f"  {'layer':<34} {'blob':<30} {'T before':>10} {'T after':>10} {'x':>6} {'diff before':>12} "
@@ -296,19 +311,45 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     return 130 if interrupted else 0
 
 
-def _objective_line(cfg: TuneConfig, metric: Metric, results: list[BlobResult], before: float, after: float
-                    ) -> list[str]:
+def _objective_line(cfg: TuneConfig, s: Session, start: CalibrationTable, table: CalibrationTable, before: float,
+                    after: float) -> list[str]:
     """The objective before/after when it is not the model difference line above (outputs with another metric),
     and a warning when --metric got worse on the tuning images while the objective improved."""
-    if cfg.objective != "outputs" or metric.name == "square" or not results:
+    metric = s.metric
+    if cfg.objective != "outputs" or metric.name == "square" or start is table:
         return []
-    lines = [f"objective ({OBJECTIVE_WORDS['outputs']}): before {results[0].difference_before:.6g}, "
-             f"after {results[-1].difference_after:.6g}"]
+    lines = [f"objective ({OBJECTIVE_WORDS['outputs']}): before {_outputs_objective(s, start):.6g}, "
+             f"after {_outputs_objective(s, table):.6g}"]
     if metric.better(before, after):
         lines.append(f"WARNING: {metric.name} on the tuning images got worse ({before:.6g} -> {after:.6g}) while the "
                      f"objective improved. On held-out photos the dense objective did better than --metric itself "
                      f"(README, Tuning), but only your held-out images can tell: score start/ and tuned/ with test.sh "
                      f"on them, or tune with --objective model")
+    return lines
+
+
+def _outputs_objective(s: Session, table: CalibrationTable) -> float:
+    """The square distance of the model outputs under `table` on the tuning images."""
+    metric, params = s.tuner.objective_metric("outputs")
+    names = metric_outputs(s.ws.converted)
+    return metric(s.tuner.references(names), s.tuner.run_int8(table, names), params)
+
+
+def _restart_lines(s: Session, tuning: RestartsResult, blobs: int) -> list[str]:
+    """Each restart's objective on the tuning images, then the combination's: the spread is what one run is worth."""
+    if len(tuning.restarts) <= 1:
+        return []
+    objective = s.cfg.objective
+    lines = ["", f"restarts (each tunes every blob from the start moved by a relative {RESTART_JITTER:g}; "
+                 f"objective {objective} on the tuning images; blobs moved):"]
+    for r in tuning.restarts:
+        moved = sum(1 for b in r.results if b.threshold_after != b.threshold_before)
+        after = r.results[-1].difference_after if r.results else float("nan")
+        before = r.results[0].difference_before if r.results else float("nan")
+        lines.append(f"  restart {r.number + 1}: {before:.6g} -> {after:.6g}; {moved} moved"
+                     + ("" if r.complete else f" (interrupted after {len(r.results)} of {blobs} blobs)"))
+    lines.append(f"  tuned/ holds the geometric mean of the threshold moves of the {len(tuning.complete)} complete "
+                 f"restart(s); restarts/restart_K holds each one's table")
     return lines
 
 
@@ -318,11 +359,16 @@ def _save_progress(table: CalibrationTable, out: Path) -> None:
     write_table_pb(table, out / "tuned" / "calibration_table.pbtxt")
 
 
-def _layer_rows(s: Session, start, table, results: list[BlobResult], before, after) -> list[dict]:
-    by_blob = {r.blob: r for r in results}
+def _layer_rows(s: Session, start, table, tuning: RestartsResult, before, after) -> list[dict]:
+    """One row per int8 layer; objective columns from the first restart, a multiplier column per restart."""
+    first = tuning.restarts[0].results if tuning.restarts else []
+    by_blob = {r.blob: r for r in first}
+    per_restart = [({b.blob: b.multiplier for b in run.results}, run.number) for run in tuning.restarts]
+    all_results = tuning.results
     rows = []
     for e in table.quantized_layers():
         r = by_blob.get(e.input_value)
+        mine = [b for b in all_results if b.blob == e.input_value]
         rows.append({
             "layer": e.layer, "type": e.type, "blob": table.blobs[e.input_value].blob,
             "threshold_before": start.blobs[e.input_value].threshold,
@@ -331,7 +377,9 @@ def _layer_rows(s: Session, start, table, results: list[BlobResult], before, aft
             "difference_before": before.get(e.layer, np.nan), "difference_after": after.get(e.layer, np.nan),
             "objective_before": r.difference_before if r else np.nan,
             "objective_after": r.difference_after if r else np.nan,
-            "candidates": r.candidates if r else 0, "seconds": r.seconds if r else 0.0,
+            "candidates": sum(b.candidates for b in mine), "seconds": sum(b.seconds for b in mine),
+            **({f"multiplier_restart_{k + 1}": m.get(e.input_value, np.nan) for m, k in per_restart}
+               if len(per_restart) > 1 else {}),
         })
     return rows
 

@@ -28,9 +28,10 @@ class Trial:
     seconds: float
     note: str = ""  # "baseline", "kept", "fallback", ...
     extra: dict[str, Any] = field(default_factory=dict)
+    restart: int = 0  # which tuning restart (tune/restarts.py) evaluated it
 
     def key(self) -> tuple:
-        return (self.layer, self.blob, round(self.multiplier, 9), self.note)
+        return (self.layer, self.blob, round(self.multiplier, 9), self.note, self.restart)
 
 
 class TrialLog:
@@ -80,8 +81,8 @@ class TrialLog:
             f.write("\n".join(lines[:good]) + "\n")
         logger.info("resuming: %d trial(s) replayed from %s", len(self._replay), self.path)
 
-    def lookup(self, layer: str, blob: str, multiplier: float, note: str = "") -> Trial | None:
-        return self._replay.get((layer, blob, round(multiplier, 9), note))
+    def lookup(self, layer: str, blob: str, multiplier: float, note: str = "", restart: int = 0) -> Trial | None:
+        return self._replay.get((layer, blob, round(multiplier, 9), note, restart))
 
     def append(self, trial: Trial) -> None:
         self.trials.append(trial)

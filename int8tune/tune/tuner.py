@@ -111,6 +111,7 @@ class Tuner:
         # left behind. The next blob's baseline and frontier start from it instead of a new upstream run.
         self._state: tuple[tuple, list[dict[str, np.ndarray]]] | None = None
         self.carry_state = True  # tests turn it off to show that it changes no decision
+        self.restart = 0  # the tuning restart under way (tune/restarts.py): part of each trial's key in the log
         self.trial_count = 0
         self.evaluations = 0
 
@@ -388,7 +389,7 @@ class Tuner:
         def evaluate(multiplier: float, note: str, indices: list[int]) -> Trial:
             nonlocal evaluator
             if self.log is not None:
-                replay = self.log.lookup(first, value, multiplier, note)
+                replay = self.log.lookup(first, value, multiplier, note, self.restart)
                 if replay is not None:
                     self._record(replay, on_trial)
                     return replay
@@ -405,7 +406,8 @@ class Tuner:
             searched = score(subset, multiplier) if all((multiplier, i) in outputs for i in subset) else None
             extra = {"subset": searched} if rest else {}
             trial = Trial(self.trial_count, first, value, multiplier, start * multiplier,
-                          full if full is not None else searched, time.perf_counter() - t, note, extra)
+                          full if full is not None else searched, time.perf_counter() - t, note, extra,
+                          self.restart)
             self._record(trial, on_trial)
             return trial
 
