@@ -35,7 +35,7 @@ from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
-from int8tune.tune.restarts import tune_with_restarts
+from int8tune.tune.restarts import combine, final_objective, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
 
@@ -129,11 +129,16 @@ def main() -> int:
     after_tune = tuner.difference(table)
     d, m = held_out_scores(table, "tuned")
     restart_rows = []
-    if len(tuning.restarts) > 1:  # each restart alone: what a single run would have given
+    if len(tuning.restarts) > 1:  # each restart alone: what a single run would have given; and their mean
+        print(f"kept restart {tuning.picked + 1} (the best objective on the tuning images)")
+        mean = combine(start, [(r.start, r.table) for r in tuning.restarts], tuner.blobs_in_order(start))
+        rd, rm = held_out_scores(mean, "mean of the restarts")
+        restart_rows.append(("mean of the restarts (--restart_pick mean)", rd, rm))
         for run in tuning.restarts:
             rd, rm = held_out_scores(run.table, f"restart {run.number + 1}")
             restart_rows.append((f"restart {run.number + 1} alone", rd, rm))
-            print(f"  restart {run.number + 1}: {args.metric} on the tuning images {tuner.difference(run.table):.5f}; "
+            print(f"  restart {run.number + 1}: objective {final_objective(run):.5f}, {args.metric} on the tuning images "
+                  f"{tuner.difference(run.table):.5f}; "
                   f"held-out {rd:.5f} / {rm:.4f}", flush=True)
     n_conv = sum(1 for e in table.quantized_layers())
     print(f"\nstart: {start_name} table (tuning-set {args.metric}: "
@@ -149,7 +154,7 @@ def main() -> int:
     print(f"\n| table | held-out yolo difference | held-out mAP@0.5 vs fp32 | {wide}: yolo difference | {wide}: mAP@0.5 |")
     print("|---|---|---|---|---|")
     for method, d0, m0 in rows + restart_rows + [(f"tuned (from {start_name})", d, m)]:
-        key = "tuned" if method.startswith("tuned") else method.removesuffix(" alone")
+        key = "tuned" if method.startswith("tuned") else method.removesuffix(" alone").split(" (--")[0]
         wd, wm = wide_scores.get(key, (float("nan"),) * 2)
         print(f"| {method} | {d0:.5f} | {m0:.4f} | {wd:.5f} | {wm:.4f} |")
     return 0

@@ -34,7 +34,7 @@ from .quant.table import CalibrationTable
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "restarts", "threads", "bayesian_trials", "tiebreak"}
+             "multipliers", "search_subset", "min_gain", "restarts", "restart_pick", "threads", "bayesian_trials", "tiebreak"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 
@@ -150,7 +150,8 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     if cfg.strategy == "layerwise":
         tuning = tune_with_restarts(tuner, table, tuner.blobs_in_order(table), cfg.restarts,
                                     on_blob=lambda k, i, t: k == 0 and _save_progress(t, out),
-                                    on_restart=lambda run, combined: _save_progress(combined, out))
+                                    on_restart=lambda run, picked: _save_progress(picked, out),
+                                    pick=cfg.restart_pick)
         table = tuning.table
         if tuning.interrupted:  # the best table so far is saved; the caller's Ctrl-C goes on up
             _save_progress(table, out)

@@ -104,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
     auto.add_argument("--restarts", type=int, default=TuneConfig.restarts,
                       help=f"layerwise: tune the whole net this many times, each from the table moved by a relative "
-                           f"1e-6 (another rounding realization), and keep the geometric mean of their threshold "
-                           f"moves; a single run's result is one draw of a wide spread (default "
-                           f"{TuneConfig.restarts}; 1: one plain run)")
+                           f"1e-6 (another rounding realization), and keep the restart with the best objective; a "
+                           f"single run's result is one draw of a wide spread (default {TuneConfig.restarts}; 1: one "
+                           f"plain run)")
+    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=["best", "mean"],
+                      help="best: the restart with the best objective on the tuning images (default); mean: the "
+                           "geometric mean of the restarts' threshold moves (a table no restart tested)")
     acc = auto.add_argument_group("accuracy-driven tuning (Glow, OpenVINO, Neural Compressor)")
     acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse", "bayesian"],
                      help="layerwise: threshold search blob by blob on the metric (default); halving: Glow's scale "

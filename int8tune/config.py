@@ -152,7 +152,8 @@ class TuneConfig(ConfigBase):
     multipliers: tuple[float, ...] = ()
     search_subset: int = -1
     min_gain: float = 0.01
-    restarts: int = 4  # whole-net tuning runs combined (tune/restarts.py)
+    restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
+    restart_pick: str = "best"  # which restart's table is kept: best (lowest objective) or mean (of the moves)
     strategy: str = "layerwise"
     max_iter_per_node: int = 3
     acc_drop_skip: float = 0.05
@@ -179,6 +180,8 @@ class TuneConfig(ConfigBase):
             raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
         if self.restarts <= 0:
             raise ConfigError(f"--restarts must be positive, found {self.restarts}")
+        if self.restart_pick not in ("best", "mean"):
+            raise ConfigError(f"--restart_pick must be best or mean, found {self.restart_pick!r}")
         if self.max_iter_per_node <= 0:
             raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
         if self.threshold < 0:

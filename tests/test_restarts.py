@@ -1,6 +1,6 @@
 """Tuning restarts (tune/restarts.py): restart 0 is the plain loop, later restarts start from the table moved by a
-relative 1e-6, the combination is the geometric mean of the restarts' threshold moves, and a resumed run replays
-every restart from the trial log."""
+relative 1e-6, the kept table is the restart with the best objective (or the geometric mean of the restarts'
+threshold moves), and a resumed run replays every restart from the trial log."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
 from int8tune.metrics import METRICS
 from int8tune.quant.spec import QuantSpec
-from int8tune.tune.restarts import RESTART_JITTER, combine, restart_start, tune_with_restarts
+from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.trials import TrialLog
 from int8tune.tune.tuner import TuneSettings, Tuner
@@ -70,21 +70,28 @@ def test_one_restart_is_the_plain_loop(converted):
     assert len(result.restarts) == 1 and result.restarts[0].complete and not result.interrupted
 
 
-def test_restarts_combine_and_each_is_logged_apart(converted, tmp_path):
+def test_restarts_keep_the_best_and_each_is_logged_apart(converted, tmp_path):
     start = bad_table()
     log = TrialLog(tmp_path / "trials.jsonl", {"k": 1})
     tuner = Tuner(converted, batches(), METRICS.get("square"), SETTINGS, log)
     order = tuner.blobs_in_order(start)
     saved = []
-    result = tune_with_restarts(tuner, start, order, 3, on_restart=lambda run, combined: saved.append(combined))
+    result = tune_with_restarts(tuner, start, order, 3, on_restart=lambda run, picked: saved.append(picked))
     assert [r.number for r in result.complete] == [0, 1, 2]
     assert {t.restart for t in log.trials} == {0, 1, 2}
-    expected = combine(start, [(r.start, r.table) for r in result.restarts], order)
-    assert result.table.thresholds() == expected.thresholds()
+    # best: the restart whose final objective (on every tuning image) is lowest, its table as it was tuned
+    finals = [final_objective(r) for r in result.restarts]
+    assert result.picked == int(np.argmin(finals))
+    assert result.table is result.restarts[result.picked].table
+    assert finals[result.picked] == pytest.approx(tuner.difference(result.table), rel=1e-6)
     assert saved[-1].thresholds() == result.table.thresholds()
     assert saved[0].thresholds() == result.restarts[0].table.thresholds()  # after restart 1: its own table
-    # the combination really improves the badly calibrated start
     assert tuner.difference(result.table) < 0.5 * tuner.difference(start)
+    # mean: the geometric mean of the moves
+    mean = tune_with_restarts(tuner, start, order, 3, pick="mean")
+    assert mean.picked is None
+    assert mean.table.thresholds() == combine(start, [(r.start, r.table) for r in mean.restarts], order).thresholds()
+    assert tuner.difference(mean.table) < 0.5 * tuner.difference(start)
     # resuming replays all three restarts from the log and evaluates nothing
     again = Tuner(converted, batches(), METRICS.get("square"), SETTINGS, TrialLog(tmp_path / "trials.jsonl", {"k": 1}))
     replayed = tune_with_restarts(again, start, order, 3)
@@ -92,33 +99,21 @@ def test_restarts_combine_and_each_is_logged_apart(converted, tmp_path):
     assert again.evaluations == 0
 
 
-def test_an_interrupted_restart_leaves_the_complete_ones(converted):
+@pytest.mark.parametrize("stop_restart", [0, 1])
+def test_an_interrupted_run_keeps_what_it_found(converted, stop_restart):
+    """Ctrl-C in restart 2 leaves restart 1's table; in restart 1 (after its first blob), that partial table."""
     start = bad_table()
     tuner = Tuner(converted, batches(), METRICS.get("square"), SETTINGS)
     order = tuner.blobs_in_order(start)
 
-    def stop_in_second_restart(restart, i, table):
-        if restart == 1 and i == 0:
+    def stop(restart, i, table):
+        if restart == stop_restart and i == 0:
             raise KeyboardInterrupt
 
-    result = tune_with_restarts(tuner, start, order, 3, on_blob=stop_in_second_restart)
-    assert result.interrupted
-    assert [r.complete for r in result.restarts] == [True, False]
+    result = tune_with_restarts(tuner, start, order, 3, on_blob=stop)
+    assert result.interrupted and tuner.restart == 0
+    assert [r.complete for r in result.restarts] == ([True, False] if stop_restart else [False])
     assert result.table.thresholds() == result.restarts[0].table.thresholds()
-    assert tuner.restart == 0
-
-
-def test_interrupted_in_the_first_restart_gives_its_best_so_far(converted):
-    start = bad_table()
-    tuner = Tuner(converted, batches(), METRICS.get("square"), SETTINGS)
-    order = tuner.blobs_in_order(start)
-
-    def stop_after_first_blob(restart, i, table):
-        if i == 0:
-            raise KeyboardInterrupt
-
-    result = tune_with_restarts(tuner, start, order, 3, on_blob=stop_after_first_blob)
-    assert result.interrupted and not result.complete
-    assert result.table.thresholds() == result.restarts[0].table.thresholds()
-    assert result.table.blobs[order[0]].threshold != start.blobs[order[0]].threshold  # the first blob's move kept
-    assert np.isclose(result.table.blobs[order[1]].threshold, start.blobs[order[1]].threshold)
+    if stop_restart == 0:  # the first blob's move is kept, the second blob untouched
+        assert result.table.blobs[order[0]].threshold != start.blobs[order[0]].threshold
+        assert np.isclose(result.table.blobs[order[1]].threshold, start.blobs[order[1]].threshold)

@@ -253,15 +253,15 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
             logger.info("[restart %d/%d, %d/%d] tuning blob %s", restart + 1, cfg.restarts, i + 2, len(order),
                         start.blobs[order[i + 1]].blob)
 
-    def on_restart(run: Restart, combined: CalibrationTable) -> None:
+    def on_restart(run: Restart, picked: CalibrationTable) -> None:
         if cfg.restarts > 1:
             write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
-        _save_progress(combined, out)
+        _save_progress(picked, out)
         logger.info("restart %d/%d done in %.1fs", run.number + 1, cfg.restarts, run.seconds)
 
     if order:
         logger.info("[restart 1/%d, 1/%d] tuning blob %s", cfg.restarts, len(order), start.blobs[order[0]].blob)
-    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, on_blob, on_restart)
+    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, on_blob, on_restart, cfg.restart_pick)
     table, results, interrupted = tuning.table, tuning.restarts[0].results if tuning.restarts else [], \
         tuning.interrupted
     if interrupted:
@@ -290,7 +290,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
         f"{tune_seconds / max(tuner.trial_count, 1):.3f}s per candidate"]
     if interrupted:
         lines.append("INTERRUPTED: the tables under tuned/ are the best found so far"
-                     + (f" (the combination of the {len(tuning.complete)} complete restart(s))" if tuning.complete
+                     + (f" (picked from the {len(tuning.complete)} complete restart(s))" if tuning.complete
                         else f" (restart 1, {len(results)} of {len(order)} blobs)"))
     rows = _layer_rows(s, start, table, tuning, before_layers, after_layers)
     frame = pd.DataFrame(rows)
@@ -348,8 +348,9 @@ def _restart_lines(s: Session, tuning: RestartsResult, blobs: int) -> list[str]:
         before = r.results[0].difference_before if r.results else float("nan")
         lines.append(f"  restart {r.number + 1}: {before:.6g} -> {after:.6g}; {moved} moved"
                      + ("" if r.complete else f" (interrupted after {len(r.results)} of {blobs} blobs)"))
-    lines.append(f"  tuned/ holds the geometric mean of the threshold moves of the {len(tuning.complete)} complete "
-                 f"restart(s); restarts/restart_K holds each one's table")
+    kept = (f"restart {tuning.picked + 1} (the best objective)" if tuning.picked is not None else
+            f"the geometric mean of the threshold moves of the {len(tuning.complete)} complete restart(s)")
+    lines.append(f"  tuned/ holds {kept}; restarts/restart_K holds each one's table")
     return lines
 
 
