@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
     ap.add_argument("--unsigned", action="store_true", help="T/255 for non-negative blobs (see QuantSpec)")
     ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
-                    help="whole-net tuning runs, combined as auto does (tune/restarts.py; 1: one plain run)")
+                    help="whole-net tuning runs, the best kept as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
     args = ap.parse_args()
     require_assets()

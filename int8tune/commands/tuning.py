@@ -247,7 +247,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     t_tune = time.perf_counter()
 
     def on_blob(restart: int, i: int, table: CalibrationTable) -> None:
-        if restart == 0:  # later restarts save when complete: tuned/ holds the combination of the complete ones
+        if restart == 0:  # later restarts save when complete: tuned/ holds the pick among the complete ones
             _save_progress(table, out)
         if i + 1 < len(order):
             logger.info("[restart %d/%d, %d/%d] tuning blob %s", restart + 1, cfg.restarts, i + 2, len(order),
@@ -336,7 +336,7 @@ def _outputs_objective(s: Session, table: CalibrationTable) -> float:
 
 
 def _restart_lines(s: Session, tuning: RestartsResult, blobs: int) -> list[str]:
-    """Each restart's objective on the tuning images, then the combination's: the spread is what one run is worth."""
+    """Each restart's objective on the tuning images, and which one tuned/ holds: the spread is what one run is worth."""
     if len(tuning.restarts) <= 1:
         return []
     objective = s.cfg.objective
