@@ -115,3 +115,70 @@ def test_coco_map_against_annotations_and_agreement(tmp_path):
     assert coco_map_agreement(dets, moved, (320, 320)) < 0.6
     with pytest.raises(ConfigError, match="no image entry for c.jpg"):
         coco_map(dets, path, ["a.jpg", "c.jpg"])
+
+
+def _head_map(cells: dict[tuple[int, int], float]) -> np.ndarray:
+    """A 1-anchor, 1-class v3 head on a 4x4 grid: objectness and class logits +8 at `cells` (row, col) with
+    box offset `cells[cell]` (tw = th), -8 elsewhere."""
+    f = np.zeros((1, 6, 4, 4), np.float32)
+    f[0, 4:6] = -8.0
+    for (r, c), t in cells.items():
+        f[0, 4:6, r, c] = 8.0
+        f[0, 2:4, r, c] = t
+    return f
+
+
+def test_detection_agreement_counts_found_missed_and_extra():
+    from int8tune.commands.detections import agreement_lines
+    from int8tune.yolo import YoloHead, detection_agreement
+
+    a, b, c = (0.1, 0.1, 0.3, 0.3), (0.6, 0.6, 0.9, 0.9), (0.1, 0.6, 0.3, 0.9)
+    truth = [[Detection(0, 0.9, a), Detection(0, 0.8, b)], [Detection(1, 0.7, a)]]
+    # image 1: a found, b missed, c extra; image 2: the box is right but the class is not
+    predicted = [[Detection(0, 0.95, a), Detection(0, 0.6, c)], [Detection(0, 0.7, a)]]
+    got = detection_agreement(truth, predicted)
+    assert [(g.reference, g.found, g.missed, g.extra) for g in got] == [(2, 1, 1, 1), (1, 0, 1, 1)]
+    # a second box on a truth box already found is extra, as in mAP's matching
+    twice = detection_agreement([[Detection(0, 0.9, a)]], [[Detection(0, 0.9, a), Detection(0, 0.8, a)]])
+    assert (twice[0].found, twice[0].extra) == (1, 1)
+    assert detection_agreement(truth, truth)[0].missed == 0
+
+    head = YoloHead("out", ((32.0, 32.0),), 1)
+    yolo = YoloParams((head,), (128, 128))
+    fp32 = {"out": _head_map({(0, 0): 0.0, (2, 2): 0.0, (3, 0): 0.0})}
+    same = {"out": _head_map({(0, 0): 0.0, (2, 2): 0.0, (3, 0): 0.0})}
+    moved = {"out": _head_map({(0, 0): 0.0, (2, 2): 2.0, (1, 3): 0.0})}  # (2,2) 7x wider: IoU < 0.5
+    lines = agreement_lines(fp32, [("start", same), ("tuned", moved)], yolo, ["p.jpg"])
+    text = "\n".join(lines)
+    assert "the fp32 model makes 3 detection(s) on 1 image(s), 3 of them on p.jpg" in text
+    assert "start: mAP@0.5 1.0000; finds 3 of 3, misses 0, 0 extra" in text
+    assert "tuned: mAP@0.5" in text and "finds 1 of 3, misses 2, 2 extra" in text
+    assert "    p.jpg: finds 1 of 3, 2 extra" in lines
+    assert lines[3].startswith("  tuned:")  # the identical table lists no differing image
+
+
+def test_test_command_reports_detection_agreement(assets, tmp_path):
+    """test.sh with --metric yolo on yolov3_nano_voc: the fp32 detection count is the reference one (dog 3, person
+    3, crowd 10), and the mAP next to the counts is the yolo_map metric of the same table."""
+    import re
+
+    import main as entry
+
+    d = assets / "models" / "yolov3_nano_voc"
+    photos = tmp_path / "photos.txt"
+    photos.write_text("".join(f"{assets / 'images' / 'detection' / n}\n"
+                              for n in ("dog.jpg", "person.jpg", "crowd_persons.jpg")))
+    base = ["--proto", str(d / "MobileNetV2-YOLOv3-Nano-voc.prototxt"),
+            "--model", str(d / "MobileNetV2-YOLOv3-Nano-voc.caffemodel"), "--data_list", str(photos),
+            "--image_params", str(REPO_ROOT / "examples" / "image_params" / "yolov3_nano_voc.json")]
+    assert entry.main(["calibrate", *base, "--method", "minmax", "--output_path", str(tmp_path / "cal")]) == 0
+    table = ["--calibration_proto", str(tmp_path / "cal" / "calibration_table.pb")]
+    cfg = ["--yolo_cfg", str(d / "MobileNetV2-YOLOv3-Nano-voc.cfg")]
+    assert entry.main(["test", *base, *table, *cfg, "--metric", "yolo", "--output_path", str(tmp_path / "y")]) == 0
+    report = (tmp_path / "y" / "report.log").read_text()
+    assert "the fp32 model makes 16 detection(s) on 3 image(s), 10 of them on " in report
+    found = re.search(r"this table: mAP@0\.5 ([0-9.]+); finds (\d+) of 16, misses (\d+), (\d+) extra", report)
+    assert found and int(found[2]) + int(found[3]) == 16
+    assert entry.main(["test", *base, *table, *cfg, "--metric", "yolo_map", "--output_path", str(tmp_path / "m")]) == 0
+    m = re.search(r"model difference \(yolo_map\): ([0-9.]+)", (tmp_path / "m" / "report.log").read_text())
+    assert float(found[1]) == pytest.approx(float(m[1]), abs=1e-4)

@@ -33,6 +33,7 @@ from ..tune.trials import Trial, TrialLog
 from ..tune.tuner import TuneSettings, Tuner, metric_outputs
 from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
+from .detections import detection_lines
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
 from .common import (Workspace, batch_labels, batch_names, data_items, fingerprint, load_table, load_workspace,
                      prepared_batches)
@@ -149,6 +150,7 @@ def run_test(cfg: TuneConfig, prepare_image) -> int:
         lines.append(f"model difference ({s.metric.name}): {model:.6g}")
         if s.metric.direction.value == "higher":
             lines.append(f"fp32 {s.metric.name}: {s.tuner.fp32_score():.6g}")
+        lines += detection_lines(s.tuner, s.metric.name, [("this table", s.table)])
         lines += _image_lines(s)
         lines += ["", "every int8 layer's own output difference (square), worst first:"]
         diffs = s.tuner.layer_differences(s.table)
@@ -292,6 +294,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
         lines.append("INTERRUPTED: the tables under tuned/ are the best found so far"
                      + (f" (picked from the {len(tuning.complete)} complete restart(s))" if tuning.complete
                         else f" (restart 1, {len(results)} of {len(order)} blobs)"))
+    lines += detection_lines(tuner, s.metric.name, [("start", start), ("tuned", table)])
     rows = _layer_rows(s, start, table, tuning, before_layers, after_layers)
     frame = pd.DataFrame(rows)
     atomic_write_bytes(out / "layers.csv", frame.to_csv(index=False, float_format="%.6g").encode())
