@@ -107,9 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                            f"1e-6 (another rounding realization), and keep the restart with the best objective; a "
                            f"single run's result is one draw of a wide spread (default {TuneConfig.restarts}; 1: one "
                            f"plain run)")
-    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=["best", "mean"],
+    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=["best", "mean", "validation"],
                       help="best: the restart with the best objective on the tuning images (default); mean: the "
-                           "geometric mean of the restarts' threshold moves (a table no restart tested)")
+                           "geometric mean of the restarts' threshold moves (a table no restart tested); "
+                           "validation: the restart with the best --metric on the --validation_list images")
+    auto.add_argument("--validation_list", type=Path, default=None,
+                      help="images held out of tuning (a list file or a folder, read like --data_list): report.log "
+                           "scores the start table, the tuned one and each restart on them (--metric, and the "
+                           "detection agreement for a YOLO metric) and validation.csv holds each image's difference")
     acc = auto.add_argument_group("accuracy-driven tuning (Glow, OpenVINO, Neural Compressor)")
     acc.add_argument("--strategy", default="layerwise", choices=["layerwise", "halving", "basic", "mse", "bayesian"],
                      help="layerwise: threshold search blob by blob on the metric (default); halving: Glow's scale "

@@ -153,7 +153,8 @@ class TuneConfig(ConfigBase):
     search_subset: int = -1
     min_gain: float = 0.01
     restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
-    restart_pick: str = "best"  # which restart's table is kept: best (lowest objective) or mean (of the moves)
+    restart_pick: str = "best"  # which restart's table is kept: best (objective), mean (of the moves), validation
+    validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)
     strategy: str = "layerwise"
     max_iter_per_node: int = 3
     acc_drop_skip: float = 0.05
@@ -180,8 +181,13 @@ class TuneConfig(ConfigBase):
             raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
         if self.restarts <= 0:
             raise ConfigError(f"--restarts must be positive, found {self.restarts}")
-        if self.restart_pick not in ("best", "mean"):
-            raise ConfigError(f"--restart_pick must be best or mean, found {self.restart_pick!r}")
+        if self.restart_pick not in ("best", "mean", "validation"):
+            raise ConfigError(f"--restart_pick must be best, mean or validation, found {self.restart_pick!r}")
+        if self.validation_list is not None and not self.validation_list.exists():
+            raise ConfigError(f"--validation_list {self.validation_list}: no such file or folder")
+        if self.restart_pick == "validation" and self.validation_list is None:
+            raise ConfigError("--restart_pick validation scores the restarts on held-out images: give them with "
+                              "--validation_list (a list file or a folder, as --data_list)")
         if self.max_iter_per_node <= 0:
             raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
         if self.threshold < 0:

@@ -4,6 +4,7 @@ bad input answered with errors that name what is wrong."""
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -170,3 +171,43 @@ def test_auto_warns_when_the_metric_got_worse_and_keeps_the_starting_table(proje
     measured = (root / "warn_test" / "report.log").read_text()
     assert float(measured.split("model difference (negated_square_for_test): ")[1].split()[0]) == \
         pytest.approx(before, rel=1e-6)
+
+
+def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_them(project, capsys):
+    root, base = project
+    held = root / "held_out"
+    held.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(held / f"h{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    out = root / "val"
+    assert entry.main(["auto", *base, "--output_path", str(out), "--validation_list", str(held)]) == 0
+    report = (out / "report.log").read_text()
+    assert f"held-out check: 4 image(s) of --validation_list {held} (not tuned on)" in report
+    start, tuned = re.search(r"model difference \(square\): start ([0-9.e-]+), tuned ([0-9.e-]+)", report).groups()
+    # the same figures as test.sh gives for start/ and tuned/ on those images
+    for name, value in (("start", start), ("tuned", tuned)):
+        assert entry.main(["test", *base[:4], "--data_list", str(held), *base[6:], "--calibration_proto",
+                           str(out / name / "calibration_table.pb"), "--output_path", str(root / f"vt_{name}")]) == 0
+        got = re.search(r"model difference \(square\): ([0-9.e-]+)", (root / f"vt_{name}" / "report.log").read_text())
+        assert float(got[1]) == pytest.approx(float(value), rel=1e-5)
+    csv = (out / "validation.csv").read_text().splitlines()
+    assert csv[0] == "image,start,tuned," + ",".join(f"restart_{k}" for k in range(1, 5)) and len(csv) == 5
+    # pick by the held-out images: the kept restart is the one with the lowest held-out difference; the trials of
+    # the first run are all replayed (the pick does not change a trial)
+    assert entry.main(["auto", *base, "--output_path", str(out), "--validation_list", str(held),
+                       "--restart_pick", "validation"]) == 0
+    report = (out / "report.log").read_text()
+    assert "(0 replayed" not in report
+    line = next(l for l in report.splitlines() if l.strip().startswith("each restart:"))
+    scores = [float(v) for v in re.findall(r"restart \d+ ([0-9.e-]+)", line)]
+    kept = int(re.search(r"tuned/ holds restart (\d+) \(--restart_pick validation\)", line)[1])
+    assert len(scores) == 4 and kept == 1 + int(np.argmin(scores))
+    assert read_table_pb(out / "tuned" / "calibration_table.pb").thresholds() == \
+        read_table_pb(out / "restarts" / f"restart_{kept}" / "calibration_table.pb").thresholds()
+    # tuning images given as held-out ones are named; the pick needs held-out images
+    capsys.readouterr()
+    assert entry.main(["auto", *base, "--output_path", str(root / "val2"), "--validation_list", base[5],
+                       "--restarts", "1"]) == 0
+    assert "are tuning images too" in capsys.readouterr().err
+    assert entry.main(["auto", *base, "--output_path", str(root / "val3"), "--restart_pick", "validation"]) == 2
+    assert "--validation_list" in capsys.readouterr().err

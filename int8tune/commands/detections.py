@@ -19,7 +19,7 @@ IOU = 0.5
 
 
 def detection_lines(tuner: Tuner, metric_name: str, tables: Sequence[tuple[str, CalibrationTable]],
-                    show: int = 5) -> list[str]:
+                    show: int = 5, kind: str = "") -> list[str]:
     """report.log lines for `tables` (label, table) on the tuner's images, or none when the metric is not a
     YOLO one."""
     if metric_name not in YOLO_METRICS:
@@ -28,13 +28,15 @@ def detection_lines(tuner: Tuner, metric_name: str, tables: Sequence[tuple[str, 
     yolo = YoloParams.from_dict({k: v for k, v in params.items() if k not in ("labels", "image_names")})
     outputs = metric_outputs(tuner.converted)
     tested = [(label, tuner.run_int8(table, outputs)) for label, table in tables]
-    return agreement_lines(tuner.references(outputs), tested, yolo, list(params.get("image_names") or []), show)
+    return agreement_lines(tuner.references(outputs), tested, yolo, list(params.get("image_names") or []), show,
+                           kind)
 
 
 def agreement_lines(fp32: dict, tested: Sequence[tuple[str, dict]], yolo: YoloParams, names: list[str],
-                    show: int = 5) -> list[str]:
+                    show: int = 5, kind: str = "") -> list[str]:
     """The lines for fp32 outputs and each (label, outputs of an int8 model), images in the order of `names`:
-    mAP@0.5, totals, and the `show` images where the detections differ most."""
+    mAP@0.5, totals, and the `show` images where the detections differ most. `kind` qualifies the images in the
+    header ("tuning ", "held-out ")."""
     truth = detections_of(fp32, yolo)
     names = names + [f"image {i + 1}" for i in range(len(names), len(truth))]
     total = sum(len(t) for t in truth)
@@ -42,7 +44,7 @@ def agreement_lines(fp32: dict, tested: Sequence[tuple[str, dict]], yolo: YoloPa
     where = f", {len(truth[busiest])} of them on {names[busiest]}" if total else ""
     lines = ["", f"detection agreement with fp32 (score > {yolo.conf_threshold}, NMS {yolo.nms_threshold}; a hit "
                  f"is IoU >= {IOU} with an fp32 box of the same class): the fp32 model makes {total} detection(s) "
-                 f"on {len(truth)} image(s){where}"]
+                 f"on {len(truth)} {kind}image(s){where}"]
     for label, outputs in tested:
         predicted = detections_of(outputs, yolo)
         per_image = detection_agreement(truth, predicted, IOU)

@@ -34,6 +34,7 @@ from ..tune.tuner import TuneSettings, Tuner, metric_outputs
 from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
 from .detections import detection_lines
+from .validation import judge_of, validation_lines, validation_tuner
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
 from .common import (Workspace, batch_labels, batch_names, data_items, fingerprint, load_table, load_workspace,
                      prepared_batches)
@@ -95,7 +96,9 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
             start_scores = {**start_scores, "chosen": name}
     log = None
     if log_name:
-        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "plots", "threads")}
+        # what cannot change a trial's result stays out (the validation images are scored after tuning)
+        settings_fp = {k: v for k, v in cfg.to_dict().items()
+                       if k not in ("resume", "plots", "threads", "validation_list", "restart_pick")}
         fp = fingerprint(ws, items, settings_fp)
         fp["table"] = _table_hash(table)
         log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
@@ -261,9 +264,11 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
         _save_progress(picked, out)
         logger.info("restart %d/%d done in %.1fs", run.number + 1, cfg.restarts, run.seconds)
 
+    val = validation_tuner(cfg, s.ws, s.metric, tuner, s.items, prepare_image)
     if order:
         logger.info("[restart 1/%d, 1/%d] tuning blob %s", cfg.restarts, len(order), start.blobs[order[0]].blob)
-    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, on_blob, on_restart, cfg.restart_pick)
+    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, on_blob, on_restart, cfg.restart_pick,
+                                judge_of(val) if cfg.restart_pick == "validation" else None)
     table, results, interrupted = tuning.table, tuning.restarts[0].results if tuning.restarts else [], \
         tuning.interrupted
     if interrupted:
@@ -294,7 +299,9 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
         lines.append("INTERRUPTED: the tables under tuned/ are the best found so far"
                      + (f" (picked from the {len(tuning.complete)} complete restart(s))" if tuning.complete
                         else f" (restart 1, {len(results)} of {len(order)} blobs)"))
-    lines += detection_lines(tuner, s.metric.name, [("start", start), ("tuned", table)])
+    lines += detection_lines(tuner, s.metric.name, [("start", start), ("tuned", table)], kind="tuning ")
+    if val is not None:
+        lines += validation_lines(val, cfg, start, table, tuning, out)
     rows = _layer_rows(s, start, table, tuning, before_layers, after_layers)
     frame = pd.DataFrame(rows)
     atomic_write_bytes(out / "layers.csv", frame.to_csv(index=False, float_format="%.6g").encode())

@@ -1,6 +1,7 @@
 """Tuning restarts: tune the whole net several times from the same table, each time in a different rounding
 realization, and keep the restart whose table scores best on the tuning images (or, with pick "mean", the
-geometric mean of the restarts' threshold moves).
+geometric mean of the restarts' threshold moves; with pick "validation", the restart a Judge scores best on
+images that were not tuned on).
 
 Why: the int8 model's difference is chaotic at the level of the last bits of a threshold. Moving every threshold
 by a relative 1e-6 (far below any effect on accuracy) changes the yolo difference of yolov3_nano_voc on its 10
@@ -72,6 +73,7 @@ class Restart:
     results: list[BlobResult] = field(default_factory=list)
     complete: bool = False
     seconds: float = 0.0
+    validation: float | None = None  # the judge's score of the final table (pick "validation")
 
 
 @dataclass
@@ -90,18 +92,29 @@ class RestartsResult:
         return [b for r in self.restarts for b in r.results]
 
 
-PICKS = ("best", "mean")
+PICKS = ("best", "mean", "validation")
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Scores a table on images that were not tuned on (pick "validation"): `score(table)` and the direction of
+    its metric (`better(a, b)`: a is better than b)."""
+    score: Callable[[CalibrationTable], float]
+    better: Callable[[float, float], bool]
 
 
 def tune_with_restarts(tuner: Tuner, start: CalibrationTable, order: Sequence[str], restarts: int = 1,
                        on_blob: Callable[[int, int, CalibrationTable], None] | None = None,
                        on_restart: Callable[[Restart, CalibrationTable], None] | None = None,
-                       pick: str = "best") -> RestartsResult:
+                       pick: str = "best", judge: Judge | None = None) -> RestartsResult:
     """Tune the blobs of `order` in turn, `restarts` times (see the module docstring). `on_blob(restart, i, table)`
     after each blob, `on_restart(restart, pick so far)` after each complete restart (to save progress). A
-    KeyboardInterrupt ends the run early: the result then holds what was complete, flagged `interrupted`."""
+    KeyboardInterrupt ends the run early: the result then holds what was complete, flagged `interrupted`. Pick
+    "validation" keeps the complete restart `judge` scores best (each scored once, when it completes)."""
     if pick not in PICKS:
         raise ValueError(f"pick must be one of {PICKS}, found {pick!r}")
+    if pick == "validation" and judge is None:
+        raise ValueError("pick 'validation' needs a judge")
     better = tuner.objective_metric()[0].better
     done: list[Restart] = []
     interrupted = False
@@ -119,13 +132,15 @@ def tune_with_restarts(tuner: Tuner, start: CalibrationTable, order: Sequence[st
                 if on_blob is not None:
                     on_blob(k, i, run.table)
             run.complete = True
+            if judge is not None:
+                run.validation = judge.score(run.table)
             if on_restart is not None:
-                on_restart(run, _picked(start, done, order, pick, better)[0])
+                on_restart(run, _picked(start, done, order, pick, better, judge)[0])
     except KeyboardInterrupt:
         interrupted = True
     finally:
         tuner.restart = 0
-    table, number = _picked(start, done, order, pick, better)
+    table, number = _picked(start, done, order, pick, better, judge)
     return RestartsResult(table, done, interrupted, number)
 
 
@@ -135,7 +150,7 @@ def final_objective(run: Restart) -> float:
 
 
 def _picked(start: CalibrationTable, done: list[Restart], order: Sequence[str], pick: str,
-            better: Callable[[float, float], bool]) -> tuple[CalibrationTable, int | None]:
+            better: Callable[[float, float], bool], judge: Judge | None = None) -> tuple[CalibrationTable, int | None]:
     complete = [r for r in done if r.complete]
     if not complete:
         return (done[0].table if done else start), None  # the first restart, interrupted: its best so far
@@ -143,8 +158,12 @@ def _picked(start: CalibrationTable, done: list[Restart], order: Sequence[str], 
         return complete[0].table, 0  # one plain run: its table as it is
     if pick == "mean":
         return combine(start, [(r.start, r.table) for r in complete], order), None
+    if pick == "validation":
+        score, better = (lambda r: r.validation), judge.better
+    else:
+        score = final_objective
     best = complete[0]
     for r in complete[1:]:
-        if better(final_objective(r), final_objective(best)):  # ties keep the earlier restart
+        if better(score(r), score(best)):  # ties keep the earlier restart
             best = r
     return best.table, best.number
