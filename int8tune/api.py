@@ -11,6 +11,8 @@
 - `eval_dataloader`: batches the metric is measured on; (array, labels) pairs give labels to task metrics.
 - `eval_func(outputs, labels) -> float`: optional user metric, higher is better; `outputs` maps the model's
   output blobs to the int8 model's arrays for all eval batches, `labels` is None for unlabelled batches.
+- `validation_dataloader`: optional held-out batches (same forms): `result.validation_score` is the metric of the
+  tuned table on them, and `restart_pick="validation"` keeps the restart they score best.
 - `resume_file`: the trial log; a killed run restarted with the same inputs resumes from it.
 - `config`: a YAML file or dict with the CLI's settings (strategy, metric, threshold, target_accuracy, method,
   granularity, ...); unknown keys are errors naming the key. Keyword arguments override it.
@@ -20,7 +22,7 @@ Outputs (every table format, QDQ model, report.log, trials) are written under `o
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -45,6 +47,7 @@ class TuneResult:
     fp32_score: float
     goal_met: bool
     output_path: Path
+    validation_score: float | None = None  # the metric of `table` on validation_dataloader, when given
 
 
 def load_settings(config: str | Path | Mapping | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,14 +97,15 @@ def _batches(loader: Iterable, name: str) -> tuple[list[np.ndarray], list[np.nda
 def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: Callable | None = None,
          eval_dataloader: Iterable | None = None, eval_func: Callable | None = None,
          resume_file: str | Path | None = None, config: str | Path | Mapping | None = None,
-         output_path: str | Path = "output/api", **settings) -> TuneResult:
+         output_path: str | Path = "output/api", validation_dataloader: Iterable | None = None,
+         **settings) -> TuneResult:
     from .commands.calibrate import calibrate_model, write_calibration
     from .commands.common import load_workspace
     from .commands.tuning import _save_progress, goal_of, spec_per_channel
     from .quant.auto import best_start, tables_per_calibrator
     from .quant.formats import write_all
     from .tune.driver import run_strategy
-    from .tune.restarts import tune_with_restarts
+    from .tune.restarts import Judge, tune_with_restarts
     from .tune.search import SearchSettings
     from .tune.strategies import StrategyContext, StrategySettings
     from .tune.trials import TrialLog
@@ -116,6 +120,9 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     if "multipliers" in tune_values:
         tune_values["multipliers"] = tuple(tune_values["multipliers"])
     cfg = TuneConfig(model=model_cfg, data=None, quant=quant, output_path=out, **tune_values)  # type: ignore[arg-type]
+    if cfg.restart_pick == "validation" and validation_dataloader is None:
+        raise ConfigError("restart_pick 'validation' scores the restarts on held-out batches: pass "
+                          "validation_dataloader")
     ws = load_workspace(proto, caffemodel)
     calib, calib_labels = _batches(q_dataloader, "q_dataloader")
     evals, labels = _batches(eval_dataloader, "eval_dataloader") if eval_dataloader is not None else (calib,
@@ -147,11 +154,16 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
         log = TrialLog(Path(resume_file), fingerprint)
     tuner = Tuner(ws.converted, evals, metric, tune_settings, log, labels=labels)
     fp32 = tuner.fp32_score()
+    val = None
+    if validation_dataloader is not None:  # held-out batches: the result's validation_score (and the pick)
+        val_batches, val_labels = _batches(validation_dataloader, "validation_dataloader")
+        val = Tuner(ws.converted, val_batches, metric, replace(tune_settings, subset=0), labels=val_labels)
     if cfg.strategy == "layerwise":
         tuning = tune_with_restarts(tuner, table, tuner.blobs_in_order(table), cfg.restarts,
                                     on_blob=lambda k, i, t: k == 0 and _save_progress(t, out),
                                     on_restart=lambda run, picked: _save_progress(picked, out),
-                                    pick=cfg.restart_pick)
+                                    pick=cfg.restart_pick,
+                                    judge=Judge(val.difference, metric.better) if val is not None else None)
         table = tuning.table
         if tuning.interrupted:  # the best table so far is saved; the caller's Ctrl-C goes on up
             _save_progress(table, out)
@@ -167,7 +179,7 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
                               tiebreak=cfg.tiebreak)
         table, score, goal = result.best_table, result.best_score, result.goal_met
     write_all(table, proto, out / "tuned")
-    return TuneResult(table, score, fp32, goal, out)
+    return TuneResult(table, score, fp32, goal, out, val.difference(table) if val is not None else None)
 
 
 def _eval_metric(eval_func: Callable) -> Metric:

@@ -185,9 +185,6 @@ class TuneConfig(ConfigBase):
             raise ConfigError(f"--restart_pick must be best, mean or validation, found {self.restart_pick!r}")
         if self.validation_list is not None and not self.validation_list.exists():
             raise ConfigError(f"--validation_list {self.validation_list}: no such file or folder")
-        if self.restart_pick == "validation" and self.validation_list is None:
-            raise ConfigError("--restart_pick validation scores the restarts on held-out images: give them with "
-                              "--validation_list (a list file or a folder, as --data_list)")
         if self.max_iter_per_node <= 0:
             raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
         if self.threshold < 0:

@@ -84,3 +84,20 @@ def test_cli_config_file(model, tmp_path, capsys):
     bad.write_text("strategie: mse\n")
     assert entry.main(["auto", "--config", str(bad), "--output_path", str(tmp_path / "o2")]) == 2
     assert "unknown key 'strategie'" in capsys.readouterr().err
+
+
+def test_validation_dataloader_scores_the_tuned_table_and_picks_the_restart(model, tmp_path):
+    from int8tune.commands.common import load_workspace
+    from int8tune.metrics import METRICS
+    from int8tune.tune.tuner import TuneSettings, Tuner
+
+    held = list(loader(2, seed=7))
+    result = tune(model, list(loader()), validation_dataloader=held, restart_pick="validation", restarts=3,
+                  output_path=tmp_path)
+    # validation_score is the square difference of the kept table on the held-out batches, measured anew here
+    ws = load_workspace(*model)
+    judge = Tuner(ws.converted, held, METRICS.get("square"), TuneSettings())
+    assert result.validation_score == pytest.approx(judge.difference(result.table), rel=1e-6)
+    assert tune(model, list(loader()), restarts=2, output_path=tmp_path / "b").validation_score is None
+    with pytest.raises(ConfigError, match="validation_dataloader"):
+        tune(model, list(loader()), restart_pick="validation", output_path=tmp_path / "c")

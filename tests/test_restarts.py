@@ -117,3 +117,26 @@ def test_an_interrupted_run_keeps_what_it_found(converted, stop_restart):
     if stop_restart == 0:  # the first blob's move is kept, the second blob untouched
         assert result.table.blobs[order[0]].threshold != start.blobs[order[0]].threshold
         assert np.isclose(result.table.blobs[order[1]].threshold, start.blobs[order[1]].threshold)
+
+
+def test_validation_pick_keeps_the_restart_the_judge_scores_best(converted):
+    from int8tune.tune.restarts import Judge
+
+    start = bad_table()
+    tuner = Tuner(converted, batches(), METRICS.get("square"), SETTINGS)
+    order = tuner.blobs_in_order(start)
+    rng = np.random.default_rng(5)  # held-out batches: other draws than the tuning ones
+    held = Tuner(converted, [rng.standard_normal((2, 3, 6, 6)).astype(np.float32) for _ in range(2)],
+                 METRICS.get("square"), SETTINGS)
+    result = tune_with_restarts(tuner, start, order, 3, pick="validation",
+                                judge=Judge(held.difference, METRICS.get("square").better))
+    scores = [r.validation for r in result.restarts]
+    assert len(set(scores)) == 3  # the restarts differ on the held-out batches, so the pick means something
+    assert scores == pytest.approx([held.difference(r.table) for r in result.restarts], rel=1e-6)
+    assert result.picked == int(np.argmin(scores)) and result.table is result.restarts[result.picked].table
+    # a judge that prefers the opposite (higher is better) picks the other end: the pick follows the judge alone
+    worst = tune_with_restarts(tuner, start, order, 3, pick="validation",
+                               judge=Judge(held.difference, lambda a, b: a > b))
+    assert worst.picked == int(np.argmax(scores))
+    with pytest.raises(ValueError, match="judge"):
+        tune_with_restarts(tuner, start, order, 2, pick="validation")

@@ -236,6 +236,9 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
 def run_auto(cfg: TuneConfig, prepare_image) -> int:
     t_start = time.perf_counter()
     print("int8tune auto\n" + cfg.describe())
+    if cfg.restart_pick == "validation" and cfg.validation_list is None:
+        raise ConfigError("--restart_pick validation scores the restarts on held-out images: give them with "
+                          "--validation_list (a list file or a folder, as --data_list)")
     out = cfg.output_path
     s = open_session(cfg, prepare_image, need_table=False, log_name="trials.jsonl")
     if cfg.strategy != "layerwise":
