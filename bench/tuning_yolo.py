@@ -8,7 +8,9 @@ detections against the fp32 detections (higher is better). The 18 held-out photo
 move the yolo difference by a third), so the first --wide images of images/imagenet_dev (natural photos, many
 with VOC objects: animals, vehicles, people) form a second, larger held-out set, scored the same way.
 Every convolution stays int8 in every table. With --restarts N > 1 (auto's default) each restart's table is also
-scored alone: the spread of those rows is what a single tuning run is worth.
+scored alone: the spread of those rows is what a single tuning run is worth. With --draws N every table is also
+scored under N relative 1e-6 moves of all its thresholds: the held-out mAP of a few photos moves by whole
+detections under them, and a comparison of tables below that spread says nothing.
 Speed: seconds per tuning candidate next to one plain fp32 forward pass of the whole net on the tuning images.
 
     python bench/tuning_yolo.py --model yolov3_nano_voc
@@ -35,7 +37,7 @@ from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
-from int8tune.tune.restarts import combine, final_objective, tune_with_restarts
+from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
 from int8tune.yolo import YoloParams, detection_agreement, detections_of
@@ -55,6 +57,10 @@ def main() -> int:
     ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
                     help="whole-net tuning runs, the best kept as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
+    ap.add_argument("--draws", type=int, default=0,
+                    help="also score every table on the held-out photos with all its thresholds moved by a relative "
+                         "1e-6, this many draws (the first is the table itself): the spread is the noise floor of "
+                         "the held-out detection figures")
     args = ap.parse_args()
     require_assets()
     spec = QuantSpec(unsigned=args.unsigned)
@@ -94,7 +100,10 @@ def main() -> int:
     print(f"fp32 detections on the held-out photos: {sum(n for n, _ in per_image)} "
           f"({', '.join(f'{name} {n}' for n, name in per_image if n)})")
 
+    scored = {}  # name -> table, for --draws
+
     def held_out_scores(table, name):
+        scored[name] = table
         if wide_b:
             wide_scores[name] = scores_on(table, wide_b, fp32_wide)
         name_of[0] = name
@@ -172,6 +181,27 @@ def main() -> int:
         wd, wm = wide_scores.get(key, (float("nan"),) * 2)
         hit, extra = found.get(key, (-1, -1))
         print(f"| {method} | {d0:.5f} | {m0:.4f} | {hit}, +{extra} | {wd:.5f} | {wm:.4f} |")
+    if args.draws > 0:
+        print(f"\nheld-out photos, each table with every threshold moved by a relative {RESTART_JITTER:g} "
+              f"({args.draws} draws; restart_start's move, which changes which values round up or down and nothing "
+              f"else):\n")
+        print(f"| table | fp32 detections found of {total}: mean (min-max) | mAP@0.5: median (min-max) | "
+              f"yolo difference: median (min-max) |")
+        print("|---|---|---|---|")
+        for name, table in scored.items():
+            graph = build_int8_graph(ws.converted, table)
+            engine = Engine(graph.converted, threads=args.threads, simulation=True)
+            hits, maps, diffs = [], [], []
+            for k in range(args.draws):
+                moved = restart_start(table, list(table.active_blobs()), k)
+                runs = [engine.run_tensors(b, outputs, extra_feeds=graph.feeds(moved)) for b in test_b]
+                int8 = {o: np.concatenate([r[o] for r in runs]) for o in outputs}
+                hits.append(sum(a.found for a in detection_agreement(truth_test, detections_of(int8, yolo_p))))
+                maps.append(ymap(fp32_test, int8, mparams))
+                diffs.append(yolo(fp32_test, int8, mparams))
+            print(f"| {name} | {np.mean(hits):.1f} ({min(hits)}-{max(hits)}) | {np.median(maps):.4f} "
+                  f"({min(maps):.4f}-{max(maps):.4f}) | {np.median(diffs):.5f} ({min(diffs):.5f}-{max(diffs):.5f}) |",
+                  flush=True)
     return 0
 
 
