@@ -20,7 +20,7 @@ from ..quant.table import CalibrationTable
 from ..tune.restarts import Judge, RestartsResult
 from ..tune.tuner import Tuner
 from .common import PrepareImage, Workspace, batch_labels, batch_names, data_items, prepared_batches
-from .detections import detection_lines
+from .detections import YOLO_METRICS, detection_lines
 from ..config import TuneConfig
 
 
@@ -67,8 +67,10 @@ def validation_lines(val: Tuner, cfg: TuneConfig, start: CalibrationTable, table
         kept = ("the mean of the moves" if tuning.picked is None else f"restart {tuning.picked + 1}")
         lines.append(f"  each restart: {', '.join(scores)}; tuned/ holds {kept} (--restart_pick {cfg.restart_pick})")
     if val.metric.better(before, after):
+        hint = (": for detectors of small, sparse objects (faces) --objective model did better than the dense "
+                "default (README, Tuning)" if name in YOLO_METRICS and cfg.objective == "outputs" else "")
         lines.append(f"  WARNING: on these images the tuned table is worse than the start ({name} {before:.6g} -> "
-                     f"{after:.6g}): start/ holds the start table")
+                     f"{after:.6g}); start/ holds the start table{hint}")
     lines += [("  " + line) if line else line
               for line in detection_lines(val, name, [("start", start), ("tuned", table)], kind="held-out ")]
     frame = pd.DataFrame({"image": [n for n, _ in per_table["start"]],
