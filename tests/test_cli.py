@@ -211,3 +211,19 @@ def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_th
     assert "are tuning images too" in capsys.readouterr().err
     assert entry.main(["auto", *base, "--output_path", str(root / "val3"), "--restart_pick", "validation"]) == 2
     assert "--validation_list" in capsys.readouterr().err
+
+
+def test_accuracy_strategies_also_run_the_held_out_check(project):
+    root, base = project
+    held = root / "held_out_acc"
+    held.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(held / f"h{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    out = root / "acc_val"
+    # exit 3: the accuracy goal of the square metric is not met here; the held-out check runs either way
+    assert entry.main(["auto", *base, "--output_path", str(out), "--strategy", "mse",
+                       "--validation_list", str(held)]) in (0, 3)
+    report = (out / "report.log").read_text()
+    assert f"held-out check: 3 image(s) of --validation_list {held} (not tuned on)" in report
+    assert "each restart:" not in report
+    assert (out / "validation.csv").read_text().splitlines()[0] == "image,start,tuned"

@@ -242,7 +242,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     out = cfg.output_path
     s = open_session(cfg, prepare_image, need_table=False, log_name="trials.jsonl")
     if cfg.strategy != "layerwise":
-        return run_accuracy(s, t_start)
+        return run_accuracy(s, t_start, prepare_image)
     tuner, start = s.tuner, s.table
     # the table tuning starts from, for comparing before and after on other images (test.sh --calibration_proto)
     write_table_pb(start, out / "start" / "calibration_table.pb")
@@ -431,7 +431,7 @@ def goal_of(metric: Metric, fp32: float, cfg: TuneConfig):
     return lambda score: False
 
 
-def run_accuracy(s: Session, t_start: float) -> int:
+def run_accuracy(s: Session, t_start: float, prepare_image=None) -> int:
     from ..tune.driver import run_strategy
     from ..tune.strategies import StrategyContext, StrategySettings, int8_share
 
@@ -469,6 +469,9 @@ def run_accuracy(s: Session, t_start: float) -> int:
         lines.append(f"{result.evaluations} evaluations on {len(s.items)} images, {result.seconds:.1f}s")
     if interrupted:
         lines.append("INTERRUPTED: the tables under tuned/ are the best found so far")
+    val = validation_tuner(cfg, s.ws, s.metric, s.tuner, s.items, prepare_image)
+    if val is not None:
+        lines += validation_lines(val, cfg, s.table, table, None, out)
     lines += _qdq_lines(s.ws, table, out / "tuned")
     lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'trials.jsonl'}"]
     lines.append(f"total time {time.perf_counter() - t_start:.1f}s")

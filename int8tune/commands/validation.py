@@ -48,8 +48,9 @@ def judge_of(val: Tuner) -> Judge:
 
 
 def validation_lines(val: Tuner, cfg: TuneConfig, start: CalibrationTable, table: CalibrationTable,
-                     tuning: RestartsResult, out: Path) -> list[str]:
-    """report.log lines of the held-out check; writes validation.csv (each image's difference per table)."""
+                     tuning: RestartsResult | None, out: Path) -> list[str]:
+    """report.log lines of the held-out check; writes validation.csv (each image's difference per table).
+    `tuning`: the layerwise restarts (each is scored too), None for the accuracy-driven strategies."""
     name = val.metric.name
     before, after = val.difference(start), val.difference(table)
     images = sum(len(n) for n in val.names) if val.names else len(val.batches)
@@ -57,7 +58,7 @@ def validation_lines(val: Tuner, cfg: TuneConfig, start: CalibrationTable, table
              f"  model difference ({name}): start {before:.6g}, tuned {after:.6g}"
              + (f" ({after / before:.3f}x)" if before else "")]
     per_table = {"start": val.image_differences(start), "tuned": val.image_differences(table)}
-    complete = tuning.complete
+    complete = tuning.complete if tuning is not None else []
     if len(complete) > 1:
         scores = []
         for run in complete:
