@@ -173,12 +173,17 @@ def test_auto_warns_when_the_metric_got_worse_and_keeps_the_starting_table(proje
         pytest.approx(before, rel=1e-6)
 
 
+def _held_out_images(folder, n):
+    """`n` random images in `folder`, not among the project's tuning images."""
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"h{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    return folder
+
+
 def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_them(project, capsys):
     root, base = project
-    held = root / "held_out"
-    held.mkdir()
-    for i in range(4):
-        cv2.imwrite(str(held / f"h{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    held = _held_out_images(root / "held_out", 4)
     out = root / "val"
     assert entry.main(["auto", *base, "--output_path", str(out), "--validation_list", str(held)]) == 0
     report = (out / "report.log").read_text()
@@ -215,10 +220,7 @@ def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_th
 
 def test_accuracy_strategies_also_run_the_held_out_check(project):
     root, base = project
-    held = root / "held_out_acc"
-    held.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(held / f"h{i}.png"), RNG.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    held = _held_out_images(root / "held_out_acc", 3)
     out = root / "acc_val"
     # exit 3: the accuracy goal of the square metric is not met here; the held-out check runs either way
     assert entry.main(["auto", *base, "--output_path", str(out), "--strategy", "mse",
