@@ -229,3 +229,26 @@ def test_accuracy_strategies_also_run_the_held_out_check(project):
     assert f"held-out check: 3 image(s) of --validation_list {held} (not tuned on)" in report
     assert "each restart:" not in report
     assert (out / "validation.csv").read_text().splitlines()[0] == "image,start,tuned"
+
+
+def test_a_log_that_still_holds_restart_pick_resumes_and_other_changes_are_refused(project, capsys):
+    root, base = project
+    out = root / "oldlog"
+    args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
+    assert entry.main(args) == 0
+    log = out / "trials.jsonl"
+    lines = log.read_text().splitlines()
+
+    def with_settings(**extra):
+        header = json.loads(lines[0])
+        settings = json.loads(header["fingerprint"]["settings"])
+        header["fingerprint"]["settings"] = json.dumps({**settings, **extra}, sort_keys=True)
+        log.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+
+    with_settings(restart_pick="best")  # as the previous version wrote it
+    assert entry.main(args) == 0
+    assert "(0 replayed" not in (out / "report.log").read_text()
+    with_settings(min_gain=0.5)  # a setting that does change the trials
+    capsys.readouterr()
+    assert entry.main(args) == 2
+    assert "written for different inputs (changed: settings)" in capsys.readouterr().err

@@ -96,15 +96,31 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
             start_scores = {**start_scores, "chosen": name}
     log = None
     if log_name:
-        # what cannot change a trial's result stays out (the validation images are scored after tuning)
-        settings_fp = {k: v for k, v in cfg.to_dict().items()
-                       if k not in ("resume", "plots", "threads", "validation_list", "restart_pick")}
+        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
         fp = fingerprint(ws, items, settings_fp)
         fp["table"] = _table_hash(table)
-        log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume)
+        log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume, same_inputs=_same_inputs)
     tuner = Tuner(ws.converted, batches, metric, settings, log, labels=batch_labels(items, cfg.data),
                   names=batch_names(items, cfg.data))
     return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores, alternatives)
+
+
+# Settings that cannot change a trial's result, kept out of the trial log's fingerprint (the validation images are
+# scored after tuning, the pick chooses among finished restarts). Logs written while restart_pick was still part of
+# it resume too (_same_inputs drops these keys from both sides).
+SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list", "restart_pick")
+
+
+def _same_inputs(old: dict, new: dict) -> bool:
+    def without(fp: dict) -> dict:
+        out = dict(fp)
+        try:
+            settings = json.loads(out.get("settings", "{}"))
+        except (TypeError, json.JSONDecodeError):
+            return out
+        out["settings"] = {k: v for k, v in settings.items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+        return out
+    return without(old) == without(new)
 
 
 def spec_per_channel(table: CalibrationTable) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import TuneConfig
 from ..log import logger
 from ..metrics import Metric
 from ..outputs import atomic_write_bytes
@@ -21,7 +22,6 @@ from ..tune.restarts import Judge, RestartsResult
 from ..tune.tuner import Tuner
 from .common import PrepareImage, Workspace, batch_labels, batch_names, data_items, prepared_batches
 from .detections import YOLO_METRICS, detection_lines
-from ..config import TuneConfig
 
 
 def validation_tuner(cfg: TuneConfig, ws: Workspace, metric: Metric, tuner: Tuner, tuning_items: list,

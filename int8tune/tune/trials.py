@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..log import logger
@@ -37,9 +37,12 @@ class Trial:
 class TrialLog:
     """Append-only JSONL log with a fingerprint header; `lookup` serves replayed trials on resume."""
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any], resume: bool = True) -> None:
+    def __init__(self, path: Path, fingerprint: dict[str, Any], resume: bool = True,
+                 same_inputs: Callable[[dict, dict], bool] | None = None) -> None:
+        """`same_inputs(old, new)`: whether a log with fingerprint `old` may be resumed with `new` (default: equal)."""
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self._same = same_inputs or (lambda a, b: a == b)
         self.trials: list[Trial] = []
         self._replay: dict[tuple, Trial] = {}
         if self.path.exists() and resume:
@@ -58,7 +61,7 @@ class TrialLog:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{self.path}:1: not a trial log header ({e})") from e
         old = header.get("fingerprint", {})
-        if old != self.fingerprint:
+        if not self._same(old, self.fingerprint):
             changed = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
             raise ConfigError(
                 f"trial log {self.path} was written for different inputs (changed: {', '.join(changed)}); refusing "
