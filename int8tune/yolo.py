@@ -284,16 +284,32 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(((r[idx + 1] - r[idx]) * p[idx + 1]).sum())
 
 
+# A detection whose score is within this of the confidence threshold is "near the threshold": a change of the
+# score this small (int8 rounding makes such changes) turns it on or off, so missing or adding it says little
+# about a table (README, Metrics).
+NEAR_THRESHOLD = 0.1
+
+
 @dataclass(frozen=True)
 class Agreement:
     """One image's detections of a model under test against reference (fp32) detections."""
     reference: int  # reference detections
     found: int  # reference detections the tested model also makes (IoU >= threshold, same class)
     extra: int  # tested detections that match no reference detection
+    missed_scores: tuple[float, ...] = ()  # the reference scores of the missed reference detections
+    extra_scores: tuple[float, ...] = ()  # the scores of the extra detections
+    # per missed reference detection, the largest IoU of a tested box of its class (0: none): a miss at IoU 0.4 is
+    # a box drawn a little off, not a lost object
+    missed_ious: tuple[float, ...] = ()
 
     @property
     def missed(self) -> int:
         return self.reference - self.found
+
+
+def near_threshold(scores, conf_threshold: float, margin: float = NEAR_THRESHOLD) -> int:
+    """How many of `scores` lie below conf_threshold + margin (all of them are above the threshold)."""
+    return sum(1 for s in scores if s < conf_threshold + margin)
 
 
 def detection_agreement(truth: list[list[Detection]], predicted: list[list[Detection]],
@@ -301,21 +317,31 @@ def detection_agreement(truth: list[list[Detection]], predicted: list[list[Detec
     """Per image, how many of the `truth` detections `predicted` reproduces, with the matching of
     mean_average_precision (VOC): each predicted box, highest score first, is a hit when the truth box of its
     class it overlaps most has IoU >= iou_threshold and no earlier hit. Counts say what a mAP figure hides:
-    0.95 can be one missed face of twenty."""
+    0.95 can be one missed face of twenty. The scores of the misses and extras say whether they sat at the
+    confidence threshold."""
     out = []
     for gt, pred in zip(truth, predicted, strict=True):
         used = np.zeros(len(gt), bool)
-        found = 0
+        extra = []
         for d in sorted(pred, key=lambda d: -d.score):
             same = [j for j, g in enumerate(gt) if g.label == d.label]
-            if not same:
-                continue
-            ious = iou_xyxy(np.asarray(d.box), np.asarray([gt[j].box for j in same]))
-            k = int(np.argmax(ious))
-            if ious[k] >= iou_threshold and not used[same[k]]:
-                used[same[k]] = True
-                found += 1
-        out.append(Agreement(len(gt), found, len(pred) - found))
+            hit = False
+            if same:
+                ious = iou_xyxy(np.asarray(d.box), np.asarray([gt[j].box for j in same]))
+                k = int(np.argmax(ious))
+                if ious[k] >= iou_threshold and not used[same[k]]:
+                    used[same[k]] = True
+                    hit = True
+            if not hit:
+                extra.append(float(d.score))
+        found = int(used.sum())
+        missed = [g for g, u in zip(gt, used) if not u]
+        ious = []
+        for g in missed:
+            boxes = [d.box for d in pred if d.label == g.label]
+            ious.append(float(iou_xyxy(np.asarray(g.box), np.asarray(boxes)).max()) if boxes else 0.0)
+        out.append(Agreement(len(gt), found, len(pred) - found, tuple(float(g.score) for g in missed), tuple(extra),
+                             tuple(ious)))
     return out
 
 

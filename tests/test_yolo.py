@@ -142,6 +142,14 @@ def test_detection_agreement_counts_found_missed_and_extra():
     twice = detection_agreement([[Detection(0, 0.9, a)]], [[Detection(0, 0.9, a), Detection(0, 0.8, a)]])
     assert (twice[0].found, twice[0].extra) == (1, 1)
     assert detection_agreement(truth, truth)[0].missed == 0
+    # the scores behind the misses (fp32) and the extras (int8): 0.8 and 0.7 missed, 0.6 and 0.7 extra
+    assert [(g.missed_scores, g.extra_scores) for g in got] == [((0.8,), (0.6,)), ((0.7,), (0.7,))]
+    # the missed b has no tested box of its class near it (c does not overlap it); the wrong-class a has none
+    assert [g.missed_ious for g in got] == [(0.0,), (0.0,)]
+    off = detection_agreement([[Detection(0, 0.9, (0.0, 0.0, 0.4, 0.4))]], [[Detection(0, 0.9, (0.1, 0.1, 0.5, 0.5))]])
+    assert off[0].found == 0 and off[0].missed_ious == pytest.approx((0.09 / 0.23,))
+    from int8tune.yolo import near_threshold
+    assert near_threshold([0.8, 0.7, 0.55], 0.5) == 1 and near_threshold([0.8, 0.7], 0.65, 0.1) == 1
 
     head = YoloHead("out", ((32.0, 32.0),), 1)
     yolo = YoloParams((head,), (128, 128))
@@ -153,6 +161,21 @@ def test_detection_agreement_counts_found_missed_and_extra():
     assert "the fp32 model makes 3 detection(s) on 1 image(s), 3 of them on p.jpg" in text
     assert "start: mAP@0.5 1.0000; finds 3 of 3, misses 0, 0 extra" in text
     assert "tuned: mAP@0.5" in text and "finds 1 of 3, misses 2, 2 extra" in text
+    # every score of the head is sigmoid(8) * sigmoid(8) = 0.9993: far from the 0.5 threshold
+    assert "misses 2, 2 extra; near the threshold (score < 0.6): 0 of the misses, 0 of the extra; drawn off (an " \
+           "int8 box of the class at IoU 0.3-0.5): 0 of the misses" in text
+    assert "misses 0, 0 extra\n" in text + "\n"  # nothing to qualify when the tables agree
+    # a faint fp32 box (score sigmoid(1.1)^2 = 0.56) that int8 drops is a miss near the threshold
+    faint = {"out": _head_map({(0, 0): 0.0, (3, 3): 0.0})}
+    faint["out"][0, 4:6, 3, 3] = 1.1
+    faint_lines = agreement_lines(faint, [("int8", {"out": _head_map({(0, 0): 0.0})})], yolo, ["p.jpg"])
+    assert "finds 1 of 2, misses 1, 0 extra; near the threshold (score < 0.6): 1 of the misses, 0 of the extra" \
+        in "\n".join(faint_lines)
+    # a box drawn off: the fp32 box at (2, 2) is found by int8 1.5x wider (IoU 1/2.25 = 0.44)
+    wide_lines = agreement_lines(fp32, [("int8", {"out": _head_map({(0, 0): 0.0, (2, 2): 0.405, (3, 0): 0.0})})],
+                                 yolo, ["p.jpg"])
+    assert "misses 1, 1 extra; near the threshold (score < 0.6): 0 of the misses, 0 of the extra; drawn off (an " \
+           "int8 box of the class at IoU 0.3-0.5): 1 of the misses" in "\n".join(wide_lines)
     assert "    p.jpg: finds 1 of 3, 2 extra" in lines
     assert lines[3].startswith("  tuned:")  # the identical table lists no differing image
 

@@ -2,7 +2,9 @@
 against the fp32 detections, and the counts behind it (found, missed, extra, and the images where they are).
 
 A mAP figure over a handful of photos moves in steps of one detection: with 60 fp32 detections of which 39 sit
-in one crowd photo, 0.95 and 0.98 are two faces apart. The counts let a reader see that.
+in one crowd photo, 0.95 and 0.98 are two faces apart. The counts let a reader see that, and how many of the
+misses (extras) scored just above the confidence threshold in fp32 (int8): those turn on or off under the
+smallest change of a score, the same table moved by a relative 1e-6 flips them (README, Metrics).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from typing import Sequence
 
 from ..quant.table import CalibrationTable
 from ..tune.tuner import Tuner, metric_outputs
-from ..yolo import YoloParams, detection_agreement, detections_of, mean_average_precision
+from ..yolo import NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, mean_average_precision, near_threshold
 
 # metrics whose parameters describe YOLO heads; the report adds detection agreement for these
 YOLO_METRICS = ("yolo", "yolo_map")
 IOU = 0.5
+MOVED_IOU = 0.3  # a missed fp32 box with an int8 box of its class at least this close is "drawn off", not lost
 
 
 def detection_lines(tuner: Tuner, metric_name: str, tables: Sequence[tuple[str, CalibrationTable]],
@@ -50,8 +53,16 @@ def agreement_lines(fp32: dict, tested: Sequence[tuple[str, dict]], yolo: YoloPa
         per_image = detection_agreement(truth, predicted, IOU)
         found = sum(a.found for a in per_image)
         extra = sum(a.extra for a in per_image)
+        near_missed = near_threshold([x for a in per_image for x in a.missed_scores], yolo.conf_threshold)
+        near_extra = near_threshold([x for a in per_image for x in a.extra_scores], yolo.conf_threshold)
+        off = sum(1 for a in per_image for x in a.missed_ious if x >= MOVED_IOU)
+        near = ""
+        if total - found or extra:
+            near = (f"; near the threshold (score < {yolo.conf_threshold + NEAR_THRESHOLD:g}): {near_missed} of the "
+                    f"misses, {near_extra} of the extra; drawn off (an int8 box of the class at IoU "
+                    f"{MOVED_IOU:g}-{IOU:g}): {off} of the misses")
         lines.append(f"  {label}: mAP@0.5 {mean_average_precision(truth, predicted, IOU):.4f}; finds {found} of "
-                     f"{total}, misses {total - found}, {extra} extra")
+                     f"{total}, misses {total - found}, {extra} extra{near}")
         differing = sorted(((n, a) for n, a in zip(names, per_image) if a.missed or a.extra),
                            key=lambda na: -(na[1].missed + na[1].extra))
         for n, a in differing[:show]:
