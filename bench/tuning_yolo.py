@@ -9,8 +9,9 @@ move the yolo difference by a third), so the first --wide images of images/image
 with VOC objects: animals, vehicles, people) form a second, larger held-out set, scored the same way.
 Every convolution stays int8 in every table. With --restarts N > 1 (auto's default) each restart's table is also
 scored alone: the spread of those rows is what a single tuning run is worth. With --draws N every table is also
-scored under N relative 1e-6 moves of all its thresholds: the held-out mAP of a few photos moves by whole
-detections under them, and a comparison of tables below that spread says nothing.
+scored under N relative 1e-6 moves of all its thresholds, on both held-out sets and on the two as one pooled
+set: the held-out mAP of a few photos moves by whole detections under them, and a comparison of tables below that
+spread says nothing.
 Speed: seconds per tuning candidate next to one plain fp32 forward pass of the whole net on the tuning images.
 
     python bench/tuning_yolo.py --model yolov3_nano_voc
@@ -28,6 +29,7 @@ import numpy as np
 
 from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
+from int8tune.commands.detections import MOVED_IOU
 from int8tune.config import TuneConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
@@ -40,7 +42,8 @@ from int8tune.runtime import Engine
 from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
-from int8tune.yolo import YoloParams, detection_agreement, detections_of
+from int8tune.yolo import (NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, mean_average_precision,
+                           near_threshold)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +52,7 @@ def main() -> int:
     ap.add_argument("--offset", type=int, default=0,
                     help="tuning images are every third one from this index (0, 1, 2: three different splits)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--objective", default="outputs", choices=["model", "outputs", "layer"])
+    ap.add_argument("--objective", default="outputs", choices=["model", "outputs", "layer", "guarded"])
     ap.add_argument("--metric", default="yolo")
     ap.add_argument("--subset", type=int, default=5, help="search on the N worst tuning images, confirm on all")
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
@@ -182,26 +185,62 @@ def main() -> int:
         hit, extra = found.get(key, (-1, -1))
         print(f"| {method} | {d0:.5f} | {m0:.4f} | {hit}, +{extra} | {wd:.5f} | {wm:.4f} |")
     if args.draws > 0:
-        print(f"\nheld-out photos, each table with every threshold moved by a relative {RESTART_JITTER:g} "
-              f"({args.draws} draws; restart_start's move, which changes which values round up or down and nothing "
-              f"else):\n")
-        print(f"| table | fp32 detections found of {total}: mean (min-max) | mAP@0.5: median (min-max) | "
-              f"yolo difference: median (min-max) |")
-        print("|---|---|---|---|")
+        sets = [("held-out photos", test_b, fp32_test)] + ([(wide, wide_b, fp32_wide)] if wide_b else [])
+        truths = [detections_of(fp32, yolo_p) for _, _, fp32 in sets]
+        print(f"\neach table with every threshold moved by a relative {RESTART_JITTER:g} ({args.draws} draws; "
+              f"restart_start's move, which changes which values round up or down and nothing else); "
+              f"median (min-max) over the draws" + (f"; pooled: the {len(held_out)} held-out photos and the {wide} "
+                                                    f"photos as one set" if wide_b else "") + ":\n")
+        head = ["table"]
+        for (label, _, _), truth in zip(sets, truths):
+            n = sum(len(t) for t in truth)
+            head += [f"{label}: fp32 detections found of {n} (mean)", f"{label}: mAP@0.5", f"{label}: yolo difference"]
+        if wide_b:
+            head += [f"pooled: found of {sum(len(t) for tr in truths for t in tr)} (mean)", "pooled: mAP@0.5"]
+        # a miss whose fp32 score is just above the confidence threshold flips with the smallest score change
+        head += [f"{label}: misses near the threshold (fp32 score < {yolo_p.conf_threshold + NEAR_THRESHOLD:g}) / "
+                 f"drawn off (an int8 box at IoU {MOVED_IOU:g}-0.5) / all misses (mean)" for label, _, _ in sets]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+
+        def spread(values, fmt):
+            return f"{format(float(np.median(values)), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
         for name, table in scored.items():
             graph = build_int8_graph(ws.converted, table)
             engine = Engine(graph.converted, threads=args.threads, simulation=True)
-            hits, maps, diffs = [], [], []
+            per_set = [([], [], []) for _ in sets]
+            near = [([], [], []) for _ in sets]  # per set: misses near the threshold, drawn off, all misses
+            pooled_hits, pooled_maps = [], []
             for k in range(args.draws):
                 moved = restart_start(table, list(table.active_blobs()), k)
-                runs = [engine.run_tensors(b, outputs, extra_feeds=graph.feeds(moved)) for b in test_b]
-                int8 = {o: np.concatenate([r[o] for r in runs]) for o in outputs}
-                hits.append(sum(a.found for a in detection_agreement(truth_test, detections_of(int8, yolo_p))))
-                maps.append(ymap(fp32_test, int8, mparams))
-                diffs.append(yolo(fp32_test, int8, mparams))
-            print(f"| {name} | {np.mean(hits):.1f} ({min(hits)}-{max(hits)}) | {np.median(maps):.4f} "
-                  f"({min(maps):.4f}-{max(maps):.4f}) | {np.median(diffs):.5f} ({min(diffs):.5f}-{max(diffs):.5f}) |",
-                  flush=True)
+                all_truth, all_got = [], []
+                for (label, batches, fp32), truth, (hits, maps, diffs), (near_k, off_k, all_k) in zip(
+                        sets, truths, per_set, near):
+                    runs = [engine.run_tensors(b, outputs, extra_feeds=graph.feeds(moved)) for b in batches]
+                    int8 = {o: np.concatenate([r[o] for r in runs]) for o in outputs}
+                    got = detections_of(int8, yolo_p)
+                    agreement = detection_agreement(truth, got)
+                    hits.append(sum(a.found for a in agreement))
+                    missed = [x for a in agreement for x in a.missed_scores]
+                    near_k.append(near_threshold(missed, yolo_p.conf_threshold))
+                    off_k.append(sum(1 for a in agreement for x in a.missed_ious if x >= MOVED_IOU))
+                    all_k.append(len(missed))
+                    maps.append(mean_average_precision(truth, got, 0.5))
+                    diffs.append(yolo(fp32, int8, mparams))
+                    all_truth += truth
+                    all_got += got
+                pooled_hits.append(sum(a.found for a in detection_agreement(all_truth, all_got)))
+                pooled_maps.append(mean_average_precision(all_truth, all_got, 0.5))
+            cells = [name]
+            for hits, maps, diffs in per_set:
+                cells += [f"{np.mean(hits):.1f} ({min(hits)}-{max(hits)})", spread(maps, ".4f"), spread(diffs, ".5f")]
+            if wide_b:
+                cells += [f"{np.mean(pooled_hits):.1f} ({min(pooled_hits)}-{max(pooled_hits)})",
+                          spread(pooled_maps, ".4f")]
+            cells += [f"{np.mean(near_k):.1f} / {np.mean(off_k):.1f} / {np.mean(all_k):.1f}"
+                      for near_k, off_k, all_k in near]
+            print("| " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -163,13 +163,14 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
                    help="difference metric registered in evaluation_utils.py: square (default), yolo, yolo_map, ...")
     p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
     p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")
-    p.add_argument("--objective", default=None, choices=["model", "outputs", "layer"],
+    p.add_argument("--objective", default=None, choices=["model", "outputs", "layer", "guarded"],
                    help="what each candidate threshold is scored by: outputs = the square distance of the model's "
                         "outputs, whatever --metric (auto's default; the same as model for --metric square; dense, "
                         "so it generalises from a few images where a detection metric over-fits them; --metric is "
                         "still reported before/after and picks the starting table); model = --metric on the "
                         "model's outputs (tune's default, in the units of test's model difference and --tune_diff); "
-                        "layer = the tuned layer's own output (square)")
+                        "layer = the tuned layer's own output (square); guarded = outputs ranks the candidates, and a "
+                        "move is kept only when --metric on the model's outputs improves too")
     s = p.add_argument_group("threshold search")
     s.add_argument("--search", default="both_directions", choices=["both_directions", "grid"],
                    help="both_directions: up then down by factors of (1+step_ratio) while it improves (default); "

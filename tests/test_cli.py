@@ -173,6 +173,33 @@ def test_auto_warns_when_the_metric_got_worse_and_keeps_the_starting_table(proje
         pytest.approx(before, rel=1e-6)
 
 
+def test_guarded_objective_keeps_no_move_that_the_metric_does_not_confirm(project):
+    """--objective guarded with a metric that worsens whenever the square distance improves: auto ranks the
+    candidates by the square distance but keeps none of its moves, so tuned/ is the start table; tune.sh lists
+    each candidate's metric and names as best the one tune_blob kept (the baseline)."""
+    from int8tune.metrics import METRICS, register_metric
+
+    if "negated_square_for_test" not in METRICS:
+        register_metric("negated_square_for_test", "lower")(
+            lambda fp32, int8, params: -METRICS.get("square")(fp32, int8, params))
+    root, base = project
+    args = [*base, "--metric", "negated_square_for_test", "--objective", "guarded"]
+    out = root / "guarded"
+    assert entry.main(["auto", *args, "--output_path", str(out), "--restarts", "1"]) == 0
+    report = (out / "report.log").read_text()
+    assert "objective: guarded" in report
+    assert read_table_pb(out / "tuned" / "calibration_table.pb").thresholds() == \
+        read_table_pb(out / "start" / "calibration_table.pb").thresholds()
+    sweep = root / "guarded_tune"
+    assert entry.main(["tune", *args, "--calibration_proto", str(out / "start" / "calibration_table.pb"),
+                       "--output_path", str(sweep), "--tune_layer", "fc", "--multipliers", "0.5,0.8,1.25"]) == 0
+    report = (sweep / "report.log").read_text()
+    assert "guarded: the best candidate must improve negated_square_for_test too" in report
+    assert (sweep / "best_candidate.txt").read_text().strip() == "candidate_00_x1.0000"
+    rows = [l.split() for l in report.splitlines() if l.strip().startswith("candidate_")]
+    assert len(rows) == 4 and all(len(r) >= 6 for r in rows)  # the metric column is there for every candidate
+
+
 def _held_out_images(folder, n):
     """`n` random images in `folder`, not among the project's tuning images."""
     folder.mkdir()

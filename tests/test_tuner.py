@@ -192,3 +192,79 @@ def test_each_image_difference_is_the_metric_on_that_image_alone(converted):
         alone = Tuner(converted, [data[i][j:j + 1]], METRICS.get("square"), TuneSettings()).difference(table)
         assert d == pytest.approx(alone, rel=1e-5), name
     assert len({round(d, 9) for _, d in cold}) > 1  # the images do differ
+
+
+def _constant_metric() -> str:
+    """A registered metric that never improves (0 for every table): under `guarded` it vetoes every move."""
+    from int8tune.metrics import register_metric
+
+    name = "test_constant_difference"
+    if name not in METRICS:
+        register_metric(name, "lower")(lambda fp32, int8, params: 0.0)
+    return name
+
+
+def _tune_with(converted, metric, objective, log=None, subset=0):
+    tuner = Tuner(converted, batches(), METRICS.get(metric), TuneSettings(
+        objective=objective, subset=subset, search_settings=SearchSettings(step_ratio=0.25, steps=10)), log)
+    table, trials = make_table(QuantSpec(), t_data=0.3, t_pool=0.2), []
+    for value in tuner.blobs_in_order(table):
+        table, _ = tuner.tune_blob(table, value, on_trial=trials.append)
+    return tuner, table, trials
+
+
+@pytest.mark.parametrize("subset", [0, 1])
+def test_guarded_objective_keeps_a_move_only_when_the_metric_improves_too(converted, tmp_path, subset):
+    """--objective guarded: the candidates are ranked by the square distance of the outputs (the same trials as
+    outputs), but a metric that never improves vetoes every move, so the start table comes back unchanged; with a
+    metric that agrees with the square distance (square itself) guarded is exactly outputs."""
+    start = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    constant = _constant_metric()
+    _, moved, trials_o = _tune_with(converted, constant, "outputs", subset=subset)
+    assert moved.thresholds() != start.thresholds()  # the dense distance alone moves the tight thresholds
+    log = TrialLog(tmp_path / "t.jsonl", {"k": 1})
+    _, kept, trials_g = _tune_with(converted, constant, "guarded", log, subset=subset)
+    assert kept.thresholds() == start.thresholds()
+    # the same candidates were tried (the search itself follows the dense distance) up to where the kept
+    # threshold of the first blob differs; the first blob's trials are identical
+    first = trials_o[0].blob
+    assert [(t.multiplier, t.difference) for t in trials_g if t.blob == first] == \
+        [(t.multiplier, t.difference) for t in trials_o if t.blob == first and t.note != "confirm"]
+    key = "metric_subset" if subset else "metric"
+    assert all(key in t.extra for t in trials_g if t.note != "confirm")
+    # a replay of the log decides the same without running anything
+    tuner, again, _ = _tune_with(converted, constant, "guarded", TrialLog(tmp_path / "t.jsonl", {"k": 1}),
+                                 subset=subset)
+    assert again.thresholds() == kept.thresholds() and tuner.evaluations == 0
+    _, square_g, trials_sg = _tune_with(converted, "square", "guarded", subset=subset)
+    _, square_o, trials_so = _tune_with(converted, "square", "outputs", subset=subset)
+    assert square_g.thresholds() == square_o.thresholds()
+    assert [(t.multiplier, t.difference) for t in trials_sg] == [(t.multiplier, t.difference) for t in trials_so]
+
+
+@pytest.mark.parametrize("subset", [0, 1])
+def test_guarded_objective_never_lets_the_metric_get_worse_on_the_tuning_images(converted, subset):
+    """Every move guarded keeps improved --metric on all tuning images (confirmed there when the search ran on a
+    subset), so from blob to blob the metric only falls. The metric here is the squared error of the first image
+    alone, which the square distance over all images does not always improve: under outputs it rises at the
+    first blob."""
+    from int8tune.metrics import register_metric
+
+    name = "test_first_image_square"
+    if name not in METRICS:
+        register_metric(name, "lower")(lambda fp32, int8, params: sum(float(((fp32[k][0] - int8[k][0]) ** 2).sum())
+                                                                      for k in fp32))
+    start = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+
+    def path(objective):
+        tuner, table, _ = _tune_with(converted, name, objective, subset=subset)
+        values, current = [tuner.difference(start)], start
+        for value in tuner.blobs_in_order(start):
+            current = current.with_threshold(value, table.blobs[value].threshold)
+            values.append(tuner.difference(current))
+        return values
+
+    guarded, outputs = path("guarded"), path("outputs")
+    assert all(b <= a for a, b in zip(guarded, guarded[1:])) and guarded[-1] < guarded[0], guarded
+    if subset == 0:
+        assert outputs[1] > outputs[0]  # the case the guard is for

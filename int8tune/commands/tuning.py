@@ -202,7 +202,8 @@ def _finish(out: Path, lines: list[str]) -> int:
 # --- tune (one layer) ------------------------------------------------------------------------------------
 
 OBJECTIVE_WORDS = {"model": "the metric on the model outputs", "outputs": "the square distance of the model outputs",
-                   "layer": "the square distance of the layer output"}
+                   "layer": "the square distance of the layer output",
+                   "guarded": "the square distance of the model outputs, each move kept only if the metric improves too"}
 
 
 def run_tune(cfg: TuneConfig, prepare_image) -> int:
@@ -228,6 +229,11 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
         f"  {'candidate':<26} {'multiplier':>10} {'threshold':>12} {'difference':>12} {'vs tune_diff':>12}"]
     best = min(trials, key=lambda t: (t.difference if s.tuner.objective_metric()[0].direction.value == "lower"
                                       else -t.difference, abs(t.multiplier - 1)))
+    guarded = [t for t in trials if "metric" in t.extra]  # objective guarded: the metric could veto the best
+    if guarded:
+        best = min(trials, key=lambda t: abs(t.multiplier - result.multiplier))  # what tune_blob kept
+        lines[-1] += f" {s.metric.name:>12}"
+        lines.insert(-2, f"guarded: the best candidate must improve {s.metric.name} too (its column)")
     for k, t in enumerate(trials):
         name = f"candidate_{k:02d}_x{t.multiplier:.4f}"
         folder = cfg.output_path / name
@@ -236,7 +242,8 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
         write_int8_prototxt(candidate, s.ws.proto, folder / "int8.prototxt")
         mark = "  <- best" if t is best else ""
         lines.append(f"  {name:<26} {t.multiplier:>10.4f} {t.threshold:>12.6g} {t.difference:>12.6g} "
-                     f"{t.difference - tune_diff:>+12.4g}{mark}")
+                     f"{t.difference - tune_diff:>+12.4g}" + (f" {t.extra['metric']:>12.6g}" if guarded else "")
+                     + mark)
     best_name = f"candidate_{trials.index(best):02d}_x{best.multiplier:.4f}"
     for c in confirms:
         lines.append(f"  confirmed on every image: x{c.multiplier:.4f} gives {c.difference:.6g}")
@@ -345,7 +352,7 @@ def _objective_line(cfg: TuneConfig, s: Session, start: CalibrationTable, table:
     """The objective before/after when it is not the model difference line above (outputs with another metric),
     and a warning when --metric got worse on the tuning images while the objective improved."""
     metric = s.metric
-    if cfg.objective != "outputs" or metric.name == "square" or start is table:
+    if cfg.objective not in ("outputs", "guarded") or metric.name == "square" or start is table:
         return []
     lines = [f"objective ({OBJECTIVE_WORDS['outputs']}): before {_outputs_objective(s, start):.6g}, "
              f"after {_outputs_objective(s, table):.6g}"]

@@ -69,7 +69,7 @@ def validation_lines(val: Tuner, cfg: TuneConfig, start: CalibrationTable, table
         lines.append(f"  each restart: {', '.join(scores)}; tuned/ holds {kept} (--restart_pick {cfg.restart_pick})")
     if val.metric.better(before, after):
         hint = (": for detectors of small, sparse objects (faces) --objective model did better than the dense "
-                "default (README, Tuning)" if name in YOLO_METRICS and cfg.objective == "outputs" else "")
+                "default (README, Tuning)" if name in YOLO_METRICS and cfg.objective in ("outputs", "guarded") else "")
         lines.append(f"  WARNING: on these images the tuned table is worse than the start ({name} {before:.6g} -> "
                      f"{after:.6g}); start/ holds the start table{hint}")
     lines += [("  " + line) if line else line

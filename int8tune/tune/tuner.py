@@ -36,9 +36,12 @@ from .trials import Trial, TrialLog
 
 # model: the chosen metric on the model's outputs; outputs: the square distance of the model's outputs whatever the
 # metric (dense: every output value counts, where a detection metric rests on the few cells holding objects);
-# layer: the square distance of the tuned layer's own output (the original tool's tune_diff).
-OBJECTIVES = ("model", "outputs", "layer")
-MODEL_OUTPUT_OBJECTIVES = ("model", "outputs")
+# layer: the square distance of the tuned layer's own output (the original tool's tune_diff);
+# guarded: the square distance of the model's outputs searches, and a move is kept only when the metric on the
+# model's outputs improves too (on the searched images, then on all): the dense distance is the steadier guide,
+# the metric is what the user judges by, and a move that only one of them sees is the likelier chance.
+OBJECTIVES = ("model", "outputs", "layer", "guarded")
+MODEL_OUTPUT_OBJECTIVES = ("model", "outputs", "guarded")
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,7 @@ class Tuner:
         objective = objective or self.settings.objective
         if objective == "model":
             return self.metric, self.model_params()
-        if objective == "outputs":
+        if objective in ("outputs", "guarded"):
             return (self.metric, self.model_params()) if self.metric.name == "square" else (_square(), {})
         return self.layer_metric, {}
 
@@ -380,6 +383,13 @@ class Tuner:
 
         if self.known_tensors(table) is not None:
             evaluator = make_evaluator()
+        # the metric that vetoes a move (objective "guarded"; with --metric square it is the objective itself)
+        guard = self.settings.objective == "guarded" and metric is not self.metric
+
+        def guard_score(indices: list[int], multiplier: float) -> float:
+            refs = self._references_of(names, indices)
+            return self.metric(refs, concat_outputs([outputs[(multiplier, i)] for i in indices], names),
+                               self.model_params(indices))
 
         def score(indices: list[int], multiplier: float) -> float:
             refs = self._references_of(names, indices)
@@ -405,6 +415,11 @@ class Tuner:
             full = score(list(range(n)), multiplier) if len(indices) == n else None
             searched = score(subset, multiplier) if all((multiplier, i) in outputs for i in subset) else None
             extra = {"subset": searched} if rest else {}
+            if guard:  # kept in the trial log, so that a replay takes the same decision
+                if full is not None:
+                    extra["metric"] = guard_score(list(range(n)), multiplier)
+                if searched is not None and rest:
+                    extra["metric_subset"] = guard_score(subset, multiplier)
             trial = Trial(self.trial_count, first, value, multiplier, start * multiplier,
                           full if full is not None else searched, time.perf_counter() - t, note, extra,
                           self.restart)
@@ -414,6 +429,12 @@ class Tuner:
         base_trial = evaluate(1.0, "baseline", list(range(n)))
         baseline_full = base_trial.difference
         baseline = base_trial.extra.get("subset", baseline_full) if rest else baseline_full
+        searched_key = "metric_subset" if rest else "metric"
+
+        def vetoed(trial: Trial, key: str) -> bool:
+            """The metric does not improve on the baseline's where the objective did (objective guarded)."""
+            return guard and not self.metric.better(trial.extra[key], base_trial.extra[key])
+
         best_m, best = 1.0, baseline
         search = SEARCHES.get(self.settings.search)(self.settings.search_settings, metric.better, baseline)
         count = 0
@@ -421,16 +442,18 @@ class Tuner:
             m = next(search)
             while True:
                 count += 1
-                d = evaluate(m, "", subset).difference
-                if metric.better(d, best):
+                trial = evaluate(m, "", subset)
+                d = trial.difference
+                if metric.better(d, best) and not vetoed(trial, searched_key):
                     best_m, best = m, d
                 m = search.send(d)
         except StopIteration:
             pass
         final = best
         if rest and best_m != 1.0:  # confirm on every batch; keep the old threshold unless it really helps
-            confirmed = evaluate(best_m, "confirm", list(range(n))).difference
-            if metric.better(confirmed, baseline_full):
+            confirm = evaluate(best_m, "confirm", list(range(n)))
+            confirmed = confirm.difference
+            if metric.better(confirmed, baseline_full) and not vetoed(confirm, "metric"):
                 final = confirmed
             else:
                 logger.info("blob %s: x%.3f helped on the searched batches but not on all; kept",
