@@ -68,8 +68,8 @@ def validation_lines(val: Tuner, cfg: TuneConfig, start: CalibrationTable, table
         kept = ("the mean of the moves" if tuning.picked is None else f"restart {tuning.picked + 1}")
         lines.append(f"  each restart: {', '.join(scores)}; tuned/ holds {kept} (--restart_pick {cfg.restart_pick})")
     if val.metric.better(before, after):
-        hint = (": for detectors of small, sparse objects (faces) --objective model did better than the dense "
-                "default (README, Tuning)" if name in YOLO_METRICS and cfg.objective in ("outputs", "guarded") else "")
+        hint = (": for detectors of small, sparse objects (faces) --objective model had the lower yolo difference "
+                "on some held-out photos than the dense default; compare both on these images (README, Tuning)" if name in YOLO_METRICS and cfg.objective in ("outputs", "guarded") else "")
         lines.append(f"  WARNING: on these images the tuned table is worse than the start ({name} {before:.6g} -> "
                      f"{after:.6g}); start/ holds the start table{hint}")
     lines += [("  " + line) if line else line
