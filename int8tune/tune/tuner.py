@@ -3,9 +3,10 @@
 The unit of tuning is a blob (several int8 layers may read one blob and share its threshold); blobs are tuned in
 the order their first int8 reader appears (topological). Each blob starts from the best table so far. The
 objective is the metric on the model's outputs (`model`), the square distance of the model's outputs whatever the
-metric (`outputs`), or the square distance of the output of the layers reading the blob (`layer`, the original
-tool's tune_diff). fp32 references are computed once per run; each blob gets one partial
-evaluator (upstream computed once, a suffix session per blob); each candidate is one suffix run.
+metric (`outputs`), the square distance of the output of the layers reading the blob (`layer`, the original
+tool's tune_diff), or `outputs` with the metric as a veto on every move (`guarded`). fp32 references are computed
+once per run; each blob gets one partial evaluator (upstream computed once, a suffix session per blob); each
+candidate is one suffix run.
 
 Between blobs the tuner carries the tensors of the kept table (the last blob's frontier, and the model outputs
 of the kept candidate on every batch): the next blob's baseline is then known without a run, and its frontier is
