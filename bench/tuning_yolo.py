@@ -29,7 +29,6 @@ import numpy as np
 
 from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
-from int8tune.commands.detections import MOVED_IOU
 from int8tune.config import TuneConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
@@ -42,8 +41,8 @@ from int8tune.runtime import Engine
 from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
-from int8tune.yolo import (NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, mean_average_precision,
-                           near_threshold)
+from int8tune.yolo import (MOVED_IOU, NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, drawn_off,
+                           mean_average_precision, near_threshold)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,7 +223,7 @@ def main() -> int:
                     hits.append(sum(a.found for a in agreement))
                     missed = [x for a in agreement for x in a.missed_scores]
                     near_k.append(near_threshold(missed, yolo_p.conf_threshold))
-                    off_k.append(sum(1 for a in agreement for x in a.missed_ious if x >= MOVED_IOU))
+                    off_k.append(drawn_off(agreement))
                     all_k.append(len(missed))
                     maps.append(mean_average_precision(truth, got, 0.5))
                     diffs.append(yolo(fp32, int8, mparams))

@@ -288,6 +288,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 # score this small (int8 rounding makes such changes) turns it on or off, so missing or adding it says little
 # about a table (README, Metrics).
 NEAR_THRESHOLD = 0.1
+# A missed reference box with a tested box of its class at least this close (IoU, below the hit threshold) is
+# "drawn off": found a little off rather than lost.
+MOVED_IOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,11 @@ class Agreement:
 def near_threshold(scores, conf_threshold: float, margin: float = NEAR_THRESHOLD) -> int:
     """How many of `scores` lie below conf_threshold + margin (all of them are above the threshold)."""
     return sum(1 for s in scores if s < conf_threshold + margin)
+
+
+def drawn_off(agreements, moved_iou: float = MOVED_IOU) -> int:
+    """How many missed reference detections of `agreements` have a tested box of their class at IoU >= moved_iou."""
+    return sum(1 for a in agreements for iou in a.missed_ious if iou >= moved_iou)
 
 
 def detection_agreement(truth: list[list[Detection]], predicted: list[list[Detection]],

@@ -13,12 +13,12 @@ from typing import Sequence
 
 from ..quant.table import CalibrationTable
 from ..tune.tuner import Tuner, metric_outputs
-from ..yolo import NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, mean_average_precision, near_threshold
+from ..yolo import (MOVED_IOU, NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, drawn_off,
+                    mean_average_precision, near_threshold)
 
 # metrics whose parameters describe YOLO heads; the report adds detection agreement for these
 YOLO_METRICS = ("yolo", "yolo_map")
 IOU = 0.5
-MOVED_IOU = 0.3  # a missed fp32 box with an int8 box of its class at least this close is "drawn off", not lost
 
 
 def detection_lines(tuner: Tuner, metric_name: str, tables: Sequence[tuple[str, CalibrationTable]],
@@ -55,7 +55,7 @@ def agreement_lines(fp32: dict, tested: Sequence[tuple[str, dict]], yolo: YoloPa
         extra = sum(a.extra for a in per_image)
         near_missed = near_threshold([x for a in per_image for x in a.missed_scores], yolo.conf_threshold)
         near_extra = near_threshold([x for a in per_image for x in a.extra_scores], yolo.conf_threshold)
-        off = sum(1 for a in per_image for x in a.missed_ious if x >= MOVED_IOU)
+        off = drawn_off(per_image)
         near = ""
         if total - found or extra:
             near = (f"; near the threshold (score < {yolo.conf_threshold + NEAR_THRESHOLD:g}): {near_missed} of the "
