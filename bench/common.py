@@ -45,12 +45,12 @@ def detection_split(offset: int = 0, count: int = 10) -> tuple[list[Path], list[
     return tune, [p for p in paths if p not in tune]
 
 
-def workspace_of(name: str):
-    """(the loaded model, its image parameters) for a shared model."""
+def workspace_of(name: str, equalize: bool = False):
+    """(the loaded model, its image parameters) for a shared model (cross-layer equalized with `equalize`)."""
     from int8tune.commands.common import load_workspace
 
     proto, model = model_paths(name)
-    return load_workspace(proto, model), params_for(name)
+    return load_workspace(proto, model, equalize), params_for(name)
 
 
 def require_assets() -> None:

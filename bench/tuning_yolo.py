@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--subset", type=int, default=5, help="search on the N worst tuning images, confirm on all")
     ap.add_argument("--min_gain", type=float, default=0.01, help="smallest relative gain that changes a threshold")
     ap.add_argument("--unsigned", action="store_true", help="T/255 for non-negative blobs (see QuantSpec)")
+    ap.add_argument("--equalize", action="store_true",
+                    help="cross-layer equalization of the weights first (caffe/equalize.py), for every table")
     ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
                     help="whole-net tuning runs, the best kept as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
@@ -66,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     require_assets()
     spec = QuantSpec(unsigned=args.unsigned)
-    ws, params = workspace_of(args.model)
+    ws, params = workspace_of(args.model, args.equalize)
     tune_paths, held_out = detection_split(args.offset, args.tune)
     print(f"{args.model}: tuning images {[p.name for p in tune_paths]}")
     print(f"held-out images ({len(held_out)}): {[p.name for p in held_out]}")

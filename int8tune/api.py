@@ -123,7 +123,7 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     if cfg.restart_pick == "validation" and validation_dataloader is None:
         raise ConfigError("restart_pick 'validation' scores the restarts on held-out batches: pass "
                           "validation_dataloader")
-    ws = load_workspace(proto, caffemodel)
+    ws = load_workspace(proto, caffemodel, quant.equalize)
     calib, calib_labels = _batches(q_dataloader, "q_dataloader")
     evals, labels = _batches(eval_dataloader, "eval_dataloader") if eval_dataloader is not None else (calib,
                                                                                                         calib_labels)

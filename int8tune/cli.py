@@ -210,6 +210,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bias", default=BiasMode.INT32.value, choices=[e.value for e in BiasMode],
                    help="int32 at s_in*s_w (default) or fp32")
     g.add_argument("--unsigned", action="store_true", help="quantize non-negative blobs to [0, 255] with T/255")
+    g.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization first (DFQ, data-free): rescale the channels between each "
+                        "Conv -> ReLU/PReLU -> Conv pair so both weight ranges match; fp32 unchanged, int8 loses "
+                        "less on depthwise-separable nets. calibrate/main.sh write equalized.caffemodel: deploy it "
+                        "with the table (test.sh/tune.sh: --equalize again on the original, or --model it)")
     g.add_argument("--quantize_types", default="",
                    help="comma-separated layer types quantized in addition to Convolution, Deconvolution, "
                         "InnerProduct (e.g. Pooling,Eltwise,Concat)")

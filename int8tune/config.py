@@ -88,6 +88,7 @@ class QuantConfig(ConfigBase):
     rounding: str = "half_to_even"
     bias: str = "int32"
     unsigned: bool = False
+    equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
     quantize_types: tuple[str, ...] = ("Convolution", "Deconvolution", "InnerProduct")
     ignore_layer_names: tuple[str, ...] = ()
     ignore_layer_types: tuple[str, ...] = ()

@@ -32,7 +32,7 @@ from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable
 from ..runtime import Engine
 from ..tune.tuner import TuneSettings, Tuner, metric_outputs
-from .common import Workspace, data_items, load_workspace, prepared_batches, streamed_batches
+from .common import Workspace, data_items, load_workspace, prepared_batches, streamed_batches, write_equalized
 
 
 @dataclass
@@ -99,7 +99,7 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     print("int8tune calibrate\n" + cfg.describe())
     out = cfg.output_path
     out.mkdir(parents=True, exist_ok=True)
-    ws = load_workspace(cfg.model.proto, cfg.model.model)
+    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize)
     items = data_items(cfg.data)
     result = calibrate_model(cfg, ws, items, prepare_image)
     lines = result.lines + write_calibration(result, ws, out, min(len(items), cfg.measure_images))
@@ -125,7 +125,10 @@ def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_mea
         e = table.blobs[v]
         lines.append(f"  {e.blob:<40} {e.calibrator:<10} T={e.threshold:<10.5g} absmax={e.absmax or 0:<10.5g} "
                      f"T/absmax={e.threshold / e.absmax if e.absmax else 0:.3f}{'  unsigned' if e.unsigned else ''}")
-    lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
+    equalized = write_equalized(ws, out)
+    lines += equalized + ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
+    if equalized:
+        lines.append(f"  {out / 'equalized.caffemodel'}")
     return lines
 
 

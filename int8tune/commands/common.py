@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..caffe.equalize import Equalization, equalize_net, write_equalized_caffemodel
 from ..caffe.fold import FoldResult, fold_batchnorm_scale
 from ..caffe.loader import load_net
 from ..caffe.net import CaffeNet
@@ -34,19 +35,42 @@ class Workspace:
     net: CaffeNet  # as written
     fold: FoldResult  # BatchNorm/Scale merged into convolutions
     converted: ConvertedModel  # the folded net in ONNX
+    equalization: Equalization | None = None  # with --equalize: what was rescaled (net/fold/converted include it)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return next(iter(self.net.inputs.values()))
 
 
-def load_workspace(proto: Path, model: Path) -> Workspace:
+def load_workspace(proto: Path, model: Path, equalize: bool = False) -> Workspace:
     net = load_net(proto, model)
+    equalization = None
+    if equalize:
+        equalization = equalize_net(net)
+        net = equalization.net
+        logger.info("equalized %d Conv -> ReLU/PReLU -> Conv pair(s) (%d layer(s) rescaled; fp32 unchanged)",
+                    len(equalization.pairs), len(equalization.changed))
     fold = fold_batchnorm_scale(net)
     if fold.folded:
         logger.info("folded %d BatchNorm/Scale layer(s) into %d convolution(s), as int8 engines do",
                     sum(len(v) for v in fold.folded.values()), len(fold.folded))
-    return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net))
+    return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
+
+
+def write_equalized(ws: Workspace, out: Path) -> list[str]:
+    """With --equalize: `out`/equalized.caffemodel (the weights every table of this run belongs to) and the
+    report lines that say so; nothing otherwise."""
+    if ws.equalization is None:
+        return []
+    path = write_equalized_caffemodel(ws.model, ws.equalization, out / "equalized.caffemodel")
+    eq = ws.equalization
+    lines = ["", f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) "
+                 f"rescaled; fp32 outputs unchanged): the thresholds are for {path}; deploy it with "
+                 f"{ws.proto} and the table (test.sh/tune.sh: --model {path} without --equalize)"]
+    lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
+    if len(eq.pairs) > 10:
+        lines.append(f"  ... and {len(eq.pairs) - 10} more")
+    return lines
 
 
 def data_items(data: DataConfig) -> list[DataItem]:
@@ -126,7 +150,29 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
                               f"{', '.join(missing[:10])}; calibrate first or give --calibration_proto")
     if from_pb is not None and from_prototxt is not None:
         _require_agreement(from_pb, from_prototxt, cfg)
-    return from_pb if from_pb is not None else from_prototxt
+    table = from_pb if from_pb is not None else from_prototxt
+    if from_pb is not None:
+        _check_equalization(from_pb, ws, str(cfg.calibration_proto))
+    return table
+
+
+def _check_equalization(table: CalibrationTable, ws: Workspace, where: str) -> None:
+    """A table calibrated with --equalize holds thresholds of the equalized weights: refuse it on the original
+    caffemodel without --equalize (and the reverse), where its thresholds would silently be wrong."""
+    settings = table.provenance.get("settings") or {}
+    quant = settings.get("quant") if isinstance(settings, dict) else None
+    files = table.provenance.get("files") or {}
+    model = files.get("model") if isinstance(files, dict) else None
+    if not isinstance(quant, dict) or "equalize" not in quant or not isinstance(model, dict):
+        return  # a table from another tool or an older version: nothing recorded to check
+    same_model = model.get("sha256") == sha256_file(ws.model)
+    if same_model and bool(quant["equalize"]) != (ws.equalization is not None):
+        if quant["equalize"]:
+            raise ConfigError(f"{where} was calibrated with --equalize on {ws.model}: its thresholds belong to the "
+                              f"equalized weights; give --equalize too, or --model the equalized.caffemodel "
+                              f"written beside it")
+        raise ConfigError(f"{where} was calibrated on {ws.model} without --equalize: drop --equalize, or "
+                          f"calibrate again with it")
 
 
 def _weighted_template(ws: Workspace, quant: QuantConfig) -> CalibrationTable:

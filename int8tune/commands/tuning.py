@@ -37,7 +37,7 @@ from .detections import detection_lines
 from .validation import judge_of, validation_lines, validation_tuner
 from .calibrate import _qdq_lines, calibrate_model, write_calibration
 from .common import (Workspace, batch_labels, batch_names, data_items, fingerprint, load_table, load_workspace,
-                     prepared_batches)
+                     prepared_batches, write_equalized)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Session:
 
 def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str | None = None,
                  full_search: bool = False) -> Session:
-    ws = load_workspace(cfg.model.proto, cfg.model.model)
+    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize)
     items = data_items(cfg.data)
     metric = METRICS.get(cfg.metric)
     table = load_table(cfg, ws)
@@ -266,6 +266,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     s = open_session(cfg, prepare_image, need_table=False, log_name="trials.jsonl")
     if cfg.strategy != "layerwise":
         return run_accuracy(s, t_start, prepare_image)
+    equalized = write_equalized(s.ws, out)  # first: the tables saved while tuning belong to these weights
     tuner, start = s.tuner, s.table
     # the table tuning starts from, for comparing before and after on other images (test.sh --calibration_proto)
     write_table_pb(start, out / "start" / "calibration_table.pb")
@@ -326,6 +327,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
                      + (f" (picked from the {len(tuning.complete)} complete restart(s))" if tuning.complete
                         else f" (restart 1, {len(results)} of {len(order)} blobs)"))
     lines += detection_lines(tuner, s.metric.name, [("start", start), ("tuned", table)], kind="tuning ")
+    lines += equalized
     if val is not None:
         lines += validation_lines(val, cfg, start, table, tuning, out)
     rows = _layer_rows(s, start, table, tuning, before_layers, after_layers)
@@ -459,6 +461,7 @@ def run_accuracy(s: Session, t_start: float, prepare_image=None) -> int:
     from ..tune.strategies import StrategyContext, StrategySettings, int8_share
 
     cfg, out = s.cfg, s.cfg.output_path
+    equalized = write_equalized(s.ws, out)
     fp32 = s.tuner.fp32_score()
     ctx = StrategyContext(start=s.table, tuner=s.tuner, metric=s.metric, fp32_score=fp32, goal=goal_of(s.metric, fp32, cfg),
                           settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback,
@@ -492,6 +495,7 @@ def run_accuracy(s: Session, t_start: float, prepare_image=None) -> int:
         lines.append(f"{result.evaluations} evaluations on {len(s.items)} images, {result.seconds:.1f}s")
     if interrupted:
         lines.append("INTERRUPTED: the tables under tuned/ are the best found so far")
+    lines += equalized
     val = validation_tuner(cfg, s.ws, s.metric, s.tuner, s.items, prepare_image)
     if val is not None:
         lines += validation_lines(val, cfg, s.table, table, None, out)
