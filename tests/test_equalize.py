@@ -150,3 +150,27 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert entry.main(["test", *base, "--model", str(model), "--equalize", "--calibration_proto",
                        str(plain / "calibration_table.pb"), "--output_path", str(root / "t3")]) == 2
     assert "without --equalize" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, proto, model, size, mean", [
+    ("squeezenet_v1.0", "deploy.prototxt", "squeezenet_v1.0.caffemodel", (227, 227), (104, 117, 123)),
+    ("res10_ssd_face", "deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel", (300, 300), (104, 177, 123)),
+])
+def test_opencv_runs_the_written_caffemodel_to_the_same_outputs(assets, tmp_path, name, proto, model, size, mean):
+    """An independent Caffe implementation (OpenCV's importer) reads the equalized caffemodel with the original
+    prototxt and computes what the original computes."""
+    proto, model = assets / "models" / name / proto, assets / "models" / name / model
+    eq = equalize_net(load_net(proto, model))
+    assert eq.pairs
+    written = write_equalized_caffemodel(model, eq, tmp_path / "equalized.caffemodel")
+    original = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    equalized = cv2.dnn.readNetFromCaffe(str(proto), str(written))
+    moved = max(float(np.abs(a - b).max()) for l1, l2 in zip(load_net(proto, model).layers, eq.net.layers)
+                for a, b in zip(l1.blobs, l2.blobs))
+    assert moved > 1e-3  # the weights really changed
+    for image in sorted((assets / "images" / "detection").iterdir())[:2]:
+        blob = cv2.dnn.blobFromImage(cv2.imread(str(image)), 1.0, size, mean)
+        original.setInput(blob)
+        equalized.setInput(blob)
+        a, b = original.forward(), equalized.forward()
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
