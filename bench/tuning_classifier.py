@@ -39,10 +39,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--subset", type=int, default=3)
     ap.add_argument("--restarts", type=int, default=TuneConfig.restarts, help="as auto's --restarts (1: one run)")
+    ap.add_argument("--equalize", action="store_true",
+                    help="cross-layer equalization of the weights first (caffe/equalize.py), for every table")
     args = ap.parse_args()
     require_assets()
     proto, model = model_paths(args.model)
-    ws = load_workspace(proto, model)
+    ws = load_workspace(proto, model, args.equalize)
     params = params_for(args.model)
     tune_items, test_items = split(labelled(args.images), args.tune)
     tune_b = batches_of(tune_items, params, ws.input_shape, 1)

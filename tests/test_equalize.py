@@ -147,6 +147,9 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     # a table calibrated without it is refused with --equalize
     plain = root / "plain"
     assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(plain)]) == 0
+    assert "3 Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize" in \
+        (plain / "report.log").read_text()
+    assert not (plain / "equalized.caffemodel").exists()
     assert entry.main(["test", *base, "--model", str(model), "--equalize", "--calibration_proto",
                        str(plain / "calibration_table.pb"), "--output_path", str(root / "t3")]) == 2
     assert "without --equalize" in capsys.readouterr().err

@@ -95,6 +95,11 @@ def _pairs(folded: CaffeNet) -> list[tuple[Layer, Layer, list[Layer]]]:
     return found
 
 
+def equalizable_pairs(net: CaffeNet) -> int:
+    """How many pairs `equalize_net` would rescale (for a hint when --equalize is off)."""
+    return len(_pairs(fold_batchnorm_scale(net).net))
+
+
 def _input_range(q: Layer, w: np.ndarray, channels: int) -> np.ndarray:
     rows = _reads_channel_rows(q, channels)
     if rows is None:
