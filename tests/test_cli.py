@@ -280,4 +280,23 @@ def test_a_log_that_still_holds_restart_pick_resumes_and_other_changes_are_refus
     with_settings(min_gain=0.5)  # a setting that does change the trials
     capsys.readouterr()
     assert entry.main(args) == 2
-    assert "written for different inputs (changed: settings)" in capsys.readouterr().err
+    assert "written for different inputs (changed: settings.min_gain: 0.5 -> 0.01)" in capsys.readouterr().err
+
+
+def test_a_log_from_other_settings_is_refused_before_calibrating(project, capsys, monkeypatch):
+    """The refusal names the setting with its old and new value, and comes before the calibration it would waste."""
+    from int8tune.commands import tuning
+
+    root, base = project
+    out = root / "refused_early"
+    args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
+    assert entry.main(args) == 0
+    calls = []
+    real = tuning.calibrate_model
+    monkeypatch.setattr(tuning, "calibrate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capsys.readouterr()
+    assert entry.main(args + ["--step_ratio", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "changed: settings.step_ratio: 0.1 -> 0.3" in err and str(out / "trials.jsonl") in err
+    assert calls == []
+    assert entry.main(args) == 0 and calls == [1]  # the same inputs still resume, calibrating as before

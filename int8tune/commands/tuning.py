@@ -29,7 +29,7 @@ from ..quant.table import CalibrationTable
 from ..runtime import Engine
 from ..tune.search import SearchSettings
 from ..tune.restarts import RESTART_JITTER, Restart, RestartsResult, tune_with_restarts
-from ..tune.trials import Trial, TrialLog
+from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
 from ..tune.tuner import TuneSettings, Tuner, metric_outputs
 from ..metrics import Metric  # noqa: F811
 from ..quant.auto import best_start, tables_per_calibrator
@@ -62,6 +62,12 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
     items = data_items(cfg.data)
     metric = METRICS.get(cfg.metric)
     table = load_table(cfg, ws)
+    fp = None
+    if log_name:
+        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+        fp = fingerprint(ws, items, settings_fp)
+        if cfg.resume and (cfg.output_path / log_name).is_file():
+            _refuse_early(cfg.output_path / log_name, fp)
     calibration = None
     if table is None:
         if need_table:
@@ -95,11 +101,9 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
             table = tables[name]
             start_scores = {**start_scores, "chosen": name}
     log = None
-    if log_name:
-        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
-        fp = fingerprint(ws, items, settings_fp)
+    if fp is not None:
         fp["table"] = _table_hash(table)
-        log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume, same_inputs=_same_inputs)
+        log = TrialLog(cfg.output_path / log_name, fp, resume=cfg.resume, comparable=_comparable)
     tuner = Tuner(ws.converted, batches, metric, settings, log, labels=batch_labels(items, cfg.data),
                   names=batch_names(items, cfg.data))
     return Session(cfg, ws, items, batches, metric, tuner, table, calibration, start_scores, alternatives)
@@ -107,20 +111,28 @@ def open_session(cfg: TuneConfig, prepare_image, need_table: bool, log_name: str
 
 # Settings that cannot change a trial's result, kept out of the trial log's fingerprint (the validation images are
 # scored after tuning, the pick chooses among finished restarts). Logs written while restart_pick was still part of
-# it resume too (_same_inputs drops these keys from both sides).
+# it resume too (_comparable drops these keys from both sides).
 SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list", "restart_pick")
 
 
-def _same_inputs(old: dict, new: dict) -> bool:
-    def without(fp: dict) -> dict:
-        out = dict(fp)
-        try:
-            settings = json.loads(out.get("settings", "{}"))
-        except (TypeError, json.JSONDecodeError):
-            return out
-        out["settings"] = {k: v for k, v in settings.items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+def _comparable(fp: dict) -> dict:
+    """The part of a trial log's fingerprint that must match to resume from it (settings as a dict)."""
+    out = dict(fp)
+    try:
+        settings = json.loads(out.get("settings", "{}"))
+    except (TypeError, json.JSONDecodeError):
         return out
-    return without(old) == without(new)
+    out["settings"] = {k: v for k, v in settings.items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+    return out
+
+
+def _refuse_early(path: Path, fp: dict) -> None:
+    """Before calibrating: refuse a trial log from other inputs now, not after the calibration it would waste.
+    The starting table is not known yet, so only the rest of the fingerprint is compared here."""
+    old, new = _comparable(read_header(path)), _comparable(fp)
+    old.pop("table", None)
+    if old != new:
+        raise refuse_other_inputs(path, old, new)
 
 
 def spec_per_channel(table: CalibrationTable) -> bool:

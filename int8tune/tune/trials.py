@@ -2,7 +2,8 @@
 
 The first line is a header with a fingerprint of the inputs (model files, images, settings). A run restarted
 with the same inputs replays the log instead of re-evaluating (so it resumes where it stopped and reaches the
-same result); a log whose fingerprint differs is refused with a message naming what changed.
+same result); a log whose fingerprint differs is refused with a message naming what changed, down to the
+setting and its old and new value ("settings.quant.equalize: false -> true").
 """
 
 from __future__ import annotations
@@ -34,15 +35,70 @@ class Trial:
         return (self.layer, self.blob, round(self.multiplier, 9), self.note, self.restart)
 
 
+# What a fingerprint's top-level hashes stand for, in the refusal message.
+_FINGERPRINT_PARTS = {"proto": "the prototxt file", "model": "the caffemodel file",
+                      "images": "the tuning images or their order", "table": "the table tuning starts from"}
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested dicts (and JSON text holding one, as the settings are stored) as {"a.b.c": leaf}."""
+    if isinstance(value, str) and value[:1] == "{":
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, one readable item per leaf: "settings.min_gain: 0.01 -> 0.5",
+    "model (the caffemodel file)"."""
+    a, b = _flat(old, ""), _flat(new, "")
+    items = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key):
+            continue
+        if key in _FINGERPRINT_PARTS:
+            items.append(f"{key} ({_FINGERPRINT_PARTS[key]})")
+            continue
+        shown = [json.dumps(x) if k in y else "absent" for x, y, k in ((a.get(key), a, key), (b.get(key), b, key))]
+        items.append(f"{key}: {shown[0]} -> {shown[1]}" if max(map(len, shown)) <= 60 else key)
+    return items
+
+
+def refuse_other_inputs(path: Path, old: dict[str, Any], new: dict[str, Any]) -> ConfigError:
+    return ConfigError(f"trial log {path} was written for different inputs (changed: "
+                       f"{'; '.join(changed_inputs(old, new))}); refusing to resume from it. Use another "
+                       f"--output_path, or delete the log to start afresh")
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The fingerprint in a trial log's first line."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    if not first.strip():
+        raise ConfigError(f"trial log {path} is empty; delete it to start afresh")
+    try:
+        return json.loads(first).get("fingerprint", {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ConfigError(f"{path}:1: not a trial log header ({e})") from e
+
+
 class TrialLog:
     """Append-only JSONL log with a fingerprint header; `lookup` serves replayed trials on resume."""
 
     def __init__(self, path: Path, fingerprint: dict[str, Any], resume: bool = True,
-                 same_inputs: Callable[[dict, dict], bool] | None = None) -> None:
-        """`same_inputs(old, new)`: whether a log with fingerprint `old` may be resumed with `new` (default: equal)."""
+                 comparable: Callable[[dict], dict] | None = None) -> None:
+        """`comparable(fingerprint)`: the part of a fingerprint that must match for a log to be resumed
+        (default: all of it)."""
         self.path = Path(path)
         self.fingerprint = fingerprint
-        self._same = same_inputs or (lambda a, b: a == b)
+        self._comparable = comparable or (lambda fp: fp)
         self.trials: list[Trial] = []
         self._replay: dict[tuple, Trial] = {}
         if self.path.exists() and resume:
@@ -53,19 +109,10 @@ class TrialLog:
                 f.write(json.dumps({"header": True, "fingerprint": fingerprint}) + "\n")
 
     def _load(self) -> None:
+        old, new = self._comparable(read_header(self.path)), self._comparable(self.fingerprint)
+        if old != new:
+            raise refuse_other_inputs(self.path, old, new)
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        if not lines:
-            raise ConfigError(f"trial log {self.path} is empty; delete it to start afresh")
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{self.path}:1: not a trial log header ({e})") from e
-        old = header.get("fingerprint", {})
-        if not self._same(old, self.fingerprint):
-            changed = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
-            raise ConfigError(
-                f"trial log {self.path} was written for different inputs (changed: {', '.join(changed)}); refusing "
-                f"to resume from it. Use another --output_path, or delete the log to start afresh")
         good = 1
         for lineno, line in enumerate(lines[1:], 2):
             try:
