@@ -144,6 +144,15 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert entry.main(["test", *base, "--model", str(equalized), *table, "--output_path", str(root / "t2")]) == 0
     one, two = ((root / t / "report.log").read_text() for t in ("t1", "t2"))
     assert _difference(one) == _difference(two)
+    # the int8 prototxt alone records the weights too (its header), so it is refused the same way
+    int8 = ["--calibration_model", str(cal / "int8.prototxt")]
+    assert '"equalize": true' in (cal / "int8.prototxt").read_text().split("\nname", 1)[0]
+    assert entry.main(["test", *base, "--model", str(model), *int8, "--output_path", str(root / "t4")]) == 2
+    message = capsys.readouterr().err
+    assert "int8.prototxt was calibrated with --equalize" in message
+    assert entry.main(["test", *base, "--model", str(model), "--equalize", *int8,
+                       "--output_path", str(root / "t5")]) == 0
+    assert _difference((root / "t5" / "report.log").read_text()) == _difference(one)
     # a table calibrated without it is refused with --equalize
     plain = root / "plain"
     assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(plain)]) == 0
@@ -153,6 +162,9 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert entry.main(["test", *base, "--model", str(model), "--equalize", "--calibration_proto",
                        str(plain / "calibration_table.pb"), "--output_path", str(root / "t3")]) == 2
     assert "without --equalize" in capsys.readouterr().err
+    assert entry.main(["test", *base, "--model", str(model), "--equalize", "--calibration_model",
+                       str(plain / "int8.prototxt"), "--output_path", str(root / "t6")]) == 2
+    assert "int8.prototxt was calibrated on" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, proto, model, size, mean", [

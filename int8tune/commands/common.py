@@ -22,6 +22,7 @@ from ..log import logger
 from ..outputs import sha256_file, sha256_lines
 from ..quant.calibrate import plan_quantization
 from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
+from ..quant.formats.int8_prototxt import weights_record
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
 
@@ -155,22 +156,21 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
         _require_agreement(from_pb, from_prototxt, cfg)
     table = from_pb if from_pb is not None else from_prototxt
     if from_pb is not None:
-        _check_equalization(from_pb, ws, str(cfg.calibration_proto))
+        _check_equalization(weights_record(from_pb), ws, str(cfg.calibration_proto))
+    elif cfg.calibration_model is not None:
+        _check_equalization(imported.weights_record, ws, str(cfg.calibration_model))
     return table
 
 
-def _check_equalization(table: CalibrationTable, ws: Workspace, where: str) -> None:
+def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
     """A table calibrated with --equalize holds thresholds of the equalized weights: refuse it on the original
-    caffemodel without --equalize (and the reverse), where its thresholds would silently be wrong."""
-    settings = table.provenance.get("settings") or {}
-    quant = settings.get("quant") if isinstance(settings, dict) else None
-    files = table.provenance.get("files") or {}
-    model = files.get("model") if isinstance(files, dict) else None
-    if not isinstance(quant, dict) or "equalize" not in quant or not isinstance(model, dict):
+    caffemodel without --equalize (and the reverse), where its thresholds would silently be wrong. `record`:
+    {"model_sha256", "equalize"} as the table's provenance or the int8 prototxt's header gives them."""
+    if not record or "equalize" not in record or not record.get("model_sha256"):
         return  # a table from another tool or an older version: nothing recorded to check
-    same_model = model.get("sha256") == sha256_file(ws.model)
-    if same_model and bool(quant["equalize"]) != (ws.equalization is not None):
-        if quant["equalize"]:
+    same_model = record["model_sha256"] == sha256_file(ws.model)
+    if same_model and bool(record["equalize"]) != (ws.equalization is not None):
+        if record["equalize"]:
             raise ConfigError(f"{where} was calibrated with --equalize on {ws.model}: its thresholds belong to the "
                               f"equalized weights; give --equalize too, or --model the equalized.caffemodel "
                               f"written beside it")

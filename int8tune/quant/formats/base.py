@@ -56,6 +56,9 @@ class ImportedThresholds:
     unknown_keys: list[str] = field(default_factory=list)
     file_keys: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # assumptions the reader made, for the report
+    # What the file records of the weights it was calibrated on, where it records it (this tool's int8 prototxt
+    # header): {"model_sha256": ..., "equalize": bool}; empty for files of other tools.
+    weights_record: dict = field(default_factory=dict)
 
     def key(self, kind: str, name: str) -> str:
         return self.file_keys.get((kind, name), name)

@@ -26,10 +26,15 @@ same file (assumed signed, with a note, when there is none).
 
 Weight thresholds are those of the net the table was calibrated on; when that net had BatchNorm/Scale folded
 into the convolutions, Intel Caffe must run the net with the same folding (its bn/scale merge) for them to apply.
+
+The header comment records which weights those are (`# int8tune weights: {"model_sha256": ..., "equalize": ...}`,
+one JSON line): with --equalize they are the equalized.caffemodel's, and a reader given this file alone can refuse
+it on the original weights. Caffe's text parser skips comments, so the file stays a plain prototxt.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,13 +115,46 @@ def write_int8_prototxt(table: CalibrationTable, fp32_prototxt_path: str | Path,
               f"{f' (created {created})' if created else ''}\n"
               f"# fp32 prototxt: {fp32_prototxt_path}\n"
               f"# quantization_param: Intel Caffe's (scale = 127/threshold, 255/threshold for u8 inputs)\n")
+    record = weights_record(table)
+    if record:
+        header += f"{WEIGHTS_RECORD}{json.dumps(record, sort_keys=True)}\n"
     return atomic_write_text(out_path, header + text_format.MessageToString(net))
+
+
+WEIGHTS_RECORD = "# int8tune weights: "
+
+
+def weights_record(table: CalibrationTable) -> dict:
+    """{"model_sha256", "equalize"} from the table's provenance, or {} when it does not record them."""
+    files = table.provenance.get("files") or {}
+    model = files.get("model") if isinstance(files, dict) else None
+    settings = table.provenance.get("settings") or {}
+    quant = settings.get("quant") if isinstance(settings, dict) else None
+    if not isinstance(model, dict) or not model.get("sha256") or not isinstance(quant, dict) \
+            or "equalize" not in quant:
+        return {}
+    return {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
+
+
+def _read_weights_record(path: Path) -> dict:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break  # the record is in the leading comment block
+            if line.startswith(WEIGHTS_RECORD):
+                try:
+                    record = json.loads(line[len(WEIGHTS_RECORD):])
+                except json.JSONDecodeError:
+                    logger.warning("%s: unreadable weights record in the header, ignored: %s", path, line.strip())
+                    return {}
+                return record if isinstance(record, dict) else {}
+    return {}
 
 
 def read_int8_prototxt(path: str | Path) -> ImportedThresholds:
     path = Path(path)
     net = read_net_param(path)
-    imported = ImportedThresholds(format=FORMAT, source=path)
+    imported = ImportedThresholds(format=FORMAT, source=path, weights_record=_read_weights_record(path))
     quantized = [lp for lp in net.layer if lp.HasField("quantization_param")]
     # Signedness of a blob, as its first quantized consumer in the file declares it.
     consumer_signed: dict[str, bool] = {}
