@@ -131,8 +131,10 @@ def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeou
     base = [sys.executable, str(REPO / "main.py"), "-q"]
     common = ["--proto", str(proto), "--model", str(caffemodel), "--image_params", str(params),
               "--data_list", str(out / "calib.txt"), "--batch_size", "10", "--output_path", str(folder / "run")]
-    if mode.endswith("+unsigned"):  # uint8 [0, 255] for non-negative blobs, as NNCF and onnxruntime quantize them
+    if "+unsigned" in mode:  # uint8 [0, 255] for non-negative blobs, as NNCF and onnxruntime quantize them
         common.append("--unsigned")
+    if "+equalize" in mode:  # cross-layer equalization of the weights first (the QDQ export carries them)
+        common.append("--equalize")
     if mode.startswith("plain"):
         cmd = base + ["calibrate", *common]
         qdq = folder / "run" / "model_int8_qdq.onnx"
@@ -141,6 +143,8 @@ def ours(model: str, mode: str, out: Path, proto: Path, caffemodel: Path, timeou
             ["--metric", "yolo", "--yolo_cfg", str(ASSETS / "models" / model / YOLO_CFG[model])]
         if mode.startswith("accuracy_model"):  # detectors: candidates scored by the yolo metric itself
             metric += ["--objective", "model"]
+        elif mode.startswith("accuracy_guarded"):  # detectors: dense objective, the yolo metric as a veto
+            metric += ["--objective", "guarded"]
         cmd = base + ["auto", *common, *metric, "--progress", "none"]
         qdq = folder / "run" / "tuned" / "model_int8_qdq.onnx"
     status, seconds, peak, tail = run_timed(cmd, folder, timeout)
@@ -250,8 +254,16 @@ def main() -> int:
                     help="leave out this project's rows with --unsigned")
     ap.add_argument("--wide", type=int, default=250, help="detectors: imagenet_dev photos in a second evaluation "
                                                           "set (0: none)")
+    ap.add_argument("--equalize", action="store_true",
+                    help="add this project's rows again with --equalize (cross-layer equalization first)")
+    ap.add_argument("--guarded", action="store_true",
+                    help="detectors: add this project's accuracy row with --objective guarded")
+    ap.add_argument("--ort_calibrators", nargs="*", default=["percentile"], choices=["percentile", "entropy"],
+                    help="onnxruntime's plain mode again with these calibrators besides MinMax")
     ap.add_argument("--peers_python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
     args = ap.parse_args()
+    # absolute, not resolved: a venv's python is a symlink to the base interpreter, which would lose the venv
+    args.peers_python = args.peers_python.absolute()
     require_assets()
     out = (args.output or REPO / "output" / f"peers_{args.model}").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +277,10 @@ def main() -> int:
                          threads=2).median_ms
     rows = []
     ours_modes = list(args.modes) + (["accuracy_model"] if task == "detection" and "accuracy" in args.modes else [])
+    if args.guarded and task == "detection" and "accuracy" in args.modes:
+        ours_modes.append("accuracy_guarded")
+    if args.equalize:
+        ours_modes += [m + "+equalize" for m in ours_modes]
     if args.ours_unsigned:  # the same again with unsigned activations (signed is the default: ncnn, TensorRT)
         ours_modes += [m + "+unsigned" for m in ours_modes]
     for mode in ours_modes:
@@ -274,7 +290,8 @@ def main() -> int:
             rows.append({"tool": name, "mode": "-", "status": "failed",
                          "error": f"no peers venv at {args.peers_python}: run bench/peers/setup.sh"})
             continue
-        for mode in args.modes:
+        extra = [f"plain_{c}" for c in args.ort_calibrators] if name == "ort" and "plain" in args.modes else []
+        for mode in list(args.modes) + extra:
             rows.append(peer(name, mode, out, fp32_path, task, args.timeout, args.peers_python))
     n_layers = quantizable(ws.converted.model)
     rows = [measure(r, fp32_path, out, args.model, task, fp32_ms) for r in rows]
