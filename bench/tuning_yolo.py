@@ -12,6 +12,8 @@ scored alone: the spread of those rows is what a single tuning run is worth. Wit
 scored under N relative 1e-6 moves of all its thresholds, on both held-out sets and on the two as one pooled
 set: the held-out mAP of a few photos moves by whole detections under them, and a comparison of tables below that
 spread says nothing.
+--extra_tune N adds the last N imagenet_dev photos to the tuning images (use --wide <= 252 - N so that they stay
+out of the held-out set): what more tuning images buy.
 Speed: seconds per tuning candidate next to one plain fp32 forward pass of the whole net on the tuning images.
 
     python bench/tuning_yolo.py --model yolov3_nano_voc
@@ -61,6 +63,9 @@ def main() -> int:
     ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
                     help="whole-net tuning runs, the best kept as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
+    ap.add_argument("--extra_tune", type=int, default=0,
+                    help="also calibrate and tune on the last N imagenet_dev photos (never in the --wide set): "
+                         "what more tuning images than the 10 are worth")
     ap.add_argument("--draws", type=int, default=0,
                     help="also score every table on the held-out photos with all its thresholds moved by a relative "
                          "1e-6, this many draws (the first is the table itself): the spread is the noise floor of "
@@ -70,11 +75,16 @@ def main() -> int:
     spec = QuantSpec(unsigned=args.unsigned)
     ws, params = workspace_of(args.model, args.equalize)
     tune_paths, held_out = detection_split(args.offset, args.tune)
+    dev = sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))
+    if args.extra_tune:
+        if args.wide + args.extra_tune > len(dev):
+            ap.error(f"--wide {args.wide} + --extra_tune {args.extra_tune} > the {len(dev)} imagenet_dev photos")
+        tune_paths = tune_paths + dev[len(dev) - args.extra_tune:]
     print(f"{args.model}: tuning images {[p.name for p in tune_paths]}")
     print(f"held-out images ({len(held_out)}): {[p.name for p in held_out]}")
     tune_b = batches_of([DataItem(p, None, None) for p in tune_paths], params, ws.input_shape, 1)
     test_b = batches_of([DataItem(p, None, None) for p in held_out], params, ws.input_shape, 1)
-    wide_paths = sorted((ASSETS / "images" / "imagenet_dev").glob("*.JPEG"))[: args.wide]
+    wide_paths = dev[: args.wide]
     wide_b = batches_of([DataItem(p, None, None) for p in wide_paths], params, ws.input_shape, 10) if wide_paths else []
     mparams = yolo_params(args.model)
     yolo, ymap = METRICS.get("yolo"), METRICS.get("yolo_map")
