@@ -66,7 +66,7 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if key in _FINGERPRINT_PARTS:
             items.append(f"{key} ({_FINGERPRINT_PARTS[key]})")
             continue
-        shown = [json.dumps(x) if k in y else "absent" for x, y, k in ((a.get(key), a, key), (b.get(key), b, key))]
+        shown = [json.dumps(side[key]) if key in side else "absent" for side in (a, b)]
         items.append(f"{key}: {shown[0]} -> {shown[1]}" if max(map(len, shown)) <= 60 else key)
     return items
 
