@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from int8tune.errors import ConfigError
 from int8tune.metrics import METRICS
 from int8tune.quant.spec import QuantSpec
 from int8tune.tune.search import SearchSettings
-from int8tune.tune.trials import TrialLog
+from int8tune.tune.trials import TrialLog, changed_inputs
 from int8tune.tune.tuner import TuneSettings, Tuner
 from netbuilder import write_net
 from test_simulate import PROTOTXT, WEIGHTS, make_table
@@ -78,6 +80,13 @@ def test_a_log_from_other_inputs_is_refused(tmp_path):
     TrialLog(tmp_path / "t.jsonl", {"model": "a", "images": "1"})
     with pytest.raises(ConfigError, match="changed: model"):
         TrialLog(tmp_path / "t.jsonl", {"model": "b", "images": "1"})
+
+
+def test_the_refusal_names_each_changed_leaf_with_its_values():
+    old = {"model": "a", "settings": json.dumps({"quant": {"equalize": True}, "steps": 8, "gone": 1})}
+    new = {"model": "b", "settings": json.dumps({"quant": {"equalize": False}, "steps": 8, "added": "x" * 80})}
+    assert changed_inputs(old, new) == ["model (the caffemodel file)", "settings.added",
+                                        "settings.gone: 1 -> absent", "settings.quant.equalize: true -> false"]
 
 
 def test_subset_search_confirms_on_every_batch(converted, tmp_path):
