@@ -82,6 +82,17 @@ def test_a_log_from_other_inputs_is_refused(tmp_path):
         TrialLog(tmp_path / "t.jsonl", {"model": "b", "images": "1"})
 
 
+def test_a_log_that_is_not_a_trial_log_is_refused_naming_it(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"t\.jsonl:1: not a trial log \(not UTF-8"):
+        TrialLog(path, {"model": "a"})
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl:1: not a trial log header"):
+        TrialLog(path, {"model": "a"})
+    assert path.read_text() == "[1, 2]\n"  # nothing overwritten
+
+
 def test_the_refusal_names_each_changed_leaf_with_its_values():
     old = {"model": "a", "settings": json.dumps({"quant": {"equalize": True}, "steps": 8, "gone": 1})}
     new = {"model": "b", "settings": json.dumps({"quant": {"equalize": False}, "steps": 8, "added": "x" * 80})}

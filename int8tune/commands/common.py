@@ -22,7 +22,6 @@ from ..log import logger
 from ..outputs import sha256_file, sha256_lines
 from ..quant.calibrate import plan_quantization
 from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
-from ..quant.formats.int8_prototxt import weights_record
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
 
@@ -156,7 +155,7 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
         _require_agreement(from_pb, from_prototxt, cfg)
     table = from_pb if from_pb is not None else from_prototxt
     if from_pb is not None:
-        _check_equalization(weights_record(from_pb), ws, str(cfg.calibration_proto))
+        _check_equalization(from_pb.weights_record(), ws, str(cfg.calibration_proto))
     elif cfg.calibration_model is not None:
         _check_equalization(imported.weights_record, ws, str(cfg.calibration_model))
     return table

@@ -57,6 +57,19 @@ class CalibrationTable:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     # -- queries -------------------------------------------------------------------------------------
+    def weights_record(self) -> dict[str, Any]:
+        """Which weights the thresholds belong to, from the provenance: {"model_sha256", "equalize"} (with
+        --equalize, the equalized weights of that caffemodel), or {} when the provenance does not say (a table
+        of another tool or an older version). The .pb keeps it in its provenance, int8.prototxt in its header."""
+        files = self.provenance.get("files") or {}
+        model = files.get("model") if isinstance(files, dict) else None
+        settings = self.provenance.get("settings") or {}
+        quant = settings.get("quant") if isinstance(settings, dict) else None
+        if not isinstance(model, dict) or not model.get("sha256") or not isinstance(quant, dict) \
+                or "equalize" not in quant:
+            return {}
+        return {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
+
     def quantized_layers(self) -> list[LayerEntry]:
         return [e for e in self.layers.values() if e.int8]
 

@@ -79,8 +79,11 @@ def refuse_other_inputs(path: Path, old: dict[str, Any], new: dict[str, Any]) ->
 
 def read_header(path: Path) -> dict[str, Any]:
     """The fingerprint in a trial log's first line."""
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}:1: not a trial log (not UTF-8 text: {e}); delete it to start afresh") from e
     if not first.strip():
         raise ConfigError(f"trial log {path} is empty; delete it to start afresh")
     try:

@@ -115,25 +115,13 @@ def write_int8_prototxt(table: CalibrationTable, fp32_prototxt_path: str | Path,
               f"{f' (created {created})' if created else ''}\n"
               f"# fp32 prototxt: {fp32_prototxt_path}\n"
               f"# quantization_param: Intel Caffe's (scale = 127/threshold, 255/threshold for u8 inputs)\n")
-    record = weights_record(table)
+    record = table.weights_record()
     if record:
         header += f"{WEIGHTS_RECORD}{json.dumps(record, sort_keys=True)}\n"
     return atomic_write_text(out_path, header + text_format.MessageToString(net))
 
 
 WEIGHTS_RECORD = "# int8tune weights: "
-
-
-def weights_record(table: CalibrationTable) -> dict:
-    """{"model_sha256", "equalize"} from the table's provenance, or {} when it does not record them."""
-    files = table.provenance.get("files") or {}
-    model = files.get("model") if isinstance(files, dict) else None
-    settings = table.provenance.get("settings") or {}
-    quant = settings.get("quant") if isinstance(settings, dict) else None
-    if not isinstance(model, dict) or not model.get("sha256") or not isinstance(quant, dict) \
-            or "equalize" not in quant:
-        return {}
-    return {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
 
 
 def _read_weights_record(path: Path) -> dict:
