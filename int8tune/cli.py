@@ -193,7 +193,7 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     from .quant.calibrators import ACTIVATION_CALIBRATORS, WEIGHT_CALIBRATORS
-    from .quant.spec import BiasMode, Granularity, Rounding
+    from .quant.spec import BiasMode, Granularity, Rounding, Target
 
     g = p.add_argument_group("int8 model")
     g.add_argument("--method", default="auto", choices=["auto"] + ACTIVATION_CALIBRATORS.names(),
@@ -209,7 +209,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                         "simulate) or half_away_from_zero (C roundf: ncnn, TNN)")
     g.add_argument("--bias", default=BiasMode.INT32.value, choices=[e.value for e in BiasMode],
                    help="int32 at s_in*s_w (default) or fp32")
-    g.add_argument("--unsigned", action="store_true", help="quantize non-negative blobs to [0, 255] with T/255")
+    g.add_argument("--target", default=Target.ONNXRUNTIME.value, choices=[e.value for e in Target],
+                   help="where the int8 model will run; the tool simulates that engine's integer arithmetic. "
+                        "onnxruntime (default): any CPU, exact on x86 with and without VNNI (weights kept out of the "
+                        "int16 overflow of AVX2 kernels), uint8 after ReLU; onnxruntime_vnni: 8-bit weights "
+                        "everywhere, exact only on VNNI/AMX x86 and ARM; ncnn, tensorrt: signed int8 only")
+    g.add_argument("--unsigned", action="store_true",
+                   help="quantize blobs that cannot be negative to [0, 255] with T/255 (implied by the onnxruntime "
+                        "targets; refused with ncnn and tensorrt, which run signed activations only)")
     g.add_argument("--equalize", action="store_true",
                    help="cross-layer equalization first (DFQ, data-free): rescale the channels between each "
                         "Conv -> ReLU/PReLU -> Conv pair so both weight ranges match; fp32 unchanged, int8 loses "

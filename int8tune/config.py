@@ -88,6 +88,7 @@ class QuantConfig(ConfigBase):
     rounding: str = "half_to_even"
     bias: str = "int32"
     unsigned: bool = False
+    target: str = "onnxruntime"  # quant/spec.py Target: the engine whose integer arithmetic is simulated
     equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
     quantize_types: tuple[str, ...] = ("Convolution", "Deconvolution", "InnerProduct")
     ignore_layer_names: tuple[str, ...] = ()
@@ -97,24 +98,34 @@ class QuantConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         from .quant.calibrators import ACTIVATION_CALIBRATORS, WEIGHT_CALIBRATORS
-        from .quant.spec import BiasMode, Granularity, Rounding
+        from .quant.spec import BiasMode, Granularity, Rounding, Target
 
         if self.method != "auto":
             ACTIVATION_CALIBRATORS.get(self.method)
         WEIGHT_CALIBRATORS.get(self.weight_method)
-        for enum, key in ((Granularity, "granularity"), (Rounding, "rounding"), (BiasMode, "bias")):
+        for enum, key in ((Granularity, "granularity"), (Rounding, "rounding"), (BiasMode, "bias"),
+                          (Target, "target")):
             value = getattr(self, key)
             if value not in {e.value for e in enum}:
                 raise ConfigError(f"--{key} must be one of {', '.join(e.value for e in enum)}, found {value!r}")
+        if self.unsigned and not Target(self.target).unsigned_activations:
+            raise ConfigError(f"--unsigned: --target {self.target} runs signed int8 activations only; uint8 "
+                              f"activations are for --target onnxruntime or onnxruntime_vnni (which use them anyway)")
+        if Target(self.target).onnxruntime and self.rounding != Rounding.HALF_EVEN.value:
+            raise ConfigError(f"--rounding {self.rounding}: onnxruntime's QuantizeLinear rounds half to even; use "
+                              f"--rounding half_to_even with --target {self.target}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"--percentile must be in (0, 100], found {self.percentile}")
         if self.bins < 128:
             raise ConfigError(f"--bins must be at least 128 (KL merges into 128 bins), found {self.bins}")
 
     def spec(self):
-        from .quant.spec import BiasMode, Granularity, QuantSpec, Rounding
+        from .quant.spec import BiasMode, Granularity, QuantSpec, Rounding, Target
 
-        return QuantSpec(quantize_types=tuple(self.quantize_types), ignore_layer_names=tuple(self.ignore_layer_names),
+        target = Target(self.target)
+        # The engine's own int8 layers (onnxruntime: Eltwise sums) join the user's types; ignore lists still win.
+        types = tuple(self.quantize_types) + tuple(t for t in target.int8_types if t not in self.quantize_types)
+        return QuantSpec(target=target, quantize_types=types, ignore_layer_names=tuple(self.ignore_layer_names),
                          ignore_layer_types=tuple(self.ignore_layer_types), granularity=Granularity(self.granularity),
                          rounding=Rounding(self.rounding), bias=BiasMode(self.bias), unsigned=self.unsigned)
 

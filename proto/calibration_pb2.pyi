@@ -72,7 +72,7 @@ class FileDigest(_message.Message):
     def __init__(self, role: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class QuantSpec(_message.Message):
-    __slots__ = ("granularity", "rounding", "bias", "unsigned_activations", "bits", "quantize_types", "ignore_layer_names", "ignore_layer_types")
+    __slots__ = ("granularity", "rounding", "bias", "unsigned_activations", "bits", "quantize_types", "ignore_layer_names", "ignore_layer_types", "target")
     class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         GRANULARITY_UNSPECIFIED: _ClassVar[QuantSpec.Granularity]
@@ -107,6 +107,7 @@ class QuantSpec(_message.Message):
     QUANTIZE_TYPES_FIELD_NUMBER: _ClassVar[int]
     IGNORE_LAYER_NAMES_FIELD_NUMBER: _ClassVar[int]
     IGNORE_LAYER_TYPES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     granularity: QuantSpec.Granularity
     rounding: QuantSpec.Rounding
     bias: QuantSpec.BiasMode
@@ -115,7 +116,8 @@ class QuantSpec(_message.Message):
     quantize_types: _containers.RepeatedScalarFieldContainer[str]
     ignore_layer_names: _containers.RepeatedScalarFieldContainer[str]
     ignore_layer_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, granularity: _Optional[_Union[QuantSpec.Granularity, str]] = ..., rounding: _Optional[_Union[QuantSpec.Rounding, str]] = ..., bias: _Optional[_Union[QuantSpec.BiasMode, str]] = ..., unsigned_activations: _Optional[bool] = ..., bits: _Optional[int] = ..., quantize_types: _Optional[_Iterable[str]] = ..., ignore_layer_names: _Optional[_Iterable[str]] = ..., ignore_layer_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    target: str
+    def __init__(self, granularity: _Optional[_Union[QuantSpec.Granularity, str]] = ..., rounding: _Optional[_Union[QuantSpec.Rounding, str]] = ..., bias: _Optional[_Union[QuantSpec.BiasMode, str]] = ..., unsigned_activations: _Optional[bool] = ..., bits: _Optional[int] = ..., quantize_types: _Optional[_Iterable[str]] = ..., ignore_layer_names: _Optional[_Iterable[str]] = ..., ignore_layer_types: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ...) -> None: ...
 
 class BlobEntry(_message.Message):
     __slots__ = ("value", "blob", "threshold", "channel_thresholds", "unsigned", "calibrator", "absmax")

@@ -152,7 +152,10 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert "int8.prototxt was calibrated with --equalize" in message
     assert entry.main(["test", *base, "--model", str(model), "--equalize", *int8,
                        "--output_path", str(root / "t5")]) == 0
-    assert _difference((root / "t5" / "report.log").read_text()) == _difference(one)
+    # int8.prototxt stores Intel's float32 scales (127/T), so its thresholds are the .pb's to float32 precision and
+    # a rounding of the int8 model may flip: the same figure to 1e-4, not to the last digit
+    from_prototxt = float(_difference((root / "t5" / "report.log").read_text()).rsplit(":", 1)[1])
+    assert from_prototxt == pytest.approx(float(_difference(one).rsplit(":", 1)[1]), rel=1e-4)
     # a table calibrated without it is refused with --equalize
     plain = root / "plain"
     assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(plain)]) == 0

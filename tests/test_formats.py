@@ -251,7 +251,17 @@ def test_int8_prototxt_round_trip(table, model, tmp_path):
     assert imported.input_thresholds["conv1"] == pytest.approx(table.blobs["data"].threshold, rel=1e-6)
     assert imported.input_thresholds["ip"] == pytest.approx(table.blobs["conv1"].threshold, rel=1e-6)
     assert imported.input_unsigned == {"conv1": False, "ip": True}
-    assert imported.blob_thresholds["conv1"] == pytest.approx(table.blobs["conv1"].threshold, rel=1e-6)
+    # conv1's top is rewritten in place by its ReLU: the scale_out is keyed by conv1's own version, and falls
+    # back to the blob's final version (which the writer wrote, the table having no conv1@conv1 entry). No
+    # quantized layer reads conv1@conv1, so the file does not say its sign: read as signed, and converted with
+    # 255 when the table's entry is unsigned
+    assert imported.blob_thresholds["conv1@conv1"] == pytest.approx(table.blobs["conv1"].threshold * 127 / 255,
+                                                                     rel=1e-6)
+    assert imported.fallback_names == {"conv1@conv1": "conv1"} and imported.assumed_signed == {"conv1@conv1"}
+    imported.input_thresholds.pop("ip")  # so that conv1 comes from scale_out alone
+    restored, unmatched = apply_imported(table, imported)
+    assert unmatched == []
+    assert restored.blobs["conv1"].threshold == pytest.approx(table.blobs["conv1"].threshold, rel=1e-6)
     for name in ("conv1", "ip"):
         np.testing.assert_allclose(imported.weight_thresholds[name], table.layers[name].weight_thresholds,
                                    rtol=1e-6)

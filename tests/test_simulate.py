@@ -8,7 +8,7 @@ import pytest
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
 from int8tune.quant.simulate import build_int8_graph
-from int8tune.quant.spec import BiasMode, Granularity, QuantSpec, Rounding
+from int8tune.quant.spec import BiasMode, Granularity, QuantSpec, Rounding, Target
 from int8tune.quant.table import BlobEntry, CalibrationTable, LayerEntry
 from int8tune.runtime import Engine
 from netbuilder import input_header, layer, write_net
@@ -41,28 +41,33 @@ def conv_int(xq, wq, pad):
 
 
 def reference(x, table, spec):
-    """Numpy: int8 inputs and weights, int64 accumulation, int32 bias at s_in*s_w, rescale."""
+    """Numpy: int8 inputs and weights, int64 accumulation, int32 bias at s_in*s_w, then conv1's output quantized on
+    pool1's grid (the output point: ReLU and max pooling commute with it). With an onnxruntime target and
+    half-to-even rounding that is onnxruntime's requantization: float32(sum) * ((s_in * s_w) / s_out), rounded;
+    otherwise the rescaled sum quantized. Signed levels go down to -128 for onnxruntime, -127 for the others."""
     w1, b1 = WEIGHTS["conv1"]
     w2, b2 = WEIGHTS["fc"]
     t_w1 = table.layers["conv1"].weight_thresholds
     t_w2 = table.layers["fc"].weight_thresholds
-    xq, sx = quant(x, table.blobs["data"].threshold, spec.rounding)
+    xq, sx = quant(x, table.blobs["data"].threshold, spec.rounding, lo=spec.qmin)
     wq = np.stack([quant(w1[m], t_w1[m], spec.rounding)[0] for m in range(4)])
     sw = np.array([quant(w1[m], t_w1[m], spec.rounding)[1] for m in range(4)])
     sb = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
-    bq = rnd(b1 / sb, spec.rounding)
-    y = (conv_int(xq, wq, 1) + bq[None, :, None, None]) * sb[None, :, None, None]
-    y = np.maximum(y, 0)
-    y = y.reshape(2, 4, 3, 2, 3, 2).max(axis=(3, 5)).reshape(2, 36)
+    bq = rnd(b1.astype(np.float64) / sb.astype(np.float64), spec.rounding)
+    acc = conv_int(xq, wq, 1) + bq[None, :, None, None]
     entry = table.blobs["pool1"]
-    if entry.unsigned:
-        yq, sy = quant(y, entry.threshold, spec.rounding, 255, 0)
+    levels, lo = (255, 0) if entry.unsigned else (127, spec.qmin)
+    sy = np.float32(np.float32(entry.threshold) / np.float32(levels))
+    if spec.target.onnxruntime and spec.rounding is Rounding.HALF_EVEN:
+        mult = (sb / sy).astype(np.float32)
+        q = np.clip(np.round(acc.astype(np.float32) * mult[None, :, None, None]), lo, levels)
     else:
-        yq, sy = quant(y, entry.threshold, spec.rounding)
+        q = np.clip(rnd((acc * sb[None, :, None, None]).astype(np.float32) / sy, spec.rounding), lo, levels)
+    yq = np.maximum(q, 0).reshape(2, 4, 3, 2, 3, 2).max(axis=(3, 5)).reshape(2, 36)
     w2q = np.stack([quant(w2[m], t_w2[m], spec.rounding)[0] for m in range(5)])
     s2 = np.array([quant(w2[m], t_w2[m], spec.rounding)[1] for m in range(5)])
     sb2 = (np.float32(sy) * s2.astype(np.float32)).astype(np.float32)
-    b2q = rnd(b2 / sb2, spec.rounding)
+    b2q = rnd(b2.astype(np.float64) / sb2.astype(np.float64), spec.rounding)
     return (yq.astype(np.int64) @ w2q.T.astype(np.int64) + b2q) * sb2
 
 
@@ -83,10 +88,11 @@ def converted(tmp_path_factory):
     return convert_net(load_net(proto, model))
 
 
+@pytest.mark.parametrize("target", [Target.ONNXRUNTIME, Target.TENSORRT])
 @pytest.mark.parametrize("rounding", list(Rounding))
 @pytest.mark.parametrize("unsigned", [False, True])
-def test_simulation_equals_numpy_reference(converted, rounding, unsigned):
-    spec = QuantSpec(rounding=rounding, granularity=Granularity.MIX, unsigned=unsigned)
+def test_simulation_equals_numpy_reference(converted, rounding, unsigned, target):
+    spec = QuantSpec(rounding=rounding, granularity=Granularity.MIX, unsigned=unsigned, target=target)
     table = make_table(spec, unsigned_pool=unsigned)
     graph = build_int8_graph(converted, table)
     x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
@@ -132,7 +138,8 @@ def test_per_channel_activation_thresholds(converted, rounding):
     graph = build_int8_graph(converted, table)
     x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
     ours = Engine(graph.converted).run(x, ["conv1@conv1"], extra_feeds=graph.feeds(table))["conv1@conv1"]
-    xq = np.stack([quant(x[:, c], t[c], rounding)[0] * quant(x[:, c], t[c], rounding)[1] for c in range(3)], axis=1)
+    xq = np.stack([quant(x[:, c], t[c], rounding, lo=spec.qmin)[0] * quant(x[:, c], t[c], rounding)[1]
+                   for c in range(3)], axis=1)
     w, b = WEIGHTS["conv1"]
     t_w = table.layers["conv1"].weight_thresholds
     wq = np.stack([quant(w[m], t_w[m], rounding)[0] * quant(w[m], t_w[m], rounding)[1] for m in range(4)])

@@ -24,7 +24,8 @@ from ..log import logger
 from ..metrics import METRICS
 from ..outputs import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance
 from ..quant.auto import choose_calibrators
-from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, plan_quantization, planned_values)
+from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, output_values, plan_quantization,
+                               planned_values, unsigned_values)
 from ..quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from ..quant.formats import write_all
 from ..quant.qdq import count_int8_kernels, export_qdq
@@ -57,21 +58,21 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image, b
         raise ConfigError("--method auto chooses one threshold per blob; with --granularity per_channel pick a "
                           "calibrator (e.g. --method mse)")
     values = planned_values(plan)
-    extra = output_values(ws, plan)
+    extra = output_values(ws.fold.net, plan)
     engine = Engine(ws.converted, threads=cfg.threads)
     source = batches if batches is not None else streamed_batches(items, cfg.data, prepare_image, ws.input_shape)
     stats = collect_statistics(engine, values + [v for v in extra if v not in values], source, cfg.quant.bins,
                                spec.granularity.activations_per_channel)
     options = CalibratorOptions(percentile=cfg.quant.percentile)
-    per_blob = {v: all_thresholds(s, replace(options, unsigned=spec.unsigned and s.non_negative))
-                for v, s in stats.items()}
+    signs = unsigned_values(ws.converted, spec, stats)
+    per_blob = {v: all_thresholds(s, replace(options, unsigned=v in signs)) for v, s in stats.items()}
     first = "mse" if method == "auto" else method
     table = build_table(ws.fold.net, ws.converted, plan, stats, spec, first, cfg.quant.weight_method, options)
-    for v in extra:  # output thresholds (for the QDQ export's output quantizers), not quantized in simulation
+    for v in extra:  # the own thresholds of int8 layers' outputs (quant/placement.py: output points)
         if v not in table.blobs:
             s = stats[v]
             table.blobs[v] = BlobEntry(v, ws.fold.net.blob_of[v], per_blob[v][first], calibrator=first,
-                                       unsigned=spec.unsigned and s.non_negative, absmax=s.absmax)
+                                       unsigned=v in signs, absmax=s.absmax)
     lines = [f"int8tune calibrate: {ws.proto} + {ws.model}",
              f"{len(items)} calibration image(s) from {cfg.data.data_list}" if items is not None
              else "calibration images from the dataloader",
@@ -80,7 +81,7 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image, b
              f"folded BatchNorm/Scale into: {', '.join(ws.fold.folded) or 'none'}",
              f"activation calibrator: {method}; weights: {cfg.quant.weight_method}; granularity "
              f"{spec.granularity.value}; rounding {spec.rounding.value}; bias {spec.bias.value}"
-             f"{'; unsigned for non-negative blobs' if spec.unsigned else ''}"]
+             f"; target {spec.target.value}{'; unsigned for non-negative blobs' if spec.unsigned_blobs else ''}"]
     scores: dict[str, dict[str, float]] = {}
     tuner = None
     if not cfg.simplified:
@@ -132,44 +133,6 @@ def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_mea
     return lines
 
 
-def output_values(ws, plan) -> list[str]:
-    """Outputs of int8 weighted layers that need a threshold of their own for the QDQ export's output quantizers:
-    those that do not flow, through layers that commute with a quantizer (ReLU, Concat, max pooling, reshapes),
-    into a blob an int8 layer reads (whose threshold the export borrows). Also what an in-place ReLU makes of
-    them. Collecting only these halves the statistics work on SqueezeNet."""
-    consumers = ws.fold.net.consumers()
-    read_by_int8 = {v for p in plan if p.int8 for v in p.inputs}
-    out: list[str] = []
-    for p in plan:
-        if not p.int8 or p.type not in WEIGHTED_TYPES:
-            continue
-        top = ws.fold.net.layer(p.layer).tops[0]
-        if _reaches(top, read_by_int8, consumers, ws.fold.net.outputs):
-            continue
-        out.append(top)
-        readers = consumers.get(top, [])
-        if len(readers) == 1 and readers[0].type == "ReLU":
-            out.append(readers[0].tops[0])
-    return list(dict.fromkeys(out))
-
-
-def _transparent(layer) -> bool:
-    if layer.type in ("ReLU", "Concat", "Flatten", "Reshape", "Dropout", "Split"):
-        return True
-    return layer.type == "Pooling" and layer.param.pooling_param.pool == 0  # MAX
-
-
-def _reaches(value: str, targets: set[str], consumers, graph_outputs) -> bool:
-    for _ in range(64):
-        if value in targets:
-            return True
-        readers = consumers.get(value, [])
-        if value in graph_outputs or len(readers) != 1 or not _transparent(readers[0]):
-            return False
-        value = readers[0].tops[0]
-    return False
-
-
 def _write_statistics(path: Path, stats, per_blob, table, ws, scores) -> None:
     rows = []
     for v, s in stats.items():
@@ -212,12 +175,6 @@ def _qdq_lines(ws, table, out: Path) -> list[str]:
     n = sum(1 for e in table.quantized_layers() if e.type in WEIGHTED_TYPES)
     lines = ["", f"QDQ model {out / 'model_int8_qdq.onnx'}: {k}/{n} int8 layers run as int8 kernels in "
                  f"onnxruntime's optimised graph"]
-    if not table.spec.unsigned and ops.get("Relu", 0):
-        lines.append(f"  {ops['Relu']} ReLU(s) stay in fp32 between the int8 kernels (signed activations); "
-                     f"--unsigned lets onnxruntime chain its kernels (SqueezeNet: 2.1x faster than fp32 instead of "
-                     f"1.1x; `int8tune benchmark` measures it)")
-    if report.requantized:
-        lines.append(f"  output requantized beyond the simulation: {', '.join(report.requantized)}")
     if report.fp32_in_runtime:
-        lines.append(f"  fp32 in onnxruntime (no output threshold): {', '.join(report.fp32_in_runtime)}")
+        lines += [f"  output in float: {layer} ({why})" for layer, why in report.fp32_in_runtime.items()]
     return lines

@@ -20,8 +20,9 @@ from ..errors import ConfigError
 from ..image_params import load_image_params
 from ..log import logger
 from ..outputs import sha256_file, sha256_lines
-from ..quant.calibrate import plan_quantization
+from ..quant.calibrate import output_values, plan_quantization
 from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
+from ..quant.placement import nonnegative_values
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
 
@@ -124,9 +125,13 @@ def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
     spec = quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     table = CalibrationTable(model=ws.net.name, spec=spec)
+    # Without statistics, a blob is unsigned when the net's structure makes it >= 0 (the net input's sign comes
+    # from the file that fills the template: the int8 prototxt's is_negative_input).
+    structural = nonnegative_values(ws.converted) if spec.unsigned_blobs else set()
+    for v in [v for p in plan for v in p.inputs] + output_values(ws.fold.net, plan):
+        table.blobs.setdefault(v, BlobEntry(v, ws.fold.net.blob_of[v], 1.0, calibrator="unset",
+                                            unsigned=v in structural))
     for p in plan:
-        for v in p.inputs:
-            table.blobs.setdefault(v, BlobEntry(v, ws.fold.net.blob_of[v], 1.0, calibrator="unset"))
         has_w = p.type in WEIGHTED_TYPES
         table.layers[p.layer] = LayerEntry(p.layer, p.type, p.inputs[0], extra_inputs=p.inputs[1:],
                                            weight_thresholds=np.ones(1) if has_w else None, int8=p.int8, note=p.note)
@@ -142,6 +147,10 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
     if cfg.calibration_model is not None:
         imported = read_int8_prototxt(cfg.calibration_model)
         base = from_pb if from_pb is not None else _weighted_template(ws, cfg.quant)
+        if from_pb is None:  # the file says which layer inputs are u8 (is_negative_input: false)
+            for layer, unsigned in imported.input_unsigned.items():
+                if layer in base.layers:
+                    base.blobs[base.layers[layer].input_value].unsigned = unsigned
         from_prototxt, unmatched = apply_imported(base, imported, ws.fold.net)
         if unmatched:
             raise ConfigError(f"{cfg.calibration_model}: keys that match no int8 layer or blob of {ws.proto}: "

@@ -55,6 +55,7 @@ def quant_config(args) -> QuantConfig:
                                               if t not in DEFAULT_QUANTIZE_TYPES]
     return QuantConfig(method=args.method, weight_method=args.weight_method, granularity=args.granularity,
                        rounding=args.rounding, bias=args.bias, unsigned=args.unsigned,
+                       target=getattr(args, "target", "onnxruntime"),
                        equalize=getattr(args, "equalize", False),
                        quantize_types=tuple(quantize), ignore_layer_names=tuple(dict.fromkeys(names)),
                        ignore_layer_types=tuple(dict.fromkeys(types)), percentile=args.percentile, bins=args.bins)

@@ -25,6 +25,8 @@ from ..runtime import Engine
 from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
 from .spec import QuantSpec, WEIGHTED_TYPES
 from .stats import BlobStatistics, StatsCollector
+from .placement import OUTPUT_TYPES, nonnegative_values
+from .saturation import is_depthwise, pair_safe_thresholds
 from .table import BlobEntry, CalibrationTable, LayerEntry
 from .weights import to_output_matrix
 
@@ -75,6 +77,47 @@ def planned_values(plan: list[PlannedLayer]) -> list[str]:
     return list(dict.fromkeys(v for p in plan for v in p.inputs))
 
 
+def output_values(net: CaffeNet, plan: list[PlannedLayer]) -> list[str]:
+    """The outputs of int8 layers that need a threshold of their own (placement.py's output points): those of
+    weighted layers and Eltwise sums that do not flow, through layers that commute with a quantizer (ReLU,
+    Concat, max pooling, nearest upsampling, reshapes), into a blob an int8 layer reads (whose threshold they
+    share). The value is the one after the ReLUs that follow the layer, where the quantizer sits."""
+    consumers = net.consumers()
+    read_by_int8 = {v for p in plan if p.int8 for v in p.inputs}
+    out: list[str] = []
+    for p in plan:
+        if not p.int8 or p.type not in OUTPUT_TYPES:
+            continue
+        top = net.layer(p.layer).tops[0]
+        if _reaches(top, read_by_int8, consumers, net.outputs):
+            continue
+        for _ in range(8):
+            readers = consumers.get(top, [])
+            if top in net.outputs or len(readers) != 1 or readers[0].type != "ReLU":
+                break
+            top = readers[0].tops[0]
+        out.append(top)
+    return list(dict.fromkeys(out))
+
+
+def _transparent(layer) -> bool:
+    """Caffe's side of placement.TRANSPARENT_OPS (ops that commute with a quantizer of one scale)."""
+    if layer.type in ("ReLU", "Concat", "Flatten", "Reshape", "Dropout", "Split", "Upsample"):
+        return True
+    return layer.type == "Pooling" and layer.param.pooling_param.pool == 0  # MAX
+
+
+def _reaches(value: str, targets: set[str], consumers, graph_outputs) -> bool:
+    for _ in range(64):
+        if value in targets:
+            return True
+        readers = consumers.get(value, [])
+        if value in graph_outputs or len(readers) != 1 or not _transparent(readers[0]):
+            return False
+        value = readers[0].tops[0]
+    return False
+
+
 def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins: int, per_channel: bool,
                        progress: bool = True) -> dict[str, BlobStatistics]:
     """Two streamed passes over the data: absmax and moments, then |x| histograms. Memory: one histogram per
@@ -114,10 +157,11 @@ def build_table(net: CaffeNet, converted: ConvertedModel, plan: list[PlannedLaye
     """Thresholds for every planned blob (per tensor, or per channel with per_channel granularity) and weight
     thresholds for every weighted layer. `method` may map values to calibrator names (a per-blob choice)."""
     table = CalibrationTable(model=net.name, spec=spec)
+    signs = unsigned_values(converted, spec, stats)
     for value in planned_values(plan):
         s = stats[value]
         name = method if isinstance(method, str) else method[value]
-        unsigned = spec.unsigned and s.non_negative
+        unsigned = value in signs
         opts = options if options.unsigned == unsigned else _with(options, unsigned=unsigned)
         threshold = calibrate_activation(name, s.tensor_histogram(), opts)
         channel_t = None
@@ -138,6 +182,16 @@ def build_table(net: CaffeNet, converted: ConvertedModel, plan: list[PlannedLaye
     return table
 
 
+def unsigned_values(converted: ConvertedModel, spec: QuantSpec, stats: dict[str, BlobStatistics]) -> set[str]:
+    """Blobs quantized as unsigned (T/255, [0, 255]): with unsigned activations (the onnxruntime targets, or
+    --unsigned), those that cannot be negative by the net's structure (after a ReLU, ...) and were >= 0 on the
+    calibration images, and a net input that was >= 0 on them (images in [0, 1] or [0, 255])."""
+    if not spec.unsigned_blobs:
+        return set()
+    structural = nonnegative_values(converted) | set(converted.net.inputs)
+    return {v for v, s in stats.items() if s.non_negative and v in structural}
+
+
 def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method: str, spec: QuantSpec,
                             options: CalibratorOptions) -> np.ndarray:
     """Per-output-channel (or one per-tensor) thresholds of a layer's ONNX weights (BN/Scale already folded)."""
@@ -150,7 +204,12 @@ def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method
     matrix = to_output_matrix(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
     if not spec.granularity.weights_per_channel:
         matrix = matrix.reshape(1, -1)
-    return calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
+    thresholds = calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
+    if spec.target.pair_safe_weights and not is_depthwise(node.op_type, init.dims, group):
+        # onnxruntime's AVX2 kernels (x86 without VNNI) add pairs of u8 x s8 products in a saturating int16:
+        # widen the threshold of the output channels whose two largest same-sign weights could overflow it.
+        thresholds = pair_safe_thresholds(matrix, thresholds, spec.qmax)
+    return thresholds
 
 
 def _with(options: CalibratorOptions, **changes) -> CalibratorOptions:

@@ -1,18 +1,11 @@
-"""Export of the int8 model as a QDQ ONNX model that onnxruntime really runs with int8 kernels.
+"""Export of the int8 model as a QDQ ONNX model that onnxruntime runs with int8 kernels.
 
-Placement (measured on onnxruntime 1.32; see tests/test_qdq.py): onnxruntime turns DQ -> Conv -> Q into
-QLinearConv only when the convolution's own output is quantized. With signed int8, DQ -> Conv -> Relu -> Q stays
-an fp32 FusedConv; with DQ -> Conv -> Q -> DQ -> Relu -> Q both convolutions are int8. So, per int8 layer:
-
-- input: QuantizeLinear/DequantizeLinear with the blob's threshold (int8 zero point 0, or uint8 zero point 0 for
-  unsigned blobs); one pair per blob, shared by its int8 consumers;
-- weights: int8 initializer + DequantizeLinear (per output channel: axis 0 for Conv/Gemm, 1 for MatMul/ConvTranspose);
-  bias: int32 initializer at s_in * s_w + DequantizeLinear;
-- output: a Q/DQ pair on the layer's output tensor. Its scale is that of the blob the output becomes after any
-  in-place ReLU (Q then ReLU equals ReLU then Q for a zero-point-0 quantizer, so this matches the simulation
-  exactly), or the output's own calibrated threshold when the output feeds fp32 layers (an extra requantization
-  that the simulation does not have: listed in `ExportReport.requantized`), or none when no threshold is known
-  (the layer then stays fp32 in onnxruntime: listed in `ExportReport.fp32_in_runtime`).
+The quantizers are where `placement.place_quantizers` puts them, the same points the simulation fake-quantizes,
+so the file computes what the tool measured (a QuantizeLinear/DequantizeLinear pair per point, with the grid's
+scale; int8 weights with per-channel or per-tensor scales; int32 biases at s_in * s_w). The placement is the one
+int8 engines run fastest: each convolution's output quantized after its ReLU (uint8 with zero point 0, which
+onnxruntime fuses into QLinearConv), max pooling, nearest upsampling and Concat on one grid (run on uint8), sums
+quantized on both inputs and the output (QLinearAdd). Measured facts about onnxruntime's fusions: DESIGN.md.
 
 `count_int8_kernels` loads the model in onnxruntime with default graph optimisation and counts the int8 kernels
 (QLinearConv, QGemm, QLinearMatMul, MatMulIntegerToFloat, ConvInteger, ...) of the optimised graph.
@@ -32,9 +25,11 @@ from onnx import helper, numpy_helper
 
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
+from .placement import place_quantizers
+from .simulate import _toposort
 from .spec import Granularity, WEIGHTED_TYPES
 from .table import CalibrationTable
-from .weights import from_output_matrix, quantize_matrix, to_output_matrix
+from .weights import from_output_matrix, quantize_bias, quantize_matrix, to_output_matrix
 
 INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
                           "MatMulInteger", "DynamicQuantizeMatMul", "QAttention"})
@@ -43,12 +38,13 @@ INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntege
 @dataclass
 class ExportReport:
     int8_layers: list[str] = field(default_factory=list)
-    requantized: list[str] = field(default_factory=list)  # layers given an output quantizer not in the simulation
-    fp32_in_runtime: list[str] = field(default_factory=list)  # no output threshold: onnxruntime keeps them fp32
+    fp32_in_runtime: dict[str, str] = field(default_factory=dict)  # int8 layer -> why its output stays float
     notes: list[str] = field(default_factory=list)
 
 
 def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx.ModelProto, ExportReport]:
+    """The int8 model as QDQ ONNX: a QuantizeLinear/DequantizeLinear pair at every point of `place_quantizers`
+    (the points the simulation fake-quantizes), int8 weights and int32 biases behind DequantizeLinear."""
     spec = table.spec
     if spec.granularity is Granularity.PER_CHANNEL:
         raise ConfigError("QDQ export needs per-tensor activation thresholds (granularity mix or per_tensor); "
@@ -59,53 +55,57 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
     inits = {t.name: t for t in g.initializer}
     nodes = list(g.node)
     by_name = {n.name: n for n in nodes}
-    consumers: dict[str, list] = collections.defaultdict(list)
-    for n in nodes:
-        for i in n.input:
-            consumers[i].append(n)
-    graph_outputs = {o.name for o in g.output}
+    producer = {o: n for n in nodes for o in n.output}
     new_nodes: list = []
     new_inits: list = []
     report = ExportReport()
-    qdq_of: dict[str, str] = {}  # tensor -> its dequantized replacement
+    placement = place_quantizers(converted, table)
 
     def const(name, array):
         new_inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def qdq(tensor: str, threshold: float, unsigned: bool, grid_of: str | None = None) -> str:
-        """Q/DQ pair on `tensor` (once); `grid_of` names the blob whose threshold it borrows, for reading."""
-        if tensor in qdq_of:
-            return qdq_of[tensor]
-        levels = spec.umax if unsigned else spec.qmax
-        scale = const(f"{tensor}/qdq_scale", np.float32(threshold / levels))
-        zp = const(f"{tensor}/qdq_zero", np.uint8(0) if unsigned else np.int8(0))
-        q, dq = f"{tensor}/quantized", f"{tensor}/dequantized"
+    def qdq(tensor: str, grid: str, out_name: str | None = None) -> str:
+        blob = table.blobs[grid]
+        stem = out_name or tensor
+        scale = const(f"{stem}/qdq_scale", blob.scale(spec))
+        # Signed blobs as uint8 with zero point 128 (the same grid): onnxruntime would rewrite int8 to that anyway
+        # (QDQS8ToU8Transformer), but only for a Q with a single DQ, which left such convolutions in float.
+        zp = const(f"{stem}/qdq_zero", np.uint8(0 if blob.unsigned else 128))
+        q, dq = f"{stem}/quantized", out_name or f"{stem}/dequantized"
         new_nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [q], name=q))
-        new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=dq))
-        qdq_of[tensor] = dq
+        new_nodes.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq], name=f"{stem}/dequantize"))
         return dq
 
-    producer = {o: n for n in nodes for o in n.output}
-    dropped: set[str] = set()  # ReLU nodes made redundant by an unsigned quantizer just before them
+    for point in placement.points:
+        if point.is_output:
+            private = f"{point.tensor}/fp32"
+            for n in nodes:
+                for i, o in enumerate(n.output):
+                    if o == point.tensor:
+                        n.output[i] = private
+            qdq(private, point.grid, out_name=point.tensor)
+            continue
+        record = converted.records[point.layer]
+        target = _quantization_point(point.tensor, record, by_name, producer)
+        dq = qdq(target, point.grid) if target == point.tensor else qdq(target, point.grid,
+                                                                       out_name=f"{target}/dequantized")
+        for node_name in record.nodes if target != point.tensor else point.readers:
+            node = by_name[node_name]
+            if target != point.tensor and node.output[0] == target:
+                continue  # the layer's own Flatten keeps reading the float value
+            for i, inp in enumerate(node.input):
+                if inp == target:
+                    node.input[i] = dq
+    report.fp32_in_runtime = dict(placement.float_outputs)
+
     for entry in table.quantized_layers():
         record = converted.records[entry.layer]
-        for value in (entry.input_value, *entry.extra_inputs):
-            blob = table.blobs[value]
-            target = _quantization_point(value, record, by_name, producer)
-            dq = qdq(target, blob.threshold, blob.unsigned)
-            for node_name in record.nodes:
-                node = by_name[node_name]
-                if target != value and node.output[0] == target:
-                    continue  # the layer's own Flatten keeps reading the fp32 value
-                for i, inp in enumerate(node.input):
-                    if inp == target:
-                        node.input[i] = dq
         if record.type not in WEIGHTED_TYPES or not record.weight or entry.weight_thresholds is None:
             continue
         main = by_name[record.main_node]
         blob = table.blobs[entry.input_value]
-        s_in = np.float32(blob.threshold / (spec.umax if blob.unsigned else spec.qmax))
+        s_in = blob.scale(spec)
         group = next((a.i for a in main.attribute if a.name == "group"), 1)
         weight = numpy_helper.to_array(inits[record.weight])
         q, s_w = quantize_matrix(to_output_matrix(weight, main.op_type, group), entry.weight_thresholds,
@@ -131,9 +131,10 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
             if inp == record.weight:
                 main.input[i] = w_dq
         if record.bias is not None:
-            bias = numpy_helper.to_array(inits[record.bias]).astype(np.float64)
-            b_scale = (s_in * (s_w if per_channel else np.full(bias.size, s_w[0]))).astype(np.float32)
-            bq = np.clip(np.round(bias / b_scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+            bias = numpy_helper.to_array(inits[record.bias]).astype(np.float32).reshape(-1)
+            bq, b_scale = quantize_bias(bias, s_in, s_w if per_channel else np.full(bias.size, s_w[0]),
+                                        spec.rounding)
+            bq = bq.astype(np.int32)
             bqn = const(f"{record.bias}/int32", bq)
             bsn = const(f"{record.bias}/scale", b_scale)
             bzn = const(f"{record.bias}/zero", np.zeros(bias.size, np.int32))
@@ -143,18 +144,13 @@ def export_qdq(converted: ConvertedModel, table: CalibrationTable) -> tuple[onnx
                 for i, inp in enumerate(n.input):
                     if inp == record.bias:
                         n.input[i] = b_dq
-        _quantize_output(entry.layer, main, record, table, consumers, graph_outputs, qdq, report, dropped)
         report.int8_layers.append(entry.layer)
 
-    if dropped:
-        report.notes.append(f"{len(dropped)} ReLU(s) after unsigned quantizers became identities")
-    _dequantized_graph_outputs(nodes + new_nodes, graph_outputs, qdq_of)
+    graph_outputs = {o.name for o in g.output}
     more_nodes, more_inits = _unique_quantizers(nodes + new_nodes, graph_outputs, {t.name: t for t in new_inits})
     new_nodes += more_nodes
     new_inits += more_inits
     g.ClearField("node")
-    from .simulate import _toposort
-
     g.initializer.extend(new_inits)
     g.node.extend(_toposort(nodes + new_nodes, g))
     _drop_unused_initializers(g)
@@ -175,89 +171,14 @@ def _quantization_point(value: str, record, by_name, producer) -> str:
     return value
 
 
-# Ops that commute with a zero-point-0 quantizer of one scale: quantizing before them or after them gives the same
-# numbers (Relu: q(relu(x)) = relu(q(x)); Concat with one scale for all inputs; max pooling; pure data movement).
-TRANSPARENT_OPS = frozenset({"Relu", "Concat", "MaxPool", "Identity", "Flatten", "Reshape", "Transpose"})
-
-
-def _downstream_entry(out: str, table, consumers, graph_outputs):
-    """The first quantized blob reached from `out` through transparent ops only (each tensor on the way read by
-    that single op), and whether a Relu was passed; (None, False) when there is none."""
-    active = set(table.active_blobs())
-    tensor, relu = out, False
-    for _ in range(64):
-        if tensor in active:
-            return table.blobs[tensor], relu
-        readers = consumers.get(tensor, [])
-        if tensor in graph_outputs or len(readers) != 1 or readers[0].op_type not in TRANSPARENT_OPS:
-            return None, relu
-        relu = relu or readers[0].op_type == "Relu"
-        tensor = readers[0].output[0]
-    return None, relu
-
-
-def _quantize_output(layer, main, record, table, consumers, graph_outputs, qdq, report: ExportReport,
-                     dropped: set[str]) -> None:
-    """Give the layer's output a quantizer so that onnxruntime can fuse the layer into an int8 kernel.
-
-    Preferably with the threshold of the quantized blob it flows into through transparent ops (ReLU, Concat,
-    max pooling, reshapes): the quantizer then lands on the grid the simulation uses anyway and adds no error.
-    Otherwise the output's own calibrated threshold (an extra requantization, reported), or none (fp32 in
-    onnxruntime, reported)."""
-    out = main.output[0]
-    entry, relu = _downstream_entry(out, table, consumers, graph_outputs)
-    if entry is not None:
-        # An unsigned quantizer clips negatives, which only a ReLU on the way makes harmless.
-        unsigned = entry.unsigned and (relu or entry.value == out)
-        if entry.unsigned and not unsigned:
-            report.requantized.append(layer)
-        dq = qdq(out, entry.threshold, unsigned, entry.value)
-        _rewire(out, dq, consumers)
-        readers = consumers.get(out, [])
-        if unsigned and len(readers) == 1 and readers[0].op_type == "Relu" and readers[0].output[0] not in graph_outputs:
-            # The unsigned quantizer already clips at 0: the ReLU is the identity on its output. Dropping it lets
-            # onnxruntime chain int8 kernels (a DQ -> Relu -> Q left between them stays in fp32).
-            readers[0].op_type = "Identity"  # onnxruntime removes it, and with it the DQ -> Q pair around it
-            dropped.add(readers[0].name)
-        return
-    if out in table.blobs:
-        _rewire(out, qdq(out, table.blobs[out].threshold, table.blobs[out].unsigned), consumers)
-        report.requantized.append(layer)
-        return
-    readers = consumers.get(out, [])
-    if len(readers) == 1 and readers[0].op_type == "Relu" and readers[0].output[0] in table.blobs:
-        entry = table.blobs[readers[0].output[0]]
-        _rewire(out, qdq(out, entry.threshold, entry.unsigned), consumers)
-        report.requantized.append(layer)
-        return
-    report.fp32_in_runtime.append(layer)
-
-
-def _dequantized_graph_outputs(all_nodes: list, graph_outputs: set[str], qdq_of: dict[str, str]) -> None:
-    """A graph output that got a quantizer is served by its DequantizeLinear under the original name: onnxruntime
-    does not fuse a node whose output is a graph output, and users read the int8 model's outputs by name."""
-    for out in graph_outputs & set(qdq_of):
-        fp32_name, dq = f"{out}/fp32", qdq_of[out]
-        for n in all_nodes:
-            for i, o in enumerate(n.output):
-                if o == out:
-                    n.output[i] = fp32_name
-                elif o == dq:
-                    n.output[i] = out
-            for i, inp in enumerate(n.input):
-                if inp == out:
-                    n.input[i] = fp32_name
-                elif inp == dq:
-                    n.input[i] = out
-
-
 def _unique_quantizers(all_nodes: list, graph_outputs: set[str], inits: dict[str, onnx.TensorProto]
                        ) -> tuple[list, list]:
-    """One QuantizeLinear/DequantizeLinear pair, with its own scale and zero-point initializers, per consumer.
+    """One DequantizeLinear, with its own scale and zero-point initializers, per consumer of a quantized tensor.
 
-    Measured on onnxruntime 1.32: a Q whose DQ output feeds two convolutions (SqueezeNet's expand layers share
-    the squeeze output) leaves both in fp32, and identical Q nodes are merged back by common-subexpression
-    elimination unless their scale/zero-point initializers are distinct. Same values, so same arithmetic."""
+    Measured on onnxruntime 1.32: a DQ that feeds two convolutions (SqueezeNet's expand layers share the squeeze
+    output) leaves both in fp32, and identical DQ nodes are merged back by common-subexpression elimination
+    unless their initializers are distinct. The QuantizeLinear stays single: a Conv -> Relu -> Q is fused into
+    one QLinearConv only when that Q is the Relu's only reader. Same values, so same arithmetic."""
     readers: dict[str, list] = collections.defaultdict(list)
     for n in all_nodes:
         for i in n.input:
@@ -272,11 +193,9 @@ def _unique_quantizers(all_nodes: list, graph_outputs: set[str], inits: dict[str
         for k, user in enumerate(users[1:], 1):
             stem = f"{dq.output[0]}/{k}"
             scale, zero = f"{stem}/scale", f"{stem}/zero"
-            extra_inits.append(_renamed(inits[q.input[1]], scale))
-            extra_inits.append(_renamed(inits[q.input[2]], zero))
-            extra_nodes.append(helper.make_node("QuantizeLinear", [q.input[0], scale, zero], [f"{stem}/q"],
-                                                name=f"{stem}/quantize"))
-            extra_nodes.append(helper.make_node("DequantizeLinear", [f"{stem}/q", scale, zero], [stem],
+            extra_inits.append(_renamed(inits[dq.input[1]], scale))
+            extra_inits.append(_renamed(inits[dq.input[2]], zero))
+            extra_nodes.append(helper.make_node("DequantizeLinear", [dq.input[0], scale, zero], [stem],
                                                 name=f"{stem}/dequantize"))
             for i, inp in enumerate(user.input):
                 if inp == dq.output[0]:
@@ -289,16 +208,6 @@ def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     out.CopyFrom(tensor)
     out.name = name
     return out
-
-
-def _rewire(tensor: str, replacement: str, consumers) -> None:
-    """Every reader of `tensor` reads its dequantized image instead (its own QuantizeLinear excepted)."""
-    for n in consumers.get(tensor, []):
-        if n.op_type == "QuantizeLinear" and n.name == f"{tensor}/quantized":
-            continue
-        for i, inp in enumerate(n.input):
-            if inp == tensor:
-                n.input[i] = replacement
 
 
 def _drop_unused_initializers(g) -> None:

@@ -1,10 +1,11 @@
 """The int8 model inside onnxruntime: the fp32 graph with fake quantization, thresholds fed as graph inputs.
 
-For each int8 layer (see spec.py for the arithmetic):
-- its input value x is replaced, for this layer only, by  clip(round(x / s), lo, hi) * s  with
-  s = T / 127 (T / 255 and lo = 0 when unsigned). One fake quantizer per value, shared by every int8 layer
-  reading it. Half-to-even rounding runs as Clip(x, -T, T) -> QuantizeLinear -> DequantizeLinear (exactly the
-  formula once x is clipped); half-away-from-zero as the element-wise formula;
+Quantizers sit where `placement.place_quantizers` puts them (the points the QDQ export writes too): at the
+blob each int8 layer reads, and at the output of each int8 weighted layer (after its ReLU when unsigned; read
+quantized by every reader). A quantizer replaces x by  clip(round(x / s), lo, hi) * s  with s = T / 127 (T / 255
+and lo = 0 when unsigned), T the threshold of the point's grid blob. Half-to-even rounding runs as
+Clip(x, -T, T) -> QuantizeLinear -> DequantizeLinear (exactly the formula once x is clipped); half-away-from-zero
+as the element-wise formula. For each int8 layer:
 - its weights are replaced by their quantize-dequantize image (static: weight thresholds come from the table);
 - its bias, in int32 mode, becomes round(b / (s * s_w)) * (s * s_w).
 Everything that depends on a threshold T is a graph input computed from the table by `Int8Graph.feeds` in
@@ -16,7 +17,7 @@ fallback) builds a new graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -24,11 +25,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
+from .placement import Placement, place_quantizers
 from .spec import BiasMode, Rounding, WEIGHTED_TYPES
 from .table import CalibrationTable
-from .weights import fake_quantize_weights
+from .weights import fake_quantize_weights, from_output_matrix, quantize_bias, quantize_matrix, to_output_matrix
 
-SCALE, LOW, HIGH, BIAS = "scale:", "low:", "high:", "bias:"
+SCALE, LOW, HIGH, BIAS, MULT = "scale:", "low:", "high:", "bias:", "mult:"
+# An output point's producer writes `<tensor>#fp32` and the quantizer writes `<tensor>`.
+PRIVATE = "#fp32"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,20 @@ class BiasFeed:
     value: str  # the blob whose scale the bias is rounded at
     bias: np.ndarray  # float32 (M,)
     weight_scale: np.ndarray  # float32 (M,) s_w
+
+
+@dataclass(frozen=True)
+class IntegerLayer:
+    """An int8 layer computed as onnxruntime's integer kernel does (QLinearConv, QGemm): integer inputs, weights
+    and bias, the int32 sum (exact in float32 below 2^24), times the multiplier (s_in * s_w) / s_out, then the
+    output point's rounding and clipping."""
+
+    layer: str
+    input_value: str  # grid of its input
+    output_value: str  # grid of its output point
+    bias: np.ndarray | None  # float32 (M,)
+    weight_scale: np.ndarray  # float32 (M,)
+    mult_shape: tuple[int, ...]  # (1, M, 1, 1) for Conv, (M,) for Gemm/MatMul
 
 
 @dataclass
@@ -49,6 +67,14 @@ class Int8Graph:
     biases: list[BiasFeed]
     spec: object
     structure: tuple  # what a cached session depends on
+    placement: Placement | None = None  # where the quantizers are (shared with the QDQ export)
+    # tensor of the graph -> the net value it equals when nothing is quantized (a quantizer's output, or the
+    # private output of an output point's producer): what a run with every other blob in fp32 feeds for it
+    sources: dict[str, str] = field(default_factory=dict)
+    integer_layers: list[IntegerLayer] = field(default_factory=list)
+
+    def net_value(self, tensor: str) -> str:
+        return self.sources.get(tensor, tensor)
 
     def feeds(self, table: CalibrationTable) -> dict[str, np.ndarray]:
         """Every threshold-dependent input, in float32 numpy with the arithmetic the graph would use."""
@@ -68,20 +94,29 @@ class Int8Graph:
                 out[SCALE + value] = (t / levels).astype(np.float32)
                 if spec.rounding is Rounding.HALF_EVEN:
                     out[HIGH + value] = t.reshape(bshape)
-                    out[LOW + value] = (np.zeros_like(t) if entry.unsigned else -t).reshape(bshape)
+                    low = np.zeros_like(t) if entry.unsigned else (t / levels * np.float32(spec.qmin)).astype(np.float32)
+                    out[LOW + value] = low.reshape(bshape)
                 else:
                     out[SCALE + value] = out[SCALE + value].reshape(bshape)
             else:
                 t = np.float32(entry.threshold)
-                scales[value] = np.float32(t / levels)
+                scales[value] = entry.scale(spec)
                 out[SCALE + value] = np.asarray(scales[value], dtype=np.float32)
                 if spec.rounding is Rounding.HALF_EVEN:
                     out[HIGH + value] = np.asarray(t, dtype=np.float32)
-                    out[LOW + value] = np.asarray(np.float32(0) if entry.unsigned else -t, dtype=np.float32)
+                    low = np.float32(0) if entry.unsigned else np.float32(scales[value] * np.float32(spec.qmin))
+                    out[LOW + value] = np.asarray(low, dtype=np.float32)
         for b in self.biases:
-            sb = (scales[b.value] * b.weight_scale).astype(np.float32)
-            q = _round_np(b.bias / sb, spec.rounding)
+            q, sb = quantize_bias(b.bias, scales[b.value], b.weight_scale, spec.rounding)
             out[BIAS + b.layer] = (q * sb).astype(np.float32)
+        for layer in self.integer_layers:
+            s_in, s_out = scales[layer.input_value], scales[layer.output_value]
+            # onnxruntime's requantization multiplier, in its float32 order: (x_scale * w_scale) / y_scale
+            mult = ((s_in * layer.weight_scale).astype(np.float32) / s_out).astype(np.float32)
+            out[MULT + layer.layer] = mult.reshape(layer.mult_shape)
+            if layer.bias is not None:
+                q, _ = quantize_bias(layer.bias, s_in, layer.weight_scale, spec.rounding)
+                out[BIAS + layer.layer] = q.astype(np.float32)
         return out
 
 
@@ -140,7 +175,12 @@ class _Emitter:
         return self.node("Mul", [self.node("Sign", [x], stem), mag], stem)
 
 
-def build_int8_graph(converted: ConvertedModel, table: CalibrationTable) -> Int8Graph:
+def build_int8_graph(converted: ConvertedModel, table: CalibrationTable, integer: bool = True) -> Int8Graph:
+    """The simulating graph: a fake quantizer at every point of `place_quantizers` (the same points the QDQ
+    export writes), fake-quantized weights, int32-rounded biases; with `integer` (and an onnxruntime target)
+    the layers onnxruntime runs as integer kernels in their integer arithmetic. Without it every layer computes
+    in float on dequantized values (the same model up to float rounding; `Tuner.score_isolated` measures one
+    blob with the others in fp32, which needs the float form)."""
     spec = table.spec
     model = onnx.ModelProto()
     model.CopyFrom(converted.model)
@@ -151,25 +191,53 @@ def build_int8_graph(converted: ConvertedModel, table: CalibrationTable) -> Int8
     feed_inputs: dict[str, list[str]] = {}
     per_channel: dict[str, int] = {}
     biases: list[BiasFeed] = []
-    quantized: dict[str, str] = {}  # value -> its fake-quantized tensor
-
-    for entry in table.quantized_layers():
-        record = converted.records.get(entry.layer)
-        if record is None:
-            raise ConfigError(f"layer {entry.layer!r} of the table is not in the converted net "
+    placement = place_quantizers(converted, table)
+    sources: dict[str, str] = {}
+    for layer in (e.layer for e in table.quantized_layers()):
+        if layer not in converted.records:
+            raise ConfigError(f"layer {layer!r} of the table is not in the converted net "
                               f"({converted.net.proto_path})")
-        for value in (entry.input_value, *entry.extra_inputs):
-            if value not in table.blobs:
-                raise ConfigError(f"layer {entry.layer!r} reads {value!r}, which has no threshold in the table")
-            if value not in quantized:
-                quantized[value] = _fake_quantizer(em, graph, value, table, converted, spec, feed_inputs,
-                                                   per_channel)
-            for node_name in record.nodes:
+    integer = _integer_candidates(converted, table, placement, node_by_name) if integer else {}
+    for value in placement.grids():
+        if value not in table.blobs:
+            raise ConfigError(f"blob {value!r} is read by an int8 layer but has no threshold in the table")
+        _grid_inputs(graph, value, table, converted, spec, feed_inputs, per_channel)
+    for point in placement.points:
+        if point.is_output:
+            # The producer writes a private name; the quantizer's output takes the tensor's name, so every reader
+            # (graph outputs and post steps included) reads the quantized blob, as in an int8 engine's memory.
+            private = point.tensor + PRIVATE
+            for n in node_by_name.values():
+                for i, o in enumerate(n.output):
+                    if o == point.tensor:
+                        n.output[i] = private
+            if point.kind == "output" and point.layer in integer:
+                # rounds the layer's sum in steps, not its float image: ReLUs between are the clip at 0
+                _level_quantizer(em, _steps(point.layer), point.grid, table, spec, output_name=point.tensor)
+            else:
+                _quantizer(em, private, point.grid, table, spec, per_channel, output_name=point.tensor)
+            sources[private] = point.tensor
+        else:
+            dq = _quantizer(em, point.tensor, point.grid, table, spec, per_channel)
+            sources[dq] = point.tensor
+            for node_name in point.readers:
                 node = node_by_name[node_name]
                 for i, inp in enumerate(node.input):
-                    if inp == value:
-                        node.input[i] = quantized[value]
+                    if inp == point.tensor:
+                        node.input[i] = dq
+    integer_layers: list[IntegerLayer] = []
+    for entry in table.quantized_layers():
+        record = converted.records[entry.layer]
         value = entry.input_value
+        if entry.layer in integer:
+            layer = _integer_layer(em, graph, record, entry, inits, node_by_name, spec, integer[entry.layer], converted)
+            integer_layers.append(layer)
+            feed_inputs[value].append(MULT + entry.layer)
+            if layer.output_value != value:
+                feed_inputs[layer.output_value].append(MULT + entry.layer)
+            if layer.bias is not None:
+                feed_inputs[value].append(BIAS + entry.layer)
+            continue
         if record.type in WEIGHTED_TYPES and record.weight and entry.weight_thresholds is not None:
             int32_bias = spec.bias is BiasMode.INT32 and value not in per_channel
             bias = _quantize_weights(graph, [node_by_name[n] for n in record.nodes], node_by_name[record.main_node],
@@ -185,16 +253,95 @@ def build_int8_graph(converted: ConvertedModel, table: CalibrationTable) -> Int8
     structure = (tuple(e.layer for e in table.quantized_layers()),
                  tuple((e.layer, None if e.weight_thresholds is None else e.weight_thresholds.tobytes())
                        for e in table.quantized_layers()),
-                 tuple(sorted(per_channel)), spec)
-    return Int8Graph(replace(converted, model=model), feed_inputs, per_channel, biases, spec, structure)
+                 tuple(sorted(per_channel)), tuple((p.tensor, p.grid) for p in placement.points), spec)
+    return Int8Graph(replace(converted, model=model), feed_inputs, per_channel, biases, spec, structure, placement,
+                     sources, integer_layers)
 
 
-def _fake_quantizer(em: _Emitter, graph, value: str, table: CalibrationTable, converted: ConvertedModel, spec,
-                    feed_inputs: dict[str, list[str]], per_channel: dict[str, int]) -> str:
-    """Nodes computing clip(round(x / s), lo, hi) * s for `value`, reading the fed scale and bounds."""
+def _integer_candidates(converted: ConvertedModel, table: CalibrationTable, placement: Placement,
+                        node_by_name) -> dict[str, str]:
+    """Layers simulated in onnxruntime's integer arithmetic (layer -> its output grid): with an onnxruntime
+    target, int32 bias and per-tensor activations, the Conv/Gemm/MatMul layers whose output point follows them
+    (onnxruntime fuses those into QLinearConv/QGemm). The others (no output point: a float output) compute in
+    float on dequantized values, as onnxruntime does for them."""
+    spec = table.spec
+    if not spec.target.onnxruntime or spec.bias is not BiasMode.INT32 or spec.granularity.activations_per_channel \
+            or spec.rounding is not Rounding.HALF_EVEN:
+        return {}
+    out = {}
+    for entry in table.quantized_layers():
+        record = converted.records[entry.layer]
+        grid = placement.output_grid.get(entry.layer)
+        if grid is None or entry.weight_thresholds is None or not record.weight or record.main_node is None:
+            continue
+        if node_by_name[record.main_node].op_type in ("Conv", "Gemm", "MatMul"):
+            out[entry.layer] = grid
+    return out
+
+
+def _integer_layer(em: _Emitter, graph, record, entry, inits, node_by_name, spec, output_value: str,
+                   converted: ConvertedModel) -> IntegerLayer:
+    """Rewrite one layer into integer form: its input divided by its scale and rounded (the int8 values, exactly),
+    integer-valued weights, the integer bias as the fed input `bias:<layer>`, and the sum multiplied by the fed
+    `mult:<layer>`, so that the layer's output is in steps of its output grid, as onnxruntime's requantization
+    computes it before rounding (the output point's `_level_quantizer` rounds and clips)."""
+    main = node_by_name[record.main_node]
+    layer = entry.layer
+    value = entry.input_value
+    q_in = em.node("Round", [em.node("Div", [main.input[0], SCALE + value], layer)], layer)
+    main.input[0] = q_in
+    w_init = inits[record.weight]
+    weight = numpy_helper.to_array(w_init)
+    group = next((a.i for a in main.attribute if a.name == "group"), 1)
+    q, s_w = quantize_matrix(to_output_matrix(weight, main.op_type, group), entry.weight_thresholds, spec.rounding,
+                             spec.qmax)
+    w_init.CopyFrom(numpy_helper.from_array(from_output_matrix(q, weight, main.op_type, group).astype(np.float32),
+                                            record.weight))
+    bias = None
+    if record.bias is not None:
+        bias = numpy_helper.to_array(inits[record.bias]).astype(np.float32).reshape(-1)
+        name = BIAS + layer
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [bias.size]))
+        for n in (node_by_name[x] for x in record.nodes):
+            for i, inp in enumerate(n.input):
+                if inp == record.bias:
+                    n.input[i] = name
+    out_rank = len(converted.shapes[record.outputs[0]])
+    channels = s_w.size
+    mult_shape = (1, channels) + (1,) * (out_rank - 2) if main.op_type == "Conv" else (channels,)
+    graph.input.append(helper.make_tensor_value_info(MULT + layer, TensorProto.FLOAT, list(mult_shape)))
+    # The layer's last node writes its output (the Conv/Gemm itself, or the bias Add after a MatMul).
+    last = next(node_by_name[n] for n in reversed(record.nodes)
+                if node_by_name[n].output[0] in (record.outputs[0], record.outputs[0] + PRIVATE))
+    written = last.output[0]
+    acc = f"{layer}/int32_sum"
+    last.output[0] = acc
+    em.nodes.append(helper.make_node("Mul", [acc, MULT + layer], [_steps(layer)], name=f"{layer}/requantize"))
+    # the layer's own output in its units (what reports compare with fp32); the output point reads the steps
+    em.nodes.append(helper.make_node("Mul", [_steps(layer), SCALE + output_value], [written],
+                                     name=f"{layer}/in_units"))
+    return IntegerLayer(layer, value, output_value, bias, s_w.astype(np.float32), mult_shape)
+
+
+def _steps(layer: str) -> str:
+    return f"{layer}/steps"
+
+
+def _level_quantizer(em: _Emitter, tensor: str, value: str, table: CalibrationTable, spec, output_name: str) -> str:
+    """The output point of an integer layer: its input is already in steps (sum x multiplier), so round half to
+    even, clip to the levels and multiply by the scale: onnxruntime's requantization, then its dequantization."""
+    blob = table.blobs[value]
+    low, high = (0.0, float(spec.umax)) if blob.unsigned else (float(spec.qmin), float(spec.qmax))
+    levels = em.node("Clip", [em.node("Round", [tensor], value), em.const(value, low), em.const(value, high)], value)
+    em.nodes.append(helper.make_node("Mul", [levels, SCALE + value], [output_name], name=em.name(f"{value}/Mul")))
+    return output_name
+
+
+def _grid_inputs(graph, value: str, table: CalibrationTable, converted: ConvertedModel, spec,
+                 feed_inputs: dict[str, list[str]], per_channel: dict[str, int]) -> None:
+    """The graph inputs that carry `value`'s threshold (scale, and clip bounds for half-to-even rounding)."""
     blob = table.blobs[value]
     shape = converted.shapes[value]
-    levels = spec.umax if blob.unsigned else spec.qmax
     channels = int(shape[1]) if blob.channel_thresholds is not None else None
     if channels is not None:
         per_channel[value] = channels
@@ -205,24 +352,41 @@ def _fake_quantizer(em: _Emitter, graph, value: str, table: CalibrationTable, co
         for name in (LOW + value, HIGH + value):
             graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, bshape))
         feed_inputs[value] = [scale, LOW + value, HIGH + value]
+    else:
+        graph.input.append(helper.make_tensor_value_info(scale, TensorProto.FLOAT, bshape))
+        feed_inputs[value] = [scale]
+
+
+def _quantizer(em: _Emitter, tensor: str, value: str, table: CalibrationTable, spec, per_channel: dict[str, int],
+               output_name: str | None = None) -> str:
+    """Nodes computing clip(round(x / s), lo, hi) * s of `tensor` with the fed scale and bounds of blob `value`;
+    returns the quantized tensor (named `output_name` when given)."""
+    blob = table.blobs[value]
+    levels = spec.umax if blob.unsigned else spec.qmax
+    channels = per_channel.get(value)
+    scale = SCALE + value
+    if spec.rounding is Rounding.HALF_EVEN:
         zero_dtype = np.uint8 if blob.unsigned else np.int8
         if channels is None:
-            clipped = em.node("Clip", [value, LOW + value, HIGH + value], value)
+            clipped = em.node("Clip", [tensor, LOW + value, HIGH + value], value)
             zero = em.const_typed(value, np.zeros((), zero_dtype))
             attrs = {}
         else:
-            clipped = em.node("Max", [em.node("Min", [value, HIGH + value], value), LOW + value], value)
+            clipped = em.node("Max", [em.node("Min", [tensor, HIGH + value], value), LOW + value], value)
             zero = em.const_typed(value, np.zeros(channels, zero_dtype))
             attrs = {"axis": 1}
         # Clipping to [-T, T] first keeps QuantizeLinear off -128, so this equals the formula exactly.
         q = em.node("QuantizeLinear", [clipped, scale, zero], value, **attrs)
-        return em.node("DequantizeLinear", [q, scale, zero], value, **attrs)
-    graph.input.append(helper.make_tensor_value_info(scale, TensorProto.FLOAT, bshape))
-    feed_inputs[value] = [scale]
-    lo = 0.0 if blob.unsigned else -float(levels)
-    q = em.round(em.node("Div", [value, scale], value), spec.rounding, value)
-    clipped = em.node("Clip", [q, em.const(value, lo), em.const(value, float(levels))], value)
-    return em.node("Mul", [clipped, scale], value)
+        out = em.node("DequantizeLinear", [q, scale, zero], value, **attrs)
+    else:
+        lo = 0.0 if blob.unsigned else float(spec.qmin)
+        q = em.round(em.node("Div", [tensor, scale], value), spec.rounding, value)
+        clipped = em.node("Clip", [q, em.const(value, lo), em.const(value, float(levels))], value)
+        out = em.node("Mul", [clipped, scale], value)
+    if output_name is not None:
+        em.nodes[-1].output[0] = output_name
+        return output_name
+    return out
 
 
 def _quantize_weights(graph, layer_nodes: list, node, record, entry, inits, spec,

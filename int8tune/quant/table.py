@@ -30,8 +30,10 @@ class BlobEntry:
     calibrator: str = ""  # which calibrator produced T ("tuned" after tuning, "manual", ...)
     absmax: float | None = None  # from calibration, for reports (threshold / absmax is the clip ratio)
 
-    def scale(self, qmax: int = 127, umax: int = 255) -> float:
-        return self.threshold / (umax if self.unsigned else qmax)
+    def scale(self, spec: QuantSpec) -> np.float32:
+        """s = T / 127 (T / 255 unsigned), in float32 arithmetic: the one value the simulation feeds and the QDQ
+        export writes (they must not differ by a rounding of the last bit)."""
+        return np.float32(np.float32(self.threshold) / np.float32(spec.umax if self.unsigned else spec.qmax))
 
 
 @dataclass
@@ -117,10 +119,13 @@ class CalibrationTable:
         return out
 
     def active_blobs(self) -> list[str]:
-        """Values read by at least one int8 layer (the ones quantized in the simulation)."""
+        """The blobs whose thresholds the int8 model uses: those read by an int8 layer, then the outputs that an
+        int8 layer writes in int8 and no listed layer reads (calibrate's output_values; placement.py decides
+        where each is quantized). Inputs of layers kept in fp32 are not active."""
         seen: list[str] = []
         for e in self.quantized_layers():
             for v in (e.input_value, *e.extra_inputs):
                 if v not in seen:
                     seen.append(v)
-        return seen
+        read = {v for e in self.layers.values() for v in (e.input_value, *e.extra_inputs)}
+        return seen + [v for v in self.blobs if v not in read]

@@ -54,6 +54,16 @@ def quantize_matrix(matrix: np.ndarray, thresholds: np.ndarray, rounding: Roundi
     return q.astype(np.float32), scale
 
 
+def quantize_bias(bias: np.ndarray, s_in: np.float32, s_w: np.ndarray, rounding: Rounding
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 bias as int64, its float32 scale s_in * s_w): q_b = round(b / (s_in * s_w)), the division in float64
+    of the float32 values. The simulation and the QDQ export both call this, so their integer biases are equal."""
+    scale = (np.float32(s_in) * np.asarray(s_w, dtype=np.float32)).astype(np.float32)
+    scale = np.broadcast_to(scale, np.shape(bias)).astype(np.float32)
+    q = round_values(np.asarray(bias, dtype=np.float32).astype(np.float64) / scale.astype(np.float64), rounding)
+    return np.clip(q, -(2 ** 31), 2 ** 31 - 1).astype(np.int64), scale
+
+
 def fake_quantize_weights(weight: np.ndarray, op_type: str, group: int, thresholds: np.ndarray,
                           rounding: Rounding, qmax: int = 127) -> np.ndarray:
     """Weights after quantize-dequantize, in their ONNX layout."""

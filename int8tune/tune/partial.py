@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 from ..quant.simulate import Int8Graph
 from ..quant.table import CalibrationTable
-from ..runtime import Engine, session_options
+from ..runtime import Engine, new_session, session_options
 
 
 def dependents(model: onnx.ModelProto, sources) -> list[onnx.NodeProto]:
@@ -92,8 +92,7 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    session = ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads, simulation=True),
-                                   providers=["CPUExecutionProvider"])
+    session = new_session(m, session_options(threads, simulation=True), simulation=True)
     return Suffix(value, session, frontier, thresholds, produced)
 
 
@@ -114,8 +113,7 @@ def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    return ort.InferenceSession(m.SerializeToString(), sess_options=session_options(threads, simulation=True),
-                                providers=["CPUExecutionProvider"])
+    return new_session(m, session_options(threads, simulation=True), simulation=True)
 
 
 class PartialEvaluator:

@@ -267,7 +267,7 @@ class Tuner:
         blobs in one fp32 pass (memory stays bounded by `chunk`)."""
         from .partial import build_suffix
 
-        graph, _ = self.int8(table)
+        graph = build_int8_graph(self.converted, table, integer=False)
         order = [v for v in self.blobs_in_order(table) if v in candidates]
         net_values = set(self.converted.net.blob_of)
         out: dict[str, dict[str, float]] = {}
@@ -277,11 +277,12 @@ class Tuner:
             for value in group:
                 names = self.objective_names(table, value, "layer")
                 suffix = build_suffix(graph, value, names, self.settings.threads, table)
-                if suffix is None or not set(suffix.frontier) <= net_values:
-                    raise ConfigError(f"blob {value!r}: its reading layers need int8 values from elsewhere; "
+                if suffix is None or not {graph.net_value(f) for f in suffix.frontier} <= net_values:
+                    raise ConfigError(f"blob {value!r}: its reading layers need int8 values from elsewhere "
+                                      f"({sorted(set(graph.net_value(f) for f in (suffix.frontier if suffix else ())) - net_values)}); "
                                       f"measure it with score_thresholds")
                 plans[value] = (names, suffix)
-            needed = sorted({t for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
+            needed = sorted({graph.net_value(t) for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
             sums = {(v, k): [0.0, 0.0] for v in group for k in candidates[v]}
             # a candidate's threshold feeds are the same for every batch: computed once, not per batch
             thresholds = {}
@@ -293,7 +294,7 @@ class Tuner:
                 fp32 = self.fp32.run_tensors(batch, needed)
                 for value, (names, suffix) in plans.items():
                     for key in candidates[value]:
-                        run_feeds = {f: fp32[f] for f in suffix.frontier}
+                        run_feeds = {f: fp32[graph.net_value(f)] for f in suffix.frontier}
                         run_feeds.update(thresholds[(value, key)])
                         got = suffix.session.run(names, run_feeds)
                         for name, array in zip(names, got):

@@ -29,7 +29,11 @@ def eltwise(ctx: LayerContext) -> list[Shape]:
         if coeffs and any(c != 1.0 for c in coeffs):
             terms = [t if c == 1.0 else ctx.node("Mul", [t, ctx.const(f"coeff{i}", c)])[0]
                      for i, (t, c) in enumerate(zip(terms, coeffs))]
-        ctx.node("Sum", terms, ctx.outputs)
+        # A chain of binary Adds rather than one Sum: onnxruntime turns DQ, DQ -> Add -> Q into an int8 QLinearAdd
+        # and has no int8 form of Sum (left to right, so the float result is the same).
+        acc = terms[0]
+        for i, t in enumerate(terms[1:]):
+            acc = ctx.node("Add", [acc, t], ctx.outputs if i == len(terms) - 2 else 1)[0]
     elif op == "PROD":
         acc = ctx.inputs[0]
         for i, t in enumerate(ctx.inputs[1:]):

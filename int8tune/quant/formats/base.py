@@ -53,6 +53,12 @@ class ImportedThresholds:
     weight_thresholds: dict[str, np.ndarray] = field(default_factory=dict)
     input_thresholds: dict[str, float] = field(default_factory=dict)
     input_unsigned: dict[str, bool] = field(default_factory=dict)  # by layer, where the file says (Intel)
+    # blob thresholds converted from a scale as signed (127) because the file does not say (Intel's scale_out of
+    # a blob no quantized layer reads); a table entry that is unsigned converts them with 255 instead
+    assumed_signed: set[str] = field(default_factory=set)
+    # blob key -> the name to match when the table has no value of that key (Intel's scale_out of an in-place
+    # rewritten top: this layer's version `top@layer` when the table has it, else the blob's final version)
+    fallback_names: dict[str, str] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
     file_keys: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # assumptions the reader made, for the report
@@ -187,12 +193,13 @@ def apply_imported(table: CalibrationTable, imported: ImportedThresholds,
     chosen: dict[str, tuple[float, str]] = {}  # value -> (threshold, file key)
 
     for name, t in imported.blob_thresholds.items():
-        values = _values_for_blob(out, name)
+        values = _values_for_blob(out, name) or _values_for_blob(out, imported.fallback_names.get(name, name))
         if not values:
             unmatched.append(imported.key("blob", name))
             continue
         for value in values:
-            chosen[value] = (float(t), imported.key("blob", name))
+            unsigned_rescale = 255 / 127 if name in imported.assumed_signed and out.blobs[value].unsigned else 1.0
+            chosen[value] = (float(t) * unsigned_rescale, imported.key("blob", name))
     for layer, t in imported.input_thresholds.items():
         value = _value_for_layer(out, layer, net)
         key = imported.key("input", layer)

@@ -149,6 +149,10 @@ def read_int8_prototxt(path: str | Path) -> ImportedThresholds:
     for lp in quantized:
         for b in lp.bottom:
             consumer_signed.setdefault(b, lp.quantization_param.is_negative_input)
+    # A top that a later layer rewrites in place: this layer's scale_out is for its own version `top@layer`.
+    layers = list(net.layer)
+    rewritten = {(lp.name, lp.top[0]) for i, lp in enumerate(layers) if lp.top
+                 and any(lp.top[0] in later.top and lp.top[0] in later.bottom for later in layers[i + 1:])}
     for lp in quantized:
         q = lp.quantization_param
         name = lp.name
@@ -170,10 +174,15 @@ def read_int8_prototxt(path: str | Path) -> ImportedThresholds:
             imported.notes.append(f"{name}: bw_layer_in {q.bw_layer_in}, scale_in not read (fp32 input)")
         if q.scale_out and q.bw_layer_out == BITS and lp.top:
             top = lp.top[0]
+            if (name, top) in rewritten:
+                imported.fallback_names[f"{top}{VERSION_SEPARATOR}{name}"] = top
+                top = f"{top}{VERSION_SEPARATOR}{name}"
             signed = consumer_signed.get(top)
             if signed is None:
                 signed = True
-                imported.notes.append(f"{name}: no quantized layer reads {top!r}; scale_out read as signed (127)")
+                imported.assumed_signed.add(top)
+                imported.notes.append(f"{name}: no quantized layer reads {top!r}; scale_out read as signed (127) "
+                                      f"unless the table makes that blob unsigned")
             _add_blob(imported, top, _threshold(QMAX if signed else UMAX, q.scale_out[0]), f"{name}.scale_out")
             for i in range(1, len(q.scale_out)):
                 imported.unknown_keys.append(f"{name}.scale_out[{i}]")

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from ...caffe.schema import _load
 from ...errors import ConfigError
 from ...outputs import atomic_write_bytes, atomic_write_text
-from ..spec import BiasMode, Granularity, QuantSpec, Rounding
+from ..spec import BiasMode, Granularity, QuantSpec, Rounding, Target
 from ..table import BlobEntry, CalibrationTable, LayerEntry
 from .base import ImportedThresholds, TableFormat, register_format
 
@@ -51,6 +51,7 @@ def table_to_message(table: CalibrationTable):
     msg.spec.bias = _BIAS[spec.bias]
     msg.spec.unsigned_activations = spec.unsigned
     msg.spec.bits = spec.bits
+    msg.spec.target = spec.target.value
     msg.spec.quantize_types.extend(spec.quantize_types)
     msg.spec.ignore_layer_names.extend(spec.ignore_layer_names)
     msg.spec.ignore_layer_types.extend(spec.ignore_layer_types)
@@ -84,7 +85,8 @@ def table_from_message(msg, where: str) -> CalibrationTable:
         ignore_layer_types=tuple(s.ignore_layer_types),
         granularity=_enum_back(_GRANULARITY, s.granularity, "spec.granularity", where),
         rounding=_enum_back(_ROUNDING, s.rounding, "spec.rounding", where),
-        bias=_enum_back(_BIAS, s.bias, "spec.bias", where), unsigned=s.unsigned_activations, bits=s.bits)
+        bias=_enum_back(_BIAS, s.bias, "spec.bias", where), unsigned=s.unsigned_activations, bits=s.bits,
+        target=_target(s, where))
     if not 2 <= spec.bits <= 16:
         raise ConfigError(f"{where}: spec.bits is {spec.bits}; expected 2..16")
     table = CalibrationTable(model=msg.header.model_name, spec=spec, provenance=_read_header(msg.header))
@@ -110,6 +112,16 @@ def table_from_message(msg, where: str) -> CalibrationTable:
             weight_thresholds=np.array(m.weight_thresholds, dtype=np.float64) if m.weight_thresholds else None,
             weight_method=m.weight_method, int8=m.int8, note=m.note)
     return table
+
+
+def _target(s, where: str) -> Target:
+    if not s.HasField("target"):  # written before targets: the arithmetic those tables meant
+        return Target.ONNXRUNTIME_VNNI if s.unsigned_activations else Target.TENSORRT
+    try:
+        return Target(s.target)
+    except ValueError:
+        raise ConfigError(f"{where}: spec.target is {s.target!r}; expected one of "
+                          f"{', '.join(t.value for t in Target)}") from None
 
 
 def _enum_back(mapping: dict, number: int, field: str, where: str):
