@@ -20,7 +20,6 @@ import numpy as np
 
 from common import batches_of, labelled, model_paths, params_for, require_assets, split, top1
 
-from int8tune.commands.calibrate import output_values  # noqa: F401  (same plan as the CLI)
 from int8tune.commands.common import load_workspace
 from int8tune.metrics import METRICS
 from int8tune.quant.auto import choose_calibrators

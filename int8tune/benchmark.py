@@ -31,9 +31,13 @@ class Timing:
 
 
 def time_model(name: str, model: onnx.ModelProto, input_name: str, input_shape: tuple[int, ...], batch: int,
-               repeat: int = 30, warmup: int = 5, threads: int = 2, seed: int = 0) -> Timing:
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads),
-                                   providers=["CPUExecutionProvider"])
+               repeat: int = 30, warmup: int = 5, threads: int = 2, seed: int = 0, x64_exact: bool = False) -> Timing:
+    """`x64_exact`: with session option session.x64quantprecision=1, onnxruntime's exact U8U8 kernels on x86
+    (what an AVX2 host needs for a table whose weights can saturate its int16 pair sums)."""
+    options = session_options(threads)
+    if x64_exact:
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(seed).random((batch, *input_shape[1:]), dtype=np.float32)
     outputs = [o.name for o in session.get_outputs()]
     for _ in range(warmup):

@@ -139,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="latency of the fp32 model vs its exported int8 QDQ model in onnxruntime",
                            description="Times the fp32 graph and the int8 QDQ export (default graph optimisation, "
                                        "so onnxruntime uses its int8 kernels), one session at a time, at each batch "
-                                       "size, and prints the fp32/int8 ratio and the int8 kernel count.")
+                                       "size, also with session.x64quantprecision=1 (onnxruntime's exact kernels on "
+                                       "x86 without VNNI), prints the ratios, what onnxruntime runs in int8 and in "
+                                       "float, and this CPU's int8 path. With --calibration_proto and --data_list, "
+                                       "it also checks that the file computes what the simulation does here.")
     _add_model_args(bench)
     bench.add_argument("--calibration_proto", type=Path, default=None, help="table to export as QDQ")
     bench.add_argument("--qdq", type=Path, default=None, help="an already exported QDQ model")
@@ -147,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (default 30)")
     bench.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     bench.add_argument("--json", dest="json_path", type=Path, default=None, help="also write the figures as JSON")
+    bench.add_argument("--data_list", default=None,
+                       help="images for the deployed-vs-simulated check (with --calibration_proto)")
+    bench.add_argument("--image_params", type=Path, default=None, help="preprocessing of --data_list images")
+    bench.add_argument("--data_limit", type=int, default=8, help="images of --data_list checked (default 8)")
     return parser
 
 
@@ -257,7 +264,7 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
         if args.command == "benchmark":
             from .commands.benchmark import run_benchmark
 
-            return run_benchmark(args)
+            return run_benchmark(args, prepare_image)
         if args.command in ("test", "tune", "auto"):
             from .commands import tuning
             from .commands.parse import tune_config

@@ -9,7 +9,8 @@ import pytest
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
-from int8tune.quant.qdq import count_int8_kernels, export_qdq
+from int8tune.quant.census import census
+from int8tune.quant.qdq import export_qdq
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.hostcpu import describe_host, host_int8_path
 from int8tune.quant.saturation import pair_safe_thresholds
@@ -60,8 +61,9 @@ def converted(tmp_path_factory):
 def test_every_int8_layer_runs_as_an_int8_kernel(converted, unsigned):
     table = table_for(converted, unsigned, Rounding.HALF_EVEN)
     model, report = export_qdq(converted, table)
-    k, ops = count_int8_kernels(model)
-    assert k == 3, f"expected 3 int8 kernels, optimised graph has {dict(ops)}"
+    c = census(model)
+    ops = c.ops
+    assert c.int8["conv"] + c.int8["matmul"] == 3, f"expected 3 int8 conv/matmul kernels, optimised graph has {ops}"
     assert report.int8_layers == ["conv1", "conv2", "fc"]
     assert report.fp32_in_runtime == {}
     if unsigned:  # ReLUs folded into the uint8 output quantizers, max pooling on uint8: no float op in between

@@ -1,4 +1,5 @@
-"""`int8tune benchmark`: fp32 vs the exported int8 QDQ model in onnxruntime, batch 1 and batch N, as ratios."""
+"""`int8tune benchmark`: fp32 vs the exported int8 QDQ model in onnxruntime, batch 1 and batch N, as ratios; what
+onnxruntime runs in int8 and in float; the exact-kernel session option's price; this host's int8 path."""
 
 from __future__ import annotations
 
@@ -9,41 +10,69 @@ import onnx
 
 from ..benchmark import time_model
 from ..errors import ConfigError
+from ..hostcpu import describe_host
 from ..outputs import atomic_write_json
+from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
-from ..quant.qdq import count_int8_kernels, export_qdq
-from ..quant.spec import WEIGHTED_TYPES
+from ..quant.qdq import export_qdq
 from .common import load_workspace
 from .parse import default_threads, split_list
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:
     ws = load_workspace(args.proto, args.model)
+    table = None
     if args.qdq is not None:
         qdq = onnx.load(str(args.qdq))
-        n = None
     elif args.calibration_proto is not None:
         table = read_table_pb(args.calibration_proto)
         qdq, _ = export_qdq(ws.converted, table)
-        n = sum(1 for e in table.quantized_layers() if e.type in WEIGHTED_TYPES)
     else:
         raise ConfigError("give the int8 model: --calibration_proto (a table) or --qdq (an exported QDQ .onnx)")
-    k, _ = count_int8_kernels(qdq)
+    c = census(qdq)
     fp32 = ws.converted.model
     input_name = next(iter(ws.net.inputs))
     threads = default_threads(args.threads)
     batches = [int(b) for b in split_list(args.batch_sizes)]
-    print(f"int8tune benchmark: {ws.proto}; int8 kernels in onnxruntime's optimised QDQ graph: {k}"
-          + (f"/{n}" if n is not None else "") + f"; threads {threads}; median of {args.repeat} runs")
-    print(f"  {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'fp32 img/s':>11} {'int8 img/s':>11} {'fp32/int8':>9}")
+    print(f"int8tune benchmark: {ws.proto}; threads {threads}; median of {args.repeat} runs, one session at a time")
+    print(f"host: {describe_host()}")
+    if table is not None:
+        print(f"table target: {table.spec.target.value}")
+    print("what onnxruntime runs (default session, optimised graph):")
+    print("\n".join("  " + line for line in render_census(c)))
+    print("int8 x64: the same file with session.x64quantprecision=1 (exact U8U8 kernels on x86 without VNNI; "
+          "on VNNI CPUs it only slows the model)")
+    print(f"  {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x64':>9} {'fp32/int8':>9} {'fp32/x64':>9}")
     rows = []
     for b in batches:
         t32 = time_model("fp32", fp32, input_name, ws.input_shape, b, args.repeat, threads=threads)
         t8 = time_model("int8", qdq, input_name, ws.input_shape, b, args.repeat, threads=threads)
-        ratio = t32.median_ms / t8.median_ms
-        rows.append({"batch": b, "fp32_ms": t32.median_ms, "int8_ms": t8.median_ms, "speedup": ratio})
-        print(f"  {b:>5} {t32.median_ms:>9.2f} {t8.median_ms:>9.2f} {t32.images_per_second:>11.1f} "
-              f"{t8.images_per_second:>11.1f} {ratio:>9.2f}")
+        tx = time_model("int8 x64", qdq, input_name, ws.input_shape, b, args.repeat, threads=threads, x64_exact=True)
+        rows.append({"batch": b, "fp32_ms": t32.median_ms, "int8_ms": t8.median_ms, "int8_x64_ms": tx.median_ms,
+                     "speedup": t32.median_ms / t8.median_ms, "speedup_x64": t32.median_ms / tx.median_ms})
+        print(f"  {b:>5} {t32.median_ms:>9.2f} {t8.median_ms:>9.2f} {tx.median_ms:>9.2f} "
+              f"{t32.median_ms / t8.median_ms:>9.2f} {t32.median_ms / tx.median_ms:>9.2f}")
+    check_lines = _deployed_check(args, ws, table, qdq, prepare_image)
+    if check_lines:
+        print("\n".join(check_lines))
     if args.json_path:
-        atomic_write_json(args.json_path, {"int8_kernels": k, "weighted_int8_layers": n, "rows": rows})
+        atomic_write_json(args.json_path, {"host": describe_host(), "int8_kernels": c.int8, "ops": c.ops,
+                                           "float_islands": [i.__dict__ for i in c.float_islands], "rows": rows,
+                                           "deployed_check": check_lines})
     return 0
+
+
+def _deployed_check(args, ws, table, qdq, prepare_image) -> list[str]:
+    """The verification of calibrate's report, on --data_list images: needs the table (to simulate)."""
+    if args.data_list is None:
+        return []
+    if table is None or args.image_params is None:
+        raise ConfigError("--data_list checks the export against the simulation: give --calibration_proto and "
+                          "--image_params too")
+    from ..config import DataConfig
+    from ..quant.verify import check_export, render_export_check
+    from .common import data_items, prepared_batches
+
+    data = DataConfig(data_list=Path(args.data_list), image_params=args.image_params, data_limit=args.data_limit)
+    batches = prepared_batches(data_items(data), data, prepare_image, ws.input_shape)
+    return render_export_check(check_export(ws.converted, table, qdq, batches), images_kind="--data_list")

@@ -28,8 +28,9 @@ from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, 
                                planned_values, unsigned_values)
 from ..quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from ..quant.formats import write_all
-from ..quant.qdq import count_int8_kernels, export_qdq
-from ..quant.spec import WEIGHTED_TYPES
+from ..quant.census import census, render_census
+from ..quant.qdq import export_qdq
+from ..quant.verify import check_export, render_export_check
 from ..quant.table import BlobEntry, CalibrationTable
 from ..runtime import Engine
 from ..tune.tuner import TuneSettings, Tuner, metric_outputs
@@ -120,7 +121,7 @@ def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_mea
     lines: list[str] = []
     if result.tuner is not None:
         lines += _difference_lines(result.tuner, table, ws, n_measured)
-        lines += _qdq_lines(ws, table, out)
+        lines += _qdq_lines(ws, table, out, result.tuner.batches, threads=result.tuner.settings.threads)
     lines += ["", "per-blob choice (statistics.csv has every calibrator's threshold):"]
     for v in table.active_blobs():
         e = table.blobs[v]
@@ -164,17 +165,25 @@ def _difference_lines(tuner: Tuner, table, ws, n_images: int) -> list[str]:
     return lines
 
 
-def _qdq_lines(ws, table, out: Path) -> list[str]:
+def _qdq_lines(ws, table, out: Path, batches: list | None = None, images_kind: str = "calibration",
+               threads: int = 2) -> list[str]:
+    """Write the QDQ model; report what onnxruntime runs in int8 and in float (census), and, on `batches`,
+    whether the file in a default session on this host computes what the simulation measured."""
     try:
         model, report = export_qdq(ws.converted, table)
     except ConfigError as e:
         logger.warning("no QDQ export: %s", e)
         return ["", f"QDQ export skipped: {e}"]
-    atomic_write_bytes(out / "model_int8_qdq.onnx", model.SerializeToString())
-    k, ops = count_int8_kernels(model)
-    n = sum(1 for e in table.quantized_layers() if e.type in WEIGHTED_TYPES)
-    lines = ["", f"QDQ model {out / 'model_int8_qdq.onnx'}: {k}/{n} int8 layers run as int8 kernels in "
-                 f"onnxruntime's optimised graph"]
+    path = out / "model_int8_qdq.onnx"
+    atomic_write_bytes(path, model.SerializeToString())
+    lines = ["", f"QDQ model {path} (target {table.spec.target.value}), as onnxruntime runs it:"]
+    lines += ["  " + line for line in render_census(census(model, threads=threads))]
     if report.fp32_in_runtime:
         lines += [f"  output in float: {layer} ({why})" for layer, why in report.fp32_in_runtime.items()]
+    if not table.spec.target.onnxruntime:
+        lines.append(f"  the table is made for {table.spec.target.value} (signed int8, its own rounding); this file is "
+                     f"onnxruntime's reading of it, not what {table.spec.target.value} computes")
+    if batches:
+        check = check_export(ws.converted, table, model, batches, threads=threads)
+        lines += render_export_check(check, path.name, images_kind)
     return lines

@@ -319,7 +319,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model},
                                   [str(i.path) for i in s.items])
     written = write_all(table, s.ws.proto, out / "tuned")
-    qdq_lines = _qdq_lines(s.ws, table, out / "tuned")
+    qdq_lines = _qdq_lines(s.ws, table, out / "tuned", s.tuner.batches, "tuning", s.tuner.settings.threads)
     lines = _header(s, "auto") + [
         f"objective: {cfg.objective}; search {cfg.search} (step ratio {cfg.step_ratio}, up to {cfg.steps} steps each "
         f"way, patience {cfg.patience})",
@@ -511,7 +511,7 @@ def run_accuracy(s: Session, t_start: float, prepare_image=None) -> int:
     val = validation_tuner(cfg, s.ws, s.metric, s.tuner, s.items, prepare_image)
     if val is not None:
         lines += validation_lines(val, cfg, s.table, table, None, out)
-    lines += _qdq_lines(s.ws, table, out / "tuned")
+    lines += _qdq_lines(s.ws, table, out / "tuned", s.tuner.batches, "tuning", s.tuner.settings.threads)
     lines += ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'trials.jsonl'}"]
     lines.append(f"total time {time.perf_counter() - t_start:.1f}s")
     atomic_write_json(out / "config.json", table.provenance)

@@ -14,13 +14,10 @@ quantized on both inputs and the output (QLinearAdd). Measured facts about onnxr
 from __future__ import annotations
 
 import collections
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..convert.converter import ConvertedModel
@@ -31,8 +28,6 @@ from .spec import Granularity, WEIGHTED_TYPES
 from .table import CalibrationTable
 from .weights import from_output_matrix, quantize_bias, quantize_matrix, to_output_matrix
 
-INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger",
-                          "MatMulInteger", "DynamicQuantizeMatMul", "QAttention"})
 
 
 @dataclass
@@ -218,14 +213,9 @@ def _drop_unused_initializers(g) -> None:
 
 
 def count_int8_kernels(model: onnx.ModelProto, threads: int = 1) -> tuple[int, collections.Counter]:
-    """Number of int8 kernels in onnxruntime's optimised graph (default optimisation), and all op counts."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "optimised.onnx"
-        opts = ort.SessionOptions()
-        opts.optimized_model_filepath = str(path)
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-        optimised = onnx.load(str(path))
-    ops = collections.Counter(n.op_type for n in optimised.graph.node)
-    return sum(ops[k] for k in INT8_KERNELS), ops
+    """Number of int8 kernels in onnxruntime's optimised graph (default optimisation), and all op counts
+    (quant/census.py says which kinds and names the float islands)."""
+    from .census import census
+
+    c = census(model, threads=threads)
+    return c.int8_kernels, collections.Counter(c.ops)

@@ -318,7 +318,10 @@ class Tuner:
         if (objective or self.settings.objective) in MODEL_OUTPUT_OBJECTIVES:
             return metric_outputs(self.converted)
         outputs = self.layer_outputs(table)
-        return list(dict.fromkeys(outputs[l] for l in _readers(table, value)))
+        readers = _readers(table, value)
+        if not readers:  # an int8 layer's own output threshold (a head, a sum): that quantized blob itself
+            return [value]
+        return list(dict.fromkeys(outputs[l] for l in readers))
 
     def search_batches(self, table: CalibrationTable) -> list[int]:
         """Indices of the batches the search runs on: all, or the `subset` with the largest difference under
@@ -361,7 +364,7 @@ class Tuner:
     def tune_blob(self, table: CalibrationTable, value: str,
                   on_trial: Callable[[Trial], None] | None = None) -> tuple[CalibrationTable, BlobResult]:
         t0 = time.perf_counter()
-        layers = _readers(table, value)
+        layers = _readers(table, value) or self.writers(table, value)
         first = layers[0]
         names = self.objective_names(table, value)
         metric, params = self.objective_metric()
@@ -486,13 +489,23 @@ class Tuner:
         if on_trial is not None:
             on_trial(trial)
 
+    def writers(self, table: CalibrationTable, value: str) -> list[str]:
+        """The int8 layers whose output point uses `value`'s threshold (a blob no int8 layer reads)."""
+        placement = self.int8(table)[0].placement
+        return [layer for layer, grid in placement.output_grid.items() if grid == value] if placement else []
+
     def blobs_in_order(self, table: CalibrationTable, skip_layers: Iterable[str] = ()) -> list[str]:
+        """Every threshold the int8 model uses, in net order: each int8 layer's inputs, then its output's own
+        threshold where it has one (placement.py: no int8 layer reads that blob)."""
         skip = set(skip_layers)
+        read = {v for e in table.layers.values() for v in (e.input_value, *e.extra_inputs)}
+        placement = self.int8(table)[0].placement
         order: list[str] = []
         for e in table.quantized_layers():
             if e.layer in skip:
                 continue
-            for v in (e.input_value, *e.extra_inputs):
+            own = placement.output_grid.get(e.layer) if placement is not None else None
+            for v in (e.input_value, *e.extra_inputs, *([own] if own and own not in read else [])):
                 if v not in order:
                     order.append(v)
         return order
