@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from int8tune.errors import ConfigError
 from int8tune.hostcpu import ENV_OVERRIDE, Int8Path, describe_host, host_int8_path
-from int8tune.quant.saturation import (exact_conv2d, exact_matmul, is_depthwise, pair_safe, pair_safe_thresholds,
-                                       pair_saturating_matmul, saturating_conv2d)
+from int8tune.quant.saturation import (Pairing, exact_conv2d, exact_matmul, is_depthwise, kernel_order, pair_safe,
+                                      pair_safe_thresholds, pair_saturating_matmul, saturating_conv2d)
 
 RNG = np.random.default_rng(20240611)
 
@@ -359,5 +359,55 @@ def test_real_x64quantprecision_is_exact(case, tmp_path):
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     y = sess.run(None, {"x": (q * x_scale).astype(np.float32)})[0]
     assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    want = _requantize(exact, bias, x_scale, w_scale, y_scale, 0, -128, 127).astype(np.float32) * y_scale
+    np.testing.assert_array_equal(y, want)
+
+
+def test_kernel_pairing_widens_less_and_stays_safe_on_the_kernels_pairs():
+    """Pairing.KERNEL only bounds the pairs the kernel forms (adjacent in its K order): rows stay pair-safe for
+    those pairs, and a row whose two big weights are not neighbours keeps its threshold."""
+    w = np.zeros((2, 8))
+    w[0, [0, 2]] = 1.0  # not neighbours: (0, 1) and (2, 3) each hold one
+    w[1, [0, 1]] = 1.0  # neighbours: one pair holds both
+    t = np.abs(w).max(axis=1)
+    assert np.array_equal(pair_safe_thresholds(w, t, pairing=Pairing.KERNEL)[:1], t[:1])
+    assert pair_safe_thresholds(w, t, pairing=Pairing.KERNEL)[1] >= 2 * 127 / 128
+    assert (pair_safe_thresholds(w, t, pairing=Pairing.ANY) > t).all()
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        m = rng.standard_normal((4, int(rng.integers(1, 40))))
+        q = _quantize(m, pair_safe_thresholds(m, np.abs(m).max(axis=1), pairing=Pairing.KERNEL), "away")
+        assert pair_safe(q, Pairing.KERNEL).all()
+
+
+def test_kernel_order_is_channels_innermost_for_convolutions():
+    w = np.arange(2 * 3 * 2 * 2).reshape(2, 3, 2, 2)  # (M, C, kh, kw)
+    k = kernel_order(w, "Conv")
+    assert k.shape == (2, 12) and list(k[0, :3]) == [w[0, 0, 0, 0], w[0, 1, 0, 0], w[0, 2, 0, 0]]
+    assert np.array_equal(kernel_order(np.ones((5, 3)), "MatMul"), np.ones((3, 5)))
+
+
+@pytest.mark.parametrize("channels", [16, 6])
+def test_real_kernel_pairing_is_exact(channels, tmp_path):
+    """Weights widened only for the kernel's own pairs (Pairing.KERNEL, the --target onnxruntime rule) are exact
+    on every CPU. The big weights sit on channels 0 and 2 at every kernel position: in the kernel's K order
+    (channels innermost) each pair holds one of them, so nothing is widened; in any other order, e.g. (c, kh, kw),
+    pairs would hold two and saturate on AVX2 (scripts/emulate_avx2.sh runs this against the real kernels)."""
+    q = np.full((1, channels, 6, 5), 127)  # int8 activations: stored as 255 (zero point 128) on x86
+    x_scale, y_scale = 2.0 ** -5, np.float32(0.5)
+    float_w = RNG.uniform(-0.02, 0.0, (channels, channels, 3, 3))  # a small negative beside each big one
+    float_w[:, [0, 2]] = 1.0
+    matrix = kernel_order(float_w, "Conv")
+    absmax = np.abs(matrix).max(axis=1)
+    t = pair_safe_thresholds(matrix, absmax, pairing=Pairing.KERNEL)
+    assert np.array_equal(t, absmax) and not (pair_safe_thresholds(matrix, absmax) == absmax).all()
+    w = np.clip(np.round(float_w / (t / 127)[:, None, None, None]), -127, 127).astype(np.int8)
+    assert pair_safe(kernel_order(w, "Conv"), Pairing.KERNEL).all()
+    assert not pair_safe(w.reshape(channels, -1), Pairing.KERNEL).all()  # (c, kh, kw) pairs would saturate
+    exact = exact_conv2d(q, w, 1, 1, 1, 1)
+    w_scale = _scales_for(exact, x_scale, y_scale)
+    bias = np.zeros(channels, np.int32)
+    model = _qdq_conv((q * x_scale).astype(np.float32), x_scale, w, w_scale, bias, y_scale, 0, 1, 1, 1)
+    y = _session(model).run(None, {"x": (q * x_scale).astype(np.float32)})[0]
     want = _requantize(exact, bias, x_scale, w_scale, y_scale, 0, -128, 127).astype(np.float32) * y_scale
     np.testing.assert_array_equal(y, want)

@@ -26,7 +26,7 @@ from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_ac
 from .spec import QuantSpec, WEIGHTED_TYPES
 from .stats import BlobStatistics, StatsCollector
 from .placement import OUTPUT_TYPES, nonnegative_values
-from .saturation import is_depthwise, pair_safe_thresholds
+from .saturation import Pairing, is_depthwise, kernel_order, pair_safe_thresholds
 from .table import BlobEntry, CalibrationTable, LayerEntry
 from .weights import to_output_matrix
 
@@ -205,10 +205,13 @@ def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method
     if not spec.granularity.weights_per_channel:
         matrix = matrix.reshape(1, -1)
     thresholds = calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
-    if spec.target.pair_safe_weights and not is_depthwise(node.op_type, init.dims, group):
+    if spec.target.pair_safe_weights and node.op_type in ("Conv", "Gemm", "MatMul") \
+            and not is_depthwise(node.op_type, init.dims, group):
         # onnxruntime's AVX2 kernels (x86 without VNNI) add pairs of u8 x s8 products in a saturating int16:
-        # widen the threshold of the output channels whose two largest same-sign weights could overflow it.
-        thresholds = pair_safe_thresholds(matrix, thresholds, spec.qmax)
+        # widen the threshold of the output channels where a pair of same-sign weights could overflow it.
+        # rows in the kernel's K order (per-tensor thresholds: the widest any row needs)
+        pairs = kernel_order(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
+        thresholds = pair_safe_thresholds(pairs, thresholds, spec.qmax, Pairing.KERNEL)
     return thresholds
 
 

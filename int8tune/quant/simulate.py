@@ -88,6 +88,10 @@ class Int8Graph:
     sources: dict[str, str] = field(default_factory=dict)
     integer_layers: list[IntegerLayer] = field(default_factory=list)
     integer_adds: list[IntegerAdd] = field(default_factory=list)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # tensors that are not float32 -> ONNX type
+
+    def elem_type(self, tensor: str) -> int:
+        return self.tensor_types.get(tensor, TensorProto.FLOAT)
 
     def net_value(self, tensor: str) -> str:
         return self.sources.get(tensor, tensor)
@@ -167,6 +171,7 @@ def _round_np(x: np.ndarray, rounding: Rounding) -> np.ndarray:
 
 class _Emitter:
     def __init__(self) -> None:
+        self.types: dict[str, int] = {}  # tensors that are not float32 (ONNX element type), for partial graphs
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.count = 0
@@ -188,6 +193,8 @@ class _Emitter:
     def node(self, op: str, inputs: list[str], stem: str, **attrs) -> str:
         out = self.name(f"{stem}/{op}")
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        if op == "Cast":
+            self.types[out] = attrs["to"]
         return out
 
     def round(self, x: str, rounding: Rounding, stem: str) -> str:
@@ -287,7 +294,7 @@ def build_int8_graph(converted: ConvertedModel, table: CalibrationTable, integer
                        for e in table.quantized_layers()),
                  tuple(sorted(per_channel)), tuple((p.tensor, p.grid) for p in placement.points), spec)
     return Int8Graph(replace(converted, model=model), feed_inputs, per_channel, biases, spec, structure, placement,
-                     sources, integer_layers, integer_adds)
+                     sources, integer_layers, integer_adds, dict(em.types))
 
 
 def _integer_candidates(converted: ConvertedModel, table: CalibrationTable, placement: Placement,

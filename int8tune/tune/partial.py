@@ -85,9 +85,9 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
     wanted = [o for o in outputs if o in produced]
     g = helper.make_graph(
         nodes, f"suffix_{value}",
-        inputs=[helper.make_tensor_value_info(f, TensorProto.FLOAT, None) for f in frontier]
+        inputs=[helper.make_tensor_value_info(f, graph.elem_type(f), None) for f in frontier]
         + [graph_inputs[t] for t in thresholds],
-        outputs=[helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in wanted],
+        outputs=[helper.make_tensor_value_info(o, graph.elem_type(o), None) for o in wanted],
         initializer=[inits[i] for i in needed if i in inits],
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
@@ -97,9 +97,10 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
 
 
 def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
-                 available: frozenset[str] = frozenset()) -> ort.InferenceSession:
+                 available: frozenset[str] = frozenset(), elem_type=lambda _: TensorProto.FLOAT
+                 ) -> ort.InferenceSession:
     """A session computing only `tensors` (the nodes they need), from the graph's inputs and the tensors in
-    `available` (fed as inputs: the bridge from known tensors)."""
+    `available` (fed as inputs: the bridge from known tensors). `elem_type`: a tensor's ONNX element type."""
     nodes = _needed_for(list(model.graph.node), set(tensors), available)
     used = {i for n in nodes for i in n.input}
     graph_inputs = {i.name for i in model.graph.input}
@@ -107,8 +108,8 @@ def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
     g = helper.make_graph(
         nodes, "prefix",
         inputs=[i for i in model.graph.input if i.name in used]
-        + [helper.make_tensor_value_info(a, TensorProto.FLOAT, None) for a in fed],
-        outputs=[helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors],
+        + [helper.make_tensor_value_info(a, elem_type(a), None) for a in fed],
+        outputs=[helper.make_tensor_value_info(t, elem_type(t), None) for t in tensors],
         initializer=[t for t in model.graph.initializer if t.name in used],
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
@@ -136,7 +137,7 @@ class PartialEvaluator:
         missing = [f for f in fetch if f not in available]
         # Once per blob, with the current table: the frontier and the outputs the blob cannot change, from a
         # session holding only the nodes they need (nothing downstream is run), started at the known tensors.
-        prefix = build_prefix(graph.frozen(table), missing, threads, available) if missing else None
+        prefix = build_prefix(graph.frozen(table), missing, threads, available, graph.elem_type) if missing else None
         prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
         self.bridged = bool(prefix and available & prefix_inputs)
         self.computed = missing
