@@ -45,6 +45,22 @@ def project(tmp_path_factory):
     return root, base
 
 
+def test_target_is_recorded_and_settings_it_cannot_run_are_refused(project, capsys):
+    root, base = project
+    out = root / "cal_ncnn"
+    assert entry.main(["calibrate", *base, "--target", "ncnn", "--rounding", "half_away_from_zero",
+                       "--method", "kl", "--output_path", str(out)]) == 0
+    table = read_table_pb(out / "calibration_table.pb")
+    assert table.spec.target.value == "ncnn" and not any(e.unsigned for e in table.blobs.values())
+    assert json.loads((out / "config.json").read_text())["settings"]["quant"]["target"] == "ncnn"
+    assert "this file is onnxruntime's reading of it" in (out / "report.log").read_text()
+    capsys.readouterr()
+    assert entry.main(["calibrate", *base, "--target", "tensorrt", "--unsigned", "--output_path", str(root / "x")]) == 2
+    assert "signed int8 activations only" in capsys.readouterr().err
+    assert entry.main(["calibrate", *base, "--rounding", "half_away_from_zero", "--output_path", str(root / "y")]) == 2
+    assert "rounds half to even" in capsys.readouterr().err
+
+
 def test_calibrate_writes_every_output(project, capsys):
     root, base = project
     out = root / "cal"
