@@ -8,6 +8,10 @@ and each configuration
     onnxruntime        `--target onnxruntime` (the new default: pair-safe weights, uint8 after ReLU)
     onnxruntime_vnni   `--target onnxruntime_vnni` (plain 8-bit weights)
     old default        the CLI of commit --old_commit (53c7290: signed int8, 8-bit weights), from a git worktree
+    ort-export         onnxruntime's own export of the same fp32 ONNX graph (this project's converter), made as
+                       bench/int8_speed.py's export_ort makes it: quant_pre_process, then quantize_static (QDQ,
+                       QUInt8 activations, QInt8 per-channel weights, MinMax) on the same calibration images, same
+                       preprocessing; it has no simulation (deployed figures against fp32 only, and AVX2 vs VNNI)
 
 the CLI calibrates (`python main.py calibrate`, default --method auto) into a temporary folder. On the held-out
 images the script then computes
@@ -32,6 +36,7 @@ default sessions, batch 1, interleaved rounds, median.
 
     python bench/deployed_vs_simulated.py                      # everything (~15-20 min on 2 cores)
     python bench/deployed_vs_simulated.py --models yolov3_nano_voc --held_out 10 --skip_qemu
+    python bench/deployed_vs_simulated.py --configs onnxruntime onnxruntime_vnni ort-export   # no old worktree
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
-CONFIGS = ("onnxruntime", "onnxruntime_vnni", "old default")
+CONFIGS = ("onnxruntime", "onnxruntime_vnni", "old default", "ort-export")
+CONFIG_ALIASES = {"old": "old default", "old_default": "old default", "old-default": "old default",
+                  "ort_export": "ort-export"}
+NO_SIMULATION = ("ort-export",)  # configurations without a simulation of their own
 KINDS = ("simulated", "deployed VNNI", "deployed AVX2")
 QEMU_CPU = "Haswell-noTSX,-pcid,-x2apic,-tsc-deadline,-invpcid"  # as scripts/emulate_avx2.sh
 CALIBRATE_IMAGES = {"squeezenet_v1.0": 100, "yolov3_nano_voc": 10}
@@ -170,6 +178,8 @@ def calibrate_all(args, name, lists, work: Path, old_root: Path | None, configs)
     proto, model = model_paths(name)
     out = {}
     for config in configs:
+        if config == "ort-export":
+            continue  # exported by export_ort_config, not by the CLI
         folder = work / name / config.replace(" ", "_")
         if config == "old default":
             root, extra = old_root, []
@@ -191,6 +201,34 @@ def calibrate_all(args, name, lists, work: Path, old_root: Path | None, configs)
                            else report[i + 1].strip() if i + 1 < len(report) else "?")
         out[config] = {"folder": str(folder), "seconds": seconds, "kernels": kernels}
         print(f"  calibrated {config:<17} {seconds:6.1f}s  ({kernels})", flush=True)
+    return out
+
+
+def qdq_model(cal: dict, config: str) -> Path:
+    """The deployed QDQ file of a configuration."""
+    return Path(cal[config].get("model") or Path(cal[config]["folder"]) / "model_int8_qdq.onnx")
+
+
+def export_ort_config(ws, items, params, batch: int, folder: Path, threads: int) -> dict:
+    """onnxruntime's quant_pre_process + quantize_static of ws.converted.model on the calibration `items`, with
+    bench/int8_speed.py's export_ort (the same preprocessing as the other configurations: bench/common.py's
+    batches_of with the model's image parameters)."""
+    from common import batches_of
+    from int8_speed import export_ort
+
+    from int8tune.quant.census import census, render_census
+
+    x = np.concatenate(batches_of(items, params, ws.input_shape, batch))
+    e = export_ort(ws.converted.model, next(iter(ws.net.inputs)), x, folder)
+    if e["error"]:
+        raise RuntimeError(f"ort-export failed: {e['error']}")
+    import onnx
+    kernels = render_census(census(onnx.load(e["path"]), threads=threads))[0]
+    out = {"folder": str(folder), "model": e["path"], "seconds": e["seconds"], "kernels": kernels,
+           "calibration_images": len(x), "notes": e["notes"]}
+    notes = "".join(f"; {n}" for n in e["notes"])
+    print(f"  exported   {'ort-export':<17} {e['seconds']:6.1f}s  ({kernels}; {len(x)} calibration images{notes})",
+          flush=True)
     return out
 
 
@@ -270,7 +308,11 @@ def main() -> int:
                     help="held-out images per model (SqueezeNet: the imagenet_dev images after the 100 calibration "
                          "ones, at most 150; yolov3: the 18 detection+natural photos not tuned on, at most 18)")
     ap.add_argument("--skip_qemu", action="store_true", help="no AVX2 column (qemu-x86_64 -cpu Haswell)")
-    ap.add_argument("--skip_old", action="store_true", help="no old-default configuration")
+    ap.add_argument("--skip_old", action="store_true", help="no old-default configuration (as --configs without "
+                                                            "'old default')")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), metavar="CONFIG",
+                    help="configurations to run, of: " + ", ".join(repr(c) for c in CONFIGS)
+                         + " (default: all; 'old default' may be given as old_default or old)")
     ap.add_argument("--old_commit", default="53c7290", help="the old default's commit (a temporary git worktree)")
     ap.add_argument("--old_repo", type=Path, help="an existing checkout of the old commit instead of a worktree")
     ap.add_argument("--qemu_procs", type=int, default=2, help="emulated processes side by side")
@@ -295,7 +337,15 @@ def main() -> int:
     from int8tune.yolo import YoloParams, detections_of, mean_average_precision
 
     require_assets()
-    configs = [c for c in CONFIGS if not (args.skip_old and c == "old default")]
+    chosen = {CONFIG_ALIASES.get(c, c) for c in args.configs}
+    unknown = sorted(chosen - set(CONFIGS))
+    if unknown:
+        print(f"unknown configuration(s) {', '.join(unknown)}; choose among {', '.join(CONFIGS)}")
+        return 2
+    configs = [c for c in CONFIGS if c in chosen and not (args.skip_old and c == "old default")]
+    if not configs:
+        print("no configuration left to run")
+        return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="deployed_vs_simulated_"))
     work.mkdir(parents=True, exist_ok=True)
     worktree = None
@@ -345,36 +395,47 @@ def main() -> int:
             inputs = work / name / "inputs.npz"
             np.savez(inputs, x=x)
             cal = calibrate_all(args, name, lists, work, old_root, configs)
-            outputs = [o.name for o in onnx.load(str(Path(cal[configs[0]]["folder"]) / "model_int8_qdq.onnx"))
-                       .graph.output]
+            if "ort-export" in configs:
+                cal_data = cal_items if name == "squeezenet_v1.0" else [DataItem(p, None, None) for p in tune]
+                cal["ort-export"] = export_ort_config(ws, cal_data, params, args.batch, work / name / "ort-export",
+                                                      args.threads)
+            outputs = [o.name for o in onnx.load(str(qdq_model(cal, configs[0]))).graph.output]
+            for config in configs:
+                missing = set(outputs) - {o.name for o in onnx.load(str(qdq_model(cal, config))).graph.output}
+                if missing:
+                    raise RuntimeError(f"{config}: {qdq_model(cal, config)} lacks output(s) {sorted(missing)}")
             fp32_engine = Engine(ws.converted, threads=args.threads)
             fp32 = [fp32_engine.run_tensors(x[i:i + args.batch], outputs) for i in range(0, len(x), args.batch)]
             fp32 = {n: np.concatenate([r[n] for r in fp32]) for n in outputs}
             sims = {}
             for config in configs:
                 folder = Path(cal[config]["folder"])
-                job = {"root": str(old_root if config == "old default" else REPO),
-                       "proto": str(model_paths(name)[0]), "model": str(model_paths(name)[1]),
-                       "inputs": str(inputs), "table": str(folder / "calibration_table.pb"),
-                       "threads": args.threads, "outputs": outputs, "batch": args.batch,
-                       "out": str(folder / "simulated.npz")}
-                job_file = folder / "simulate.json"
-                job_file.write_text(json.dumps(job))
-                try:
-                    s = run(this_script("--_simulate", job_file), folder / "simulate.log")
-                    sims[config] = dict(np.load(folder / "simulated.npz"))
-                    print(f"  simulated  {config:<17} {s:6.1f}s", flush=True)
-                except RuntimeError as e:
-                    print(f"  simulation of {config} failed, deployed figures only:\n{e}", flush=True)
+                if config in NO_SIMULATION:
+                    print(f"  simulated  {config:<17}      -  (no simulation: deployed figures against fp32 only)",
+                          flush=True)
+                else:
+                    job = {"root": str(old_root if config == "old default" else REPO),
+                           "proto": str(model_paths(name)[0]), "model": str(model_paths(name)[1]),
+                           "inputs": str(inputs), "table": str(folder / "calibration_table.pb"),
+                           "threads": args.threads, "outputs": outputs, "batch": args.batch,
+                           "out": str(folder / "simulated.npz")}
+                    job_file = folder / "simulate.json"
+                    job_file.write_text(json.dumps(job))
+                    try:
+                        s = run(this_script("--_simulate", job_file), folder / "simulate.log")
+                        sims[config] = dict(np.load(folder / "simulated.npz"))
+                        print(f"  simulated  {config:<17} {s:6.1f}s", flush=True)
+                    except RuntimeError as e:
+                        print(f"  simulation of {config} failed, deployed figures only:\n{e}", flush=True)
                 for host in ("native", "avx2"):
                     deploy_jobs.append({"host": host, "label": f"{name} {config}",
                                         "cost": len(x) * (3 if config == "old default" else 1),
-                                        "model": str(folder / "model_int8_qdq.onnx"),
+                                        "model": str(qdq_model(cal, config)),
                                         "inputs": str(inputs), "batch": args.batch,
                                         "out": str(folder / f"deployed_{host}.npz")})
             per_model[name] = dict(ws=ws, x=x, labels=labels, mparams=mparams, fp32=fp32, sims=sims, cal=cal)
             results["models"][name] = {"held_out": len(x), "calibration": cal}
-            if "onnxruntime_vnni" in cal:
+            if "onnxruntime_vnni" in cal and "onnxruntime" in cal:
                 results["models"][name]["widened"] = widened_channels(cal)
                 print(f"  {results['models'][name]['widened']}", flush=True)
 
@@ -483,7 +544,7 @@ def main() -> int:
               f"{load[0]:.2f} on {os.cpu_count()} cores):", flush=True)
         results["latency"] = {"load_average_before": load[0]}
         for name, m in per_model.items():
-            paths = {c: Path(m["cal"][c]["folder"]) / "model_int8_qdq.onnx" for c in configs}
+            paths = {c: qdq_model(m["cal"], c) for c in configs}
             lat = latency(paths, m["x"][:1], args.rounds, args.reps)
             results["latency"][name] = lat
             for c in configs:
@@ -492,7 +553,7 @@ def main() -> int:
             base = lat["onnxruntime_vnni"]["median_ms"] if "onnxruntime_vnni" in lat else None
             for c in configs:
                 ratio = f"  x{lat[c]['median_ms'] / base:.3f} of onnxruntime_vnni" if base else ""
-                note = "  (reference)" if c == "old default" else ""
+                note = "  (reference)" if c in ("old default", "ort-export") else ""
                 print(f"  {name:<16} {c:<17} median {lat[c]['median_ms']:7.3f} ms  (p10 {lat[c]['p10_ms']:.3f}, "
                       f"p90 {lat[c]['p90_ms']:.3f}, {lat[c]['runs']} runs){ratio}{note}")
                 print(f"  {'':<16} {'':<17} optimised graph: {lat[c]['optimized_graph']}")
