@@ -250,8 +250,11 @@ def main() -> int:
     ap.add_argument("--peers", nargs="*", default=list(PEERS))
     ap.add_argument("--modes", nargs="*", default=["plain", "accuracy"])
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--ours_unsigned", action="store_true",
+                    help="also this project's rows with --unsigned (the same model as the default --target "
+                         "onnxruntime, which quantizes non-negative blobs unsigned anyway)")
     ap.add_argument("--no_ours_unsigned", dest="ours_unsigned", action="store_false",
-                    help="leave out this project's rows with --unsigned")
+                    help="(the default) no separate --unsigned rows")
     ap.add_argument("--wide", type=int, default=250, help="detectors: imagenet_dev photos in a second evaluation "
                                                           "set (0: none)")
     ap.add_argument("--equalize", action="store_true",
@@ -281,7 +284,7 @@ def main() -> int:
         ours_modes.append("accuracy_guarded")
     if args.equalize:
         ours_modes += [m + "+equalize" for m in ours_modes]
-    if args.ours_unsigned:  # the same again with unsigned activations (signed is the default: ncnn, TensorRT)
+    if args.ours_unsigned:  # the same again with --unsigned (implied by the default target since --target)
         ours_modes += [m + "+unsigned" for m in ours_modes]
     for mode in ours_modes:
         rows.append(ours(args.model, mode, out, proto, caffemodel, args.timeout, task))
