@@ -317,3 +317,24 @@ def test_a_log_from_other_settings_is_refused_before_calibrating(project, capsys
     assert "changed: settings.step_ratio: 0.1 -> 0.3" in err and str(out / "trials.jsonl") in err
     assert calls == []
     assert entry.main(args) == 0 and calls == [1]  # the same inputs still resume, calibrating as before
+
+
+def test_a_table_with_weights_that_can_saturate_is_widened_for_the_portable_target(project, capsys):
+    """A table from elsewhere (here: this tool's, with 8-bit absmax weights written over it) may hold weights
+    whose pairs overflow the int16 sums of AVX2 kernels: loading it for --target onnxruntime widens them."""
+    from int8tune.quant.formats import write_table_pb
+    from int8tune.quant.saturation import Pairing, kernel_order, pair_safe
+
+    root, base = project
+    out = root / "cal_sat"
+    assert entry.main(["calibrate", *base, "--method", "kl", "--output_path", str(out)]) == 0
+    table = read_table_pb(out / "calibration_table.pb")
+    conv2 = WEIGHTS["conv2"][0].reshape(8, -1)
+    table.layers["conv2"].weight_thresholds = np.abs(conv2).max(axis=1).astype(np.float64)
+    q = np.round(kernel_order(WEIGHTS["conv2"][0], "Conv") * 127 / np.abs(conv2).max(axis=1)[:, None])
+    assert not pair_safe(q, Pairing.KERNEL).all(), "the test needs weights that can saturate"
+    write_table_pb(table, out / "absmax.pb")
+    capsys.readouterr()
+    assert entry.main(["test", *base, "--calibration_proto", str(out / "absmax.pb"),
+                       "--output_path", str(root / "t_sat")]) == 0
+    assert "can overflow the int16 pair sums" in capsys.readouterr().err

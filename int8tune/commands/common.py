@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..image_params import load_image_params
 from ..log import logger
 from ..outputs import sha256_file, sha256_lines
-from ..quant.calibrate import output_values, plan_quantization
+from ..quant.calibrate import output_values, plan_quantization, with_target_weights
 from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
 from ..quant.placement import nonnegative_values
 from ..quant.spec import WEIGHTED_TYPES
@@ -163,6 +163,12 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
     if from_pb is not None and from_prototxt is not None:
         _require_agreement(from_pb, from_prototxt, cfg)
     table = from_pb if from_pb is not None else from_prototxt
+    if table is not None:
+        table, widened = with_target_weights(ws.converted, table)
+        if widened:
+            logger.warning("%d layer(s) of the table have 8-bit weights that can overflow the int16 pair sums of "
+                           "onnxruntime's AVX2 kernels; their weight thresholds are widened for --target %s: %s",
+                           len(widened), table.spec.target.value, ", ".join(widened[:8]))
     if from_pb is not None:
         _check_equalization(from_pb.weights_record(), ws, str(cfg.calibration_proto))
     elif cfg.calibration_model is not None:

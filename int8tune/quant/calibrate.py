@@ -205,14 +205,42 @@ def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method
     if not spec.granularity.weights_per_channel:
         matrix = matrix.reshape(1, -1)
     thresholds = calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
-    if spec.target.pair_safe_weights and node.op_type in ("Conv", "Gemm", "MatMul") \
-            and not is_depthwise(node.op_type, init.dims, group):
-        # onnxruntime's AVX2 kernels (x86 without VNNI) add pairs of u8 x s8 products in a saturating int16:
-        # widen the threshold of the output channels where a pair of same-sign weights could overflow it.
-        # rows in the kernel's K order (per-tensor thresholds: the widest any row needs)
-        pairs = kernel_order(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
-        thresholds = pair_safe_thresholds(pairs, thresholds, spec.qmax, Pairing.KERNEL)
-    return thresholds
+    return target_weight_thresholds(converted, layer, thresholds, spec)
+
+
+def target_weight_thresholds(converted: ConvertedModel, layer: str, thresholds: np.ndarray, spec: QuantSpec
+                             ) -> np.ndarray:
+    """`thresholds` as the target can run them: for --target onnxruntime, widened on the output channels where a
+    pair of same-sign weights could overflow the int16 sums of onnxruntime's AVX2 kernels (x86 without VNNI add
+    pairs of u8 x s8 products in a saturating int16; quant/saturation.py). Depthwise kernels are exact."""
+    from onnx import numpy_helper
+
+    record = converted.records[layer]
+    node = next(n for n in converted.model.graph.node if n.name == record.main_node)
+    init = next(t for t in converted.model.graph.initializer if t.name == record.weight)
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if not spec.target.pair_safe_weights or node.op_type not in ("Conv", "Gemm", "MatMul") \
+            or is_depthwise(node.op_type, init.dims, group):
+        return thresholds
+    # rows in the kernel's K order (per-tensor thresholds: the widest any row needs)
+    pairs = kernel_order(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
+    return pair_safe_thresholds(pairs, thresholds, spec.qmax, Pairing.KERNEL)
+
+
+def with_target_weights(converted: ConvertedModel, table: CalibrationTable) -> tuple[CalibrationTable, list[str]]:
+    """A table whose weight thresholds the target can run (see target_weight_thresholds), and the layers that had
+    to change: a table imported from another tool or edited by hand may hold 8-bit weights that saturate."""
+    out, changed = table, []
+    for e in table.layers.values():
+        if e.weight_thresholds is None or e.layer not in converted.records or not converted.records[e.layer].weight:
+            continue
+        widened = target_weight_thresholds(converted, e.layer, e.weight_thresholds, table.spec)
+        if not np.array_equal(widened, e.weight_thresholds):
+            if out is table:
+                out = table.copy()
+            out.layers[e.layer].weight_thresholds = widened
+            changed.append(e.layer)
+    return out, changed
 
 
 def _with(options: CalibratorOptions, **changes) -> CalibratorOptions:
