@@ -129,7 +129,7 @@ def write_calibration(result: CalibrationResult, ws: Workspace, out: Path, n_mea
                      f"T/absmax={e.threshold / e.absmax if e.absmax else 0:.3f}{'  unsigned' if e.unsigned else ''}")
     equalized = write_equalized(ws, out)
     lines += equalized + ["", "files:"] + [f"  {p}" for p in written.values()] + [f"  {out / 'statistics.csv'}"]
-    if equalized:
+    if ws.equalization is not None:  # the lines may only be the hint that --equalize could help
         lines.append(f"  {out / 'equalized.caffemodel'}")
     return lines
 
