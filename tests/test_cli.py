@@ -338,3 +338,29 @@ def test_a_table_with_weights_that_can_saturate_is_widened_for_the_portable_targ
     assert entry.main(["test", *base, "--calibration_proto", str(out / "absmax.pb"),
                        "--output_path", str(root / "t_sat")]) == 0
     assert "can overflow the int16 pair sums" in capsys.readouterr().err
+
+
+RESIDUAL = (input_header((1, 3, 16, 16))
+            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("relu1", "ReLU", "conv1", "conv1")
+            + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 1 }")
+            + layer("relu2", "ReLU", "conv2", "conv2")
+            + layer("conv3", "Convolution", "conv2", "conv3", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("sum", "Eltwise", ["conv1", "conv3"], "sum", "eltwise_param { operation: SUM }")
+            + layer("conv4", "Convolution", "sum", "conv4", "convolution_param { num_output: 4 kernel_size: 1 }"))
+RESIDUAL_WEIGHTS = {n: [RNG.standard_normal(s).astype(np.float32) * 0.3, RNG.standard_normal(s[0]).astype(np.float32)]
+                    for n, s in (("conv1", (8, 3, 3, 3)), ("conv2", (8, 8, 1, 1)), ("conv3", (8, 8, 3, 3)),
+                                 ("conv4", (4, 8, 1, 1)))}
+
+
+def test_main_sh_tunes_a_residual_net_whose_sum_is_simulated_as_onnxruntime_adds(project, tmp_path):
+    """An Eltwise sum runs as QLinearAdd (its arithmetic in float64 inside the simulation). Tuning conv2's
+    threshold changes only the sum's second input: the partial graph then starts inside that arithmetic, at a
+    float64 tensor (this crashed on yolov3_nano_voc). The tuned export is the model measured."""
+    root, base = project
+    proto, model = write_net(tmp_path, RESIDUAL, RESIDUAL_WEIGHTS)
+    args = ["--proto", str(proto), "--model", str(model), *base[4:]]
+    out = tmp_path / "auto"
+    assert entry.main(["auto", *args, "--restarts", "1", "--steps", "2", "--output_path", str(out)]) == 0
+    report = (out / "report.log").read_text()
+    assert "1 add" in report and "the deployed model computes what was measured, exactly" in report

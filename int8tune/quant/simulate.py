@@ -195,6 +195,8 @@ class _Emitter:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         if op == "Cast":
             self.types[out] = attrs["to"]
+        elif any(i in self.types for i in inputs):  # arithmetic keeps its inputs' type (float64 in QLinearAdd's)
+            self.types[out] = next(self.types[i] for i in inputs if i in self.types)
         return out
 
     def round(self, x: str, rounding: Rounding, stem: str) -> str:
