@@ -45,7 +45,7 @@ from int8tune.benchmark import time_model  # noqa: E402
 from int8tune.commands.common import load_workspace  # noqa: E402
 from int8tune.data import DataItem  # noqa: E402
 from int8tune.metrics import METRICS  # noqa: E402
-from int8tune.quant.qdq import count_int8_kernels  # noqa: E402
+from int8tune.quant.census import census  # noqa: E402
 
 PEERS = ("ort", "nncf", "inc", "aimet", "ppq")
 SPLITS = {  # model -> (task, how calibration and evaluation images are chosen)
@@ -236,7 +236,8 @@ def measure(row: dict, fp32_path: Path, out: Path, model: str, task: str, fp32_m
             row["wide_accuracy"] = METRICS.get("yolo_map")(wide_fp32, wide_int8, params)
             row["wide_yolo"] = METRICS.get("yolo")(wide_fp32, wide_int8, params)
     row["int8_graph"] = int8_in_graph(m)
-    row["int8_kernels"], _ = count_int8_kernels(m, threads=2)
+    kinds = census(m, threads=2).int8  # the convolutions and matrix products, out of the quantizable layers
+    row["int8_kernels"] = kinds["conv"] + kinds["matmul"]
     shape = (1,) + tuple(x.shape[1:])
     row["int8_ms"] = time_model("int8", m, input_name, shape, 1, repeat=30, threads=2).median_ms
     row["speedup"] = fp32_ms / row["int8_ms"]
