@@ -59,7 +59,7 @@ def calibrate_model(cfg: CalibrateConfig, ws: Workspace, items, prepare_image, b
         raise ConfigError("--method auto chooses one threshold per blob; with --granularity per_channel pick a "
                           "calibrator (e.g. --method mse)")
     values = planned_values(plan)
-    extra = output_values(ws.fold.net, plan)
+    extra = output_values(ws.converted, plan)
     engine = Engine(ws.converted, threads=cfg.threads)
     source = batches if batches is not None else streamed_batches(items, cfg.data, prepare_image, ws.input_shape)
     stats = collect_statistics(engine, values + [v for v in extra if v not in values], source, cfg.quant.bins,

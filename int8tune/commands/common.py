@@ -128,7 +128,7 @@ def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
     # Without statistics, a blob is unsigned when the net's structure makes it >= 0 (the net input's sign comes
     # from the file that fills the template: the int8 prototxt's is_negative_input).
     structural = nonnegative_values(ws.converted) if spec.unsigned_blobs else set()
-    for v in [v for p in plan for v in p.inputs] + output_values(ws.fold.net, plan):
+    for v in [v for p in plan for v in p.inputs] + output_values(ws.converted, plan):
         table.blobs.setdefault(v, BlobEntry(v, ws.fold.net.blob_of[v], 1.0, calibrator="unset",
                                             unsigned=v in structural))
     for p in plan:

@@ -25,7 +25,7 @@ from ..runtime import Engine
 from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
 from .spec import QuantSpec, WEIGHTED_TYPES
 from .stats import BlobStatistics, StatsCollector
-from .placement import OUTPUT_TYPES, nonnegative_values
+from .placement import nonnegative_values, own_output_values
 from .saturation import Pairing, is_depthwise, kernel_order, pair_safe_thresholds
 from .table import BlobEntry, CalibrationTable, LayerEntry
 from .weights import to_output_matrix
@@ -77,45 +77,10 @@ def planned_values(plan: list[PlannedLayer]) -> list[str]:
     return list(dict.fromkeys(v for p in plan for v in p.inputs))
 
 
-def output_values(net: CaffeNet, plan: list[PlannedLayer]) -> list[str]:
-    """The outputs of int8 layers that need a threshold of their own (placement.py's output points): those of
-    weighted layers and Eltwise sums that do not flow, through layers that commute with a quantizer (ReLU,
-    Concat, max pooling, nearest upsampling, reshapes), into a blob an int8 layer reads (whose threshold they
-    share). The value is the one after the ReLUs that follow the layer, where the quantizer sits."""
-    consumers = net.consumers()
+def output_values(converted: ConvertedModel, plan: list[PlannedLayer]) -> list[str]:
+    """The outputs of the int8 layers of `plan` that get a threshold of their own (placement.own_output_values)."""
     read_by_int8 = {v for p in plan if p.int8 for v in p.inputs}
-    out: list[str] = []
-    for p in plan:
-        if not p.int8 or p.type not in OUTPUT_TYPES:
-            continue
-        top = net.layer(p.layer).tops[0]
-        if _reaches(top, read_by_int8, consumers, net.outputs):
-            continue
-        for _ in range(8):
-            readers = consumers.get(top, [])
-            if top in net.outputs or len(readers) != 1 or readers[0].type != "ReLU":
-                break
-            top = readers[0].tops[0]
-        out.append(top)
-    return list(dict.fromkeys(out))
-
-
-def _transparent(layer) -> bool:
-    """Caffe's side of placement.TRANSPARENT_OPS (ops that commute with a quantizer of one scale)."""
-    if layer.type in ("ReLU", "Concat", "Flatten", "Reshape", "Dropout", "Split", "Upsample"):
-        return True
-    return layer.type == "Pooling" and layer.param.pooling_param.pool == 0  # MAX
-
-
-def _reaches(value: str, targets: set[str], consumers, graph_outputs) -> bool:
-    for _ in range(64):
-        if value in targets:
-            return True
-        readers = consumers.get(value, [])
-        if value in graph_outputs or len(readers) != 1 or not _transparent(readers[0]):
-            return False
-        value = readers[0].tops[0]
-    return False
+    return own_output_values(converted, [(p.layer, p.type) for p in plan if p.int8], read_by_int8)
 
 
 def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins: int, per_channel: bool,

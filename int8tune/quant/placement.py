@@ -140,13 +140,8 @@ def _carry_forward(nodes, placement: Placement, taken: dict[str, int], graph_out
 def _output_point(layer: str, out: str, table, active, consumers, graph_outputs, layer_of_node,
                   fp32_layers) -> QuantPoint | str:
     """The output point of an int8 weighted layer writing `out`, or the reason it writes float."""
-    chain_end = out
-    for _ in range(8):  # the ReLUs right after the layer (in-place ReLU layers write new versions)
-        readers = consumers.get(chain_end, [])
-        if chain_end in graph_outputs or len(readers) != 1 or readers[0].op_type != "Relu":
-            break
-        chain_end = readers[0].output[0]
-    grid = _downstream_grid(chain_end, active, consumers, graph_outputs)
+    chain_end = relu_chain_end(out, consumers, graph_outputs)
+    grid = downstream_grid(chain_end, active, consumers, graph_outputs)
     if grid is None:
         grid = next((v for v in (chain_end, out) if v in table.blobs), None)
     if grid is None:
@@ -160,7 +155,38 @@ def _output_point(layer: str, out: str, table, active, consumers, graph_outputs,
     return QuantPoint(tensor, grid, unsigned, layer, None, "output")
 
 
-def _downstream_grid(tensor: str, active, consumers, graph_outputs) -> str | None:
+def relu_chain_end(out: str, consumers, graph_outputs) -> str:
+    """The tensor after the ReLUs right after a layer's output (in-place ReLU layers write new versions)."""
+    for _ in range(8):
+        readers = consumers.get(out, [])
+        if out in graph_outputs or len(readers) != 1 or readers[0].op_type != "Relu":
+            break
+        out = readers[0].output[0]
+    return out
+
+
+def own_output_values(converted: ConvertedModel, layers: list[tuple[str, str]], read_by_int8: set[str]) -> list[str]:
+    """The outputs of int8 layers ((name, Caffe type)) that need a threshold of their own: those of weighted layers
+    and Eltwise sums that do not flow, through transparent ops, into a blob an int8 layer reads (whose threshold
+    they share). The value is the one after the layer's ReLUs, where its quantizer sits. Calibration collects
+    statistics for these; `place_quantizers` then finds them in the table."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in converted.model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in converted.model.graph.output}
+    out: list[str] = []
+    for layer, type_ in layers:
+        record = converted.records[layer]
+        if type_ not in OUTPUT_TYPES or not record.outputs:
+            continue
+        end = relu_chain_end(record.outputs[0], consumers, graph_outputs)
+        if downstream_grid(end, read_by_int8, consumers, graph_outputs) is None:
+            out.append(end)
+    return list(dict.fromkeys(out))
+
+
+def downstream_grid(tensor: str, active, consumers, graph_outputs) -> str | None:
     """The first quantized blob reached from `tensor` through transparent ops, each tensor on the way read by
     that one op only."""
     for _ in range(64):

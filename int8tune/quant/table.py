@@ -120,7 +120,7 @@ class CalibrationTable:
 
     def active_blobs(self) -> list[str]:
         """The blobs whose thresholds the int8 model uses: those read by an int8 layer, then the outputs that an
-        int8 layer writes in int8 and no listed layer reads (calibrate's output_values; placement.py decides
+        int8 layer writes in int8 and no listed layer reads (placement.own_output_values; placement.py decides
         where each is quantized). Inputs of layers kept in fp32 are not active."""
         seen: list[str] = []
         for e in self.quantized_layers():
