@@ -1,155 +1,25 @@
-"""Difference metrics: THIS FILE IS YOURS TO EDIT.
+"""Your own difference metrics: THIS FILE IS YOURS TO EDIT.
 
-A metric compares the fp32 outputs with the int8 outputs of the same images and returns one number.
+The built-in metrics (square, yolo, yolo_map, top1, top5, their _agreement twins, f1, f1_agreement, coco_map,
+coco_map_agreement) live in the package (int8tune/builtin_metrics.py); `python main.py auto --help` lists them.
+A metric of yours compares the fp32 outputs with the int8 outputs of the same images and returns one number.
 Register it with `@register_metric(name, direction)`; `--metric name` then selects it. `fp32` and `int8` are
-dicts {blob name: array (N, ...)}, `params` is the parsed `--metric_params` JSON (a dict).
+dicts {blob name: array (N, ...)}, `params` is the parsed `--metric_params` JSON (a dict), plus "labels" (per
+image, from a labelled data list) and "image_names" when available.
 
-Contract: return a finite float; "lower" means 0 is a perfect match, "higher" means larger is better.
+Contract: return a finite float; Direction.LOWER means 0 is a perfect match, Direction.HIGHER means larger is
+better. main.py imports this file; a metric file elsewhere is loaded with `--metric_module path/to/file.py`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from int8tune.errors import ConfigError
-from int8tune.metrics import normalised_square, register_metric, squared_error_parts
-from int8tune.yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
+from int8tune.metrics import Direction, register_metric
 
 
-@register_metric("square", "lower")
-def square(fp32, int8, params):
-    """Normalised squared distance, summed over output blobs:
-    sum over blobs b of  sum((fp32_b - int8_b)^2) / sum(fp32_b^2)
-    (a blob that is all zero in fp32 contributes its plain squared error). Scale-free, so layers and models of
-    different magnitude are comparable; 0.01 means the error carries 1 % of the signal's energy."""
-    return sum(normalised_square(*squared_error_parts(ref, int8[name])) for name, ref in fp32.items())
-
-
-@register_metric("yolo", "lower")
-def yolo(fp32, int8, params):
-    """YOLO head difference: each output feature map decoded into (box, objectness, class probabilities) per
-    cell and anchor for fp32 and int8, paired, squared differences weighted toward cells where either model
-    sees an object; summed over heads. Formula: int8tune.yolo.head_difference. Needs --metric_params (anchors,
-    classes, input size, layout) or --yolo_cfg."""
-    return yolo_difference(fp32, int8, _yolo_params(params))
-
-
-@register_metric("yolo_map", "higher")
-def yolo_map(fp32, int8, params):
-    """Detection agreement: mAP@0.5 of the int8 detections with the fp32 detections as ground truth, after the
-    confidence threshold and NMS of --metric_params (conf_threshold, nms_threshold, score)."""
-    p = _yolo_params(params)
-    return mean_average_precision(detections_of(fp32, p), detections_of(int8, p), 0.5)
-
-
-# --- task metrics (higher is better) ---------------------------------------------------------------------
-# With a labelled data list (`path label` / `path,label,`, or --dataset_file), params["labels"] holds the class
-# of every image in order. Each has an "_agreement" twin that uses the fp32 prediction as the label instead, for
-# unlabelled data. They read the model's first output as per-image class scores.
-
-
-@register_metric("top1", "higher")
-def top1(fp32, int8, params):
-    """Top-1 accuracy of the int8 model on the labels."""
-    return topk_accuracy(_scores(int8), _labels(params, "top1"), 1)
-
-
-@register_metric("top5", "higher")
-def top5(fp32, int8, params):
-    """Top-5 accuracy of the int8 model on the labels."""
-    return topk_accuracy(_scores(int8), _labels(params, "top5"), int(params.get("k", 5)))
-
-
-@register_metric("top1_agreement", "higher")
-def top1_agreement(fp32, int8, params):
-    """Share of images whose int8 top-1 class is the fp32 top-1 class (no labels needed)."""
-    return topk_accuracy(_scores(int8), _scores(fp32).argmax(axis=1), 1)
-
-
-@register_metric("top5_agreement", "higher")
-def top5_agreement(fp32, int8, params):
-    """Share of images whose fp32 top-1 class is among the int8 top-5 (no labels needed)."""
-    return topk_accuracy(_scores(int8), _scores(fp32).argmax(axis=1), int(params.get("k", 5)))
-
-
-@register_metric("f1", "higher")
-def f1(fp32, int8, params):
-    """Macro-averaged F1 of the int8 top-1 predictions on the labels (classes present in labels or predictions)."""
-    return macro_f1(_scores(int8).argmax(axis=1), _labels(params, "f1"))
-
-
-@register_metric("f1_agreement", "higher")
-def f1_agreement(fp32, int8, params):
-    """Macro F1 of the int8 predictions against the fp32 predictions (no labels needed)."""
-    return macro_f1(_scores(int8).argmax(axis=1), _scores(fp32).argmax(axis=1))
-
-
-def _scores(outputs) -> np.ndarray:
-    first = next(iter(outputs.values()))
-    return np.asarray(first).reshape(len(first), -1)
-
-
-def _labels(params, metric: str) -> np.ndarray:
-    if "labels" not in params:
-        raise ConfigError(f"metric {metric} needs labels: give a labelled data list (`path label` per line, or "
-                          f"--dataset_file), or use {metric}_agreement to compare with the fp32 predictions")
-    return np.asarray(params["labels"])
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
-
-
-def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    classes = np.union1d(pred, truth)
-    scores = []
-    for c in classes:
-        tp = np.sum((pred == c) & (truth == c))
-        fp = np.sum((pred == c) & (truth != c))
-        fn = np.sum((pred != c) & (truth == c))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
-    return float(np.mean(scores))
-
-
-@register_metric("coco_map", "higher")
-def coco_map(fp32, int8, params):
-    """COCO mAP@[.5:.95] (pycocotools) of the int8 YOLO detections against a COCO annotation file:
-    --metric_params '{"cfg": "model.cfg", "annotations": "instances.json", "category_ids": [...]}'; images are
-    matched to the annotation file by file name."""
-    from int8tune.coco import coco_map as score
-
-    if "annotations" not in params or "image_names" not in params:
-        raise ConfigError("coco_map needs --metric_params annotations (a COCO json) and a data list of files")
-    p = _yolo_params({k: v for k, v in params.items() if k not in ("annotations", "category_ids", "image_names")})
-    return score(detections_of(int8, p), params["annotations"], list(params["image_names"]),
-                 params.get("category_ids"))
-
-
-@register_metric("coco_map_agreement", "higher")
-def coco_map_agreement(fp32, int8, params):
-    """COCO mAP@[.5:.95] of the int8 YOLO detections with the fp32 detections as ground truth (no labels)."""
-    from int8tune.coco import coco_map_agreement as score
-
-    p = _yolo_params({k: v for k, v in params.items() if k not in ("annotations", "category_ids", "image_names")})
-    return score(detections_of(fp32, p), detections_of(int8, p), p.input_size)
-
-
-_PARSED: dict[str, YoloParams] = {}
-
-
-def _yolo_params(params) -> YoloParams:
-    params = {k: v for k, v in params.items() if k not in ("labels", "image_names")}
-    key = repr(sorted(params.items()))
-    if key not in _PARSED:
-        _PARSED[key] = YoloParams.from_dict(dict(params))
-    return _PARSED[key]
-
-
-# --- Adding your own metric -------------------------------------------------------------------------------
-# Example: the largest absolute difference over all outputs. Uncomment, then run with `--metric max_abs`.
-#
-# @register_metric("max_abs", "lower")
-# def max_abs(fp32, int8, params):
-#     """Largest absolute difference over every output element."""
-#     return max(float(np.abs(fp32[k] - int8[k]).max()) for k in fp32)
+# Example: the largest absolute difference over all outputs (`--metric max_abs`).
+@register_metric("max_abs", Direction.LOWER)
+def max_abs(fp32, int8, params):
+    """Largest absolute difference over every output element."""
+    return max(float(np.abs(fp32[k] - int8[k]).max()) for k in fp32)

@@ -1,18 +1,20 @@
 """The registry of difference metrics. A metric turns fp32 and int8 outputs into one number, with a direction.
 
-The metrics themselves live in the user's evaluation_utils.py, which registers them here; main.py imports that
-file and the package only ever looks metrics up by name.
+The built-in metrics (builtin_metrics.py) are registered when this module is imported; the user's own come from
+evaluation_utils.py (main.py imports it) or any file given with --metric_module (load_metric_module). The package
+only ever looks metrics up by name, and a metric carries its direction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from enum import Enum
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, Int8TuneError
 from .registry import Registry
 
 Outputs = Mapping[str, np.ndarray]
@@ -40,16 +42,32 @@ class Metric:
             raise ConfigError(f"metric {self.name!r} returned {value}; a metric must return a finite number")
         return value
 
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction is Direction.HIGHER
+
     def better(self, a: float, b: float) -> bool:
         """True when `a` is strictly better than `b`."""
         return a < b if self.direction is Direction.LOWER else a > b
+
+    def gain(self, before: float, after: float) -> float:
+        """How much better `after` is than `before` (positive: an improvement), in the metric's units."""
+        return before - after if self.direction is Direction.LOWER else after - before
+
+    def worst_first(self, values: list[float]) -> list[int]:
+        """Indices of `values`, the worst first."""
+        return sorted(range(len(values)), key=lambda i: values[i], reverse=self.direction is Direction.LOWER)
+
+    def meets(self, score: float, target: float) -> bool:
+        """True when `score` reaches `target` (at least it for a higher-is-better metric, at most it otherwise)."""
+        return score >= target if self.direction is Direction.HIGHER else score <= target
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(name: str, direction: str | Direction = Direction.LOWER, description: str = ""):
-    """Decorator for evaluation_utils.py: `@register_metric("square", "lower")` over `fn(fp32, int8, params)`."""
+    """Decorator over `fn(fp32, int8, params)`: `@register_metric("max_abs", Direction.LOWER)` (or "lower")."""
     direction = Direction(direction)
 
     def decorator(fn):
@@ -69,3 +87,32 @@ def squared_error_parts(ref: np.ndarray, test: np.ndarray) -> tuple[float, float
 def normalised_square(err: float, energy: float) -> float:
     """err / energy, or the plain error when the reference is all zero."""
     return err / energy if energy > 0 else err
+
+
+def load_metric_module(path: Path) -> list[str]:
+    """--metric_module FILE.py: import a file of @register_metric functions from anywhere; returns the names it
+    registered. A file that does not exist, does not import, or registers nothing is an error naming it."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--metric_module {path}: no such file")
+    before = set(METRICS.names())
+    spec = importlib.util.spec_from_file_location(f"int8tune_user_metrics_{abs(hash(str(path.resolve())))}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--metric_module {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Int8TuneError:
+        raise
+    except Exception as e:  # the user's code: any error it raises is reported with the file named
+        raise ConfigError(f"--metric_module {path}: importing it failed: {type(e).__name__}: {e}") from e
+    added = sorted(set(METRICS.names()) - before)
+    if not added:
+        raise ConfigError(f"--metric_module {path}: it registers no new metric (use @register_metric from "
+                          f"int8tune.metrics); registered: {', '.join(METRICS.names())}")
+    return added
+
+
+from . import builtin_metrics  # noqa: E402,F401  (registers the built-in metrics; it imports this module)
