@@ -20,7 +20,7 @@ import numpy as np
 
 from common import batches_of, labelled, model_paths, params_for, require_assets, split, top1
 
-from int8tune.commands.common import load_workspace
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.metrics import METRICS
 from int8tune.quant.auto import choose_calibrators
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values

@@ -15,7 +15,7 @@ import numpy as np
 
 from common import ASSETS, batches_of, model_paths, params_for, require_assets
 
-from int8tune.commands.common import load_workspace
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
 from int8tune.quant.auto import choose_calibrators

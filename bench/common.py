@@ -47,7 +47,7 @@ def detection_split(offset: int = 0, count: int = 10) -> tuple[list[Path], list[
 
 def workspace_of(name: str, equalize: bool = False):
     """(the loaded model, its image parameters) for a shared model (cross-layer equalized with `equalize`)."""
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
 
     proto, model = model_paths(name)
     return load_workspace(proto, model, equalize), params_for(name)

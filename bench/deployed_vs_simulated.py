@@ -72,7 +72,7 @@ def simulate_job(job: dict) -> None:
     sys.path.insert(0, job["root"])
     import dataclasses
 
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.formats import read_table_pb
     from int8tune.quant.simulate import build_int8_graph
     from int8tune.runtime import Engine
@@ -330,7 +330,7 @@ def main() -> int:
 
     import onnx
 
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.data import DataItem
     from int8tune.hostcpu import describe_host
     from int8tune.runtime import Engine

@@ -42,7 +42,7 @@ import onnxruntime as ort
 from common import (REPO, batches_of, detection_split, labelled, model_paths, params_for,  # noqa: E402
                     require_assets)
 
-from int8tune.commands.common import load_workspace  # noqa: E402
+from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.data import DataItem  # noqa: E402
 from int8tune.quant.census import census, render_census  # noqa: E402
 from int8tune.runtime import session_options  # noqa: E402

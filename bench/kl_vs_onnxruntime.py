@@ -31,7 +31,7 @@ def _items(args):
 
 
 def run_int8tune(args) -> None:
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.calibrate import build_table, collect_statistics, plan_quantization, planned_values
     from int8tune.quant.calibrators import CalibratorOptions
     from int8tune.quant.qdq import export_qdq
@@ -62,7 +62,7 @@ def batches_of_stream(items, params, input_shape):
 
 
 def export_fp32(args, path: Path) -> None:
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
 
     proto, model = model_paths(args.model)
     ws = load_workspace(proto, model)
@@ -73,7 +73,7 @@ def run_onnxruntime(args) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
 
     proto, model = model_paths(args.model)
     shape = load_workspace(proto, model).input_shape

@@ -87,7 +87,7 @@ def test_cli_config_file(model, tmp_path, capsys):
 
 
 def test_validation_dataloader_scores_the_tuned_table_and_picks_the_restart(model, tmp_path):
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.metrics import METRICS
     from int8tune.tune.tuner import TuneSettings, Tuner
 

@@ -152,7 +152,8 @@ def test_auto_scores_candidates_by_the_dense_output_difference_by_default(projec
     assert entry.main(["auto", *base, "--output_path", str(out), "--metric", "top1_agreement"]) == 0
     report = (out / "report.log").read_text()
     assert "objective: outputs" in report and "model difference (top1_agreement)" in report
-    line = next(l for l in report.splitlines() if l.startswith("objective (the square distance of the model outputs)"))
+    line = next(l.strip() for l in report.splitlines()
+                if l.strip().startswith("objective (the square distance of the model outputs)"))
     before, after = (float(x.split()[-1]) for x in line.split(":", 1)[1].split(","))
     assert after <= before
     model = root / "obj_model"
@@ -302,15 +303,15 @@ def test_a_log_that_still_holds_restart_pick_resumes_and_other_changes_are_refus
 
 def test_a_log_from_other_settings_is_refused_before_calibrating(project, capsys, monkeypatch):
     """The refusal names the setting with its old and new value, and comes before the calibration it would waste."""
-    from int8tune.commands import tuning
+    from int8tune.pipeline import tuning
 
     root, base = project
     out = root / "refused_early"
     args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
     assert entry.main(args) == 0
     calls = []
-    real = tuning.calibrate_model
-    monkeypatch.setattr(tuning, "calibrate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tuning.calibrate
+    monkeypatch.setattr(tuning, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
     capsys.readouterr()
     assert entry.main(args + ["--step_ratio", "0.3"]) == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import main as entry
-from int8tune.commands.common import load_workspace
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.hostcpu import describe_host
 from int8tune.image_params import load_image_params
 from int8tune.quant.formats import read_table_pb

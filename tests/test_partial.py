@@ -54,7 +54,7 @@ def test_optimised_simulation_equals_the_unoptimised_graph_on_a_real_detector(as
     the outputs drift by 2 % of their range on this model: simulation sessions run at ORT_ENABLE_EXTENDED.)"""
     from dataclasses import replace
 
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.calibrate import build_table, collect_statistics, plan_quantization, planned_values
     from int8tune.quant.calibrators import CalibratorOptions
 

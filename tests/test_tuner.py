@@ -148,7 +148,7 @@ def test_carried_state_changes_no_decision_and_skips_the_baseline_runs(converted
 def test_carried_state_on_a_real_detector(assets):
     """yolov3_nano_voc, the first blobs of the chain (each bridged from the previous blob's frontier) and a blob
     of the second head (not downstream of the one before it): the same trials as upstream runs from the input."""
-    from int8tune.commands.common import load_workspace
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.calibrate import build_table, collect_statistics, plan_quantization, planned_values
     from int8tune.quant.calibrators import CalibratorOptions
     from int8tune.runtime import Engine

@@ -180,7 +180,8 @@ def test_lenet_calibrated_by_the_cli_agrees_on_this_host(assets, tmp_path, capsy
     session computes what the simulation of that table computes."""
     import main as entry
     import test_utils
-    from int8tune.commands.common import data_items, load_workspace, prepared_batches
+    from int8tune.commands.common import data_items, prepared_batches
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.config import DataConfig
     from int8tune.quant.formats import read_table_pb
     from conftest import REPO_ROOT

@@ -129,7 +129,7 @@ def _head_map(cells: dict[tuple[int, int], float]) -> np.ndarray:
 
 
 def test_detection_agreement_counts_found_missed_and_extra():
-    from int8tune.commands.detections import agreement_lines
+    from int8tune.report.detections import agreement_lines
     from int8tune.yolo import YoloHead, detection_agreement
 
     a, b, c = (0.1, 0.1, 0.3, 0.3), (0.6, 0.6, 0.9, 0.9), (0.1, 0.6, 0.3, 0.9)

@@ -42,7 +42,7 @@ from common import (ASSETS, REPO, YOLO_CFG, batches_of, labelled, model_paths, p
                     require_assets, yolo_params)
 
 from int8tune.benchmark import time_model  # noqa: E402
-from int8tune.commands.common import load_workspace  # noqa: E402
+from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.data import DataItem  # noqa: E402
 from int8tune.metrics import METRICS  # noqa: E402
 from int8tune.quant.census import census  # noqa: E402

@@ -15,7 +15,7 @@ from ..outputs import atomic_write_json
 from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
 from ..quant.qdq import export_qdq
-from .common import load_workspace
+from ..pipeline.workspace import load_workspace
 from .parse import default_threads, split_list
 
 

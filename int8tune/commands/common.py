@@ -1,80 +1,23 @@
-"""What the commands share: loading the model (folded, as int8 engines see it), the images, the table."""
+"""What the CLI commands share: the images of a data list, the trial log's fingerprint."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..caffe.equalize import Equalization, equalizable_pairs, equalize_net, write_equalized_caffemodel
-from ..caffe.fold import FoldResult, fold_batchnorm_scale
-from ..caffe.loader import load_net
-from ..caffe.net import CaffeNet
-from ..config import DataConfig, QuantConfig, TuneConfig
-from ..convert.converter import ConvertedModel, convert_net
+from ..config import DataConfig
 from ..data import DataItem, iter_batches, read_data_list
-from ..errors import ConfigError
 from ..image_params import load_image_params
 from ..log import logger
 from ..outputs import sha256_file, sha256_lines
-from ..quant.calibrate import output_values, plan_quantization, with_target_weights
-from ..quant.formats import TABLE_FORMATS, apply_imported, read_int8_prototxt, read_table_pb
-from ..quant.placement import nonnegative_values
-from ..quant.spec import WEIGHTED_TYPES
-from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
+from ..pipeline.images import Images
+from ..pipeline.workspace import Workspace
+from ..quant.formats import TABLE_FORMATS
 
 PrepareImage = Callable
-
-
-@dataclass
-class Workspace:
-    proto: Path
-    model: Path
-    net: CaffeNet  # as written
-    fold: FoldResult  # BatchNorm/Scale merged into convolutions
-    converted: ConvertedModel  # the folded net in ONNX
-    equalization: Equalization | None = None  # with --equalize: what was rescaled (net/fold/converted include it)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return next(iter(self.net.inputs.values()))
-
-
-def load_workspace(proto: Path, model: Path, equalize: bool = False) -> Workspace:
-    net = load_net(proto, model)
-    equalization = None
-    if equalize:
-        equalization = equalize_net(net)
-        net = equalization.net
-        logger.info("equalized %d Conv -> ReLU/PReLU -> Conv pair(s) (%d layer(s) rescaled; fp32 unchanged)",
-                    len(equalization.pairs), len(equalization.changed))
-    fold = fold_batchnorm_scale(net)
-    if fold.folded:
-        logger.info("folded %d BatchNorm/Scale layer(s) into %d convolution(s), as int8 engines do",
-                    sum(len(v) for v in fold.folded.values()), len(fold.folded))
-    return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
-
-
-def write_equalized(ws: Workspace, out: Path) -> list[str]:
-    """With --equalize: `out`/equalized.caffemodel (the weights every table of this run belongs to) and the
-    report lines that say so; without it, a hint when the net has pairs to equalize."""
-    if ws.equalization is None:
-        n = equalizable_pairs(ws.net)
-        return ["", f"{n} Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize: fp32 unchanged, "
-                    f"deploy the equalized.caffemodel it writes; on two depthwise-separable detectors it lifted the "
-                    f"min-max, mse, percentile and auto tables: README, Equalization)"] if n else []
-    path = write_equalized_caffemodel(ws.model, ws.equalization, out / "equalized.caffemodel")
-    eq = ws.equalization
-    lines = ["", f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) "
-                 f"rescaled; fp32 outputs unchanged): the thresholds are for {path}; deploy it with "
-                 f"{ws.proto} and the table (test.sh/tune.sh: --model {path} without --equalize)"]
-    lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
-    if len(eq.pairs) > 10:
-        lines.append(f"  ... and {len(eq.pairs) - 10} more")
-    return lines
 
 
 def data_items(data: DataConfig) -> list[DataItem]:
@@ -118,116 +61,11 @@ def fingerprint(ws: Workspace, items: list[DataItem], settings: dict) -> dict:
             "images": sha256_lines(str(i.path) for i in items), "settings": json.dumps(settings, sort_keys=True)}
 
 
-# --- the table a tuning command starts from -----------------------------------------------------------------
-
-def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
-    """The table's structure from the net and the settings, thresholds placeholder 1.0 (filled by a reader)."""
-    spec = quant.spec()
-    plan = plan_quantization(ws.fold.net, spec)
-    table = CalibrationTable(model=ws.net.name, spec=spec)
-    # Without statistics, a blob is unsigned when the net's structure makes it >= 0 (the net input's sign comes
-    # from the file that fills the template: the int8 prototxt's is_negative_input).
-    structural = nonnegative_values(ws.converted) if spec.unsigned_blobs else set()
-    for v in [v for p in plan for v in p.inputs] + output_values(ws.converted, plan):
-        table.blobs.setdefault(v, BlobEntry(v, ws.fold.net.blob_of[v], 1.0, calibrator="unset",
-                                            unsigned=v in structural))
-    for p in plan:
-        has_w = p.type in WEIGHTED_TYPES
-        table.layers[p.layer] = LayerEntry(p.layer, p.type, p.inputs[0], extra_inputs=p.inputs[1:],
-                                           weight_thresholds=np.ones(1) if has_w else None, int8=p.int8, note=p.note)
-    return table
-
-
-def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
-    """The table given by --calibration_proto and/or --calibration_model (they must agree), or None."""
-    from_pb = from_prototxt = None
-    if cfg.calibration_proto is not None:
-        from_pb = read_table_pb(cfg.calibration_proto)
-        _check_table_fits(from_pb, ws, str(cfg.calibration_proto))
-    if cfg.calibration_model is not None:
-        imported = read_int8_prototxt(cfg.calibration_model)
-        base = from_pb if from_pb is not None else _weighted_template(ws, cfg.quant)
-        if from_pb is None:  # the file says which layer inputs are u8 (is_negative_input: false)
-            for layer, unsigned in imported.input_unsigned.items():
-                if layer in base.layers:
-                    base.blobs[base.layers[layer].input_value].unsigned = unsigned
-        from_prototxt, unmatched = apply_imported(base, imported, ws.fold.net)
-        if unmatched:
-            raise ConfigError(f"{cfg.calibration_model}: keys that match no int8 layer or blob of {ws.proto}: "
-                              f"{', '.join(unmatched[:10])}")
-        missing = [v for v, e in from_prototxt.blobs.items() if e.calibrator == "unset"
-                   and any(v == l.input_value for l in from_prototxt.quantized_layers())]
-        if missing and from_pb is None:
-            raise ConfigError(f"{cfg.calibration_model}: no quantization_param for the input of "
-                              f"{', '.join(missing[:10])}; calibrate first or give --calibration_proto")
-    if from_pb is not None and from_prototxt is not None:
-        _require_agreement(from_pb, from_prototxt, cfg)
-    table = from_pb if from_pb is not None else from_prototxt
-    if table is not None:
-        table, widened = with_target_weights(ws.converted, table)
-        if widened:
-            logger.warning("%d layer(s) of the table have 8-bit weights that can overflow the int16 pair sums of "
-                           "onnxruntime's AVX2 kernels; their weight thresholds are widened for --target %s: %s",
-                           len(widened), table.spec.target.value, ", ".join(widened[:8]))
-    if from_pb is not None:
-        _check_equalization(from_pb.weights_record(), ws, str(cfg.calibration_proto))
-    elif cfg.calibration_model is not None:
-        _check_equalization(imported.weights_record, ws, str(cfg.calibration_model))
-    return table
-
-
-def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
-    """A table calibrated with --equalize holds thresholds of the equalized weights: refuse it on the original
-    caffemodel without --equalize (and the reverse), where its thresholds would silently be wrong. `record`:
-    {"model_sha256", "equalize"} as the table's provenance or the int8 prototxt's header gives them."""
-    if not record or "equalize" not in record or not record.get("model_sha256"):
-        return  # a table from another tool or an older version: nothing recorded to check
-    same_model = record["model_sha256"] == sha256_file(ws.model)
-    if same_model and bool(record["equalize"]) != (ws.equalization is not None):
-        if record["equalize"]:
-            raise ConfigError(f"{where} was calibrated with --equalize on {ws.model}: its thresholds belong to the "
-                              f"equalized weights; give --equalize too, or --model the equalized.caffemodel "
-                              f"written beside it")
-        raise ConfigError(f"{where} was calibrated on {ws.model} without --equalize: drop --equalize, or "
-                          f"calibrate again with it")
-
-
-def _weighted_template(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
-    """Template whose weight thresholds come from the weights themselves (--weight_method), for files that may
-    not carry them; a file's own weight scales then override these."""
-    from ..quant.calibrate import layer_weight_thresholds
-    from ..quant.calibrators import CalibratorOptions
-
-    table = template_table(ws, quant)
-    for e in table.layers.values():
-        if e.weight_thresholds is not None:
-            e.weight_thresholds = layer_weight_thresholds(ws.converted, e.layer, quant.weight_method, table.spec,
-                                                          CalibratorOptions())
-            e.weight_method = quant.weight_method
-    return table
-
-
-def _check_table_fits(table: CalibrationTable, ws: Workspace, where: str) -> None:
-    names = {l.name for l in ws.fold.net.layers}
-    unknown = [l for l in table.layers if l not in names]
-    if unknown:
-        raise ConfigError(f"{where}: the table names layers that are not in {ws.proto} (after BatchNorm/Scale "
-                          f"folding): {', '.join(unknown[:10])}")
-    values = set(ws.fold.net.values())
-    bad = [v for v in table.blobs if v not in values]
-    if bad:
-        raise ConfigError(f"{where}: the table has thresholds for values not in {ws.proto}: {', '.join(bad[:10])}")
-
-
-def _require_agreement(a: CalibrationTable, b: CalibrationTable, cfg: TuneConfig) -> None:
-    diffs = []
-    for v, e in a.blobs.items():
-        if v in b.blobs and not np.isclose(e.threshold, b.blobs[v].threshold, rtol=1e-5):
-            diffs.append(f"{e.blob}: {e.threshold:.6g} vs {b.blobs[v].threshold:.6g}")
-    if diffs:
-        raise ConfigError(f"--calibration_proto {cfg.calibration_proto} and --calibration_model "
-                          f"{cfg.calibration_model} disagree on {len(diffs)} threshold(s): {'; '.join(diffs[:8])}")
-
-
 def known_formats() -> list[str]:
     return TABLE_FORMATS.names()
+
+
+def images_of(data: DataConfig, prepare_image: PrepareImage, ws: Workspace, what: str = "") -> tuple[list[DataItem], Images]:
+    """The data list's items and their Images (prepared on first use)."""
+    items = data_items(data)
+    return items, Images.from_files(items, data, prepare_image, ws.input_shape, what)

@@ -9,18 +9,17 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from ..caffe.net import CaffeNet
 from ..convert.converter import ConvertedModel
 from ..convert.registry import LAYER_CONVERTERS
 from ..errors import ConfigError
 from ..log import logger
+from ..progress import Progress
 from ..runtime import Engine
 from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
 from .spec import QuantSpec, WEIGHTED_TYPES
@@ -84,30 +83,31 @@ def output_values(converted: ConvertedModel, plan: list[PlannedLayer]) -> list[s
 
 
 def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins: int, per_channel: bool,
-                       progress: bool = True) -> dict[str, BlobStatistics]:
+                       progress: bool = True, total: int | None = None) -> dict[str, BlobStatistics]:
     """Two streamed passes over the data: absmax and moments, then |x| histograms. Memory: one histogram per
-    blob (per channel with per-channel activations), whatever the number of images."""
+    blob (per channel with per-channel activations), whatever the number of images.
+
+    `total`: the number of batches one pass yields, if known; the progress then estimates the time left."""
     shapes = engine.converted.shapes
     channels = {v: int(shapes[v][1]) if len(shapes[v]) > 1 else 1 for v in values}
     collector = StatsCollector(values, channels, bins=bins, per_channel=per_channel)
-    for pass_no, observe in ((1, collector.observe_range), (2, collector.observe_histogram)):
-        for batch in _progress(batches(), f"statistics pass {pass_no}/2", progress):
-            # A few images per run: every requested blob of every image comes back at once, so a batch of 10
-            # SqueezeNet images held about 1 GB of activations (measured peak 1.9 GB; 2 images keep it small).
-            for start in range(0, len(batch), STATS_CHUNK):
-                outputs = engine.run(batch[start:start + STATS_CHUNK], values)
-                for v in values:
-                    observe(v, outputs[v])
-                del outputs
+    # One progress over both passes, so that the estimate covers the whole step, not just the pass under way
+    with Progress(2 * total if total is not None else None, "calibration statistics", unit="batch",
+                  enabled=progress) as bar:
+        for observe in (collector.observe_range, collector.observe_histogram):
+            for batch in batches():
+                # A few images per run: every requested blob of every image comes back at once, so a batch of 10
+                # SqueezeNet images held about 1 GB of activations (measured peak 1.9 GB; 2 images keep it small).
+                for start in range(0, len(batch), STATS_CHUNK):
+                    outputs = engine.run(batch[start:start + STATS_CHUNK], values)
+                    for v in values:
+                        observe(v, outputs[v])
+                    del outputs
+                bar.update()
     return collector.statistics
 
 
 STATS_CHUNK = 2
-
-
-def _progress(it: Iterable, desc: str, enabled: bool) -> Iterator:
-    # A bar only on a terminal: in a log file tqdm's carriage returns are noise.
-    return iter(tqdm(it, desc=desc, unit="batch", leave=False, disable=not enabled or not sys.stderr.isatty()))
 
 
 def all_thresholds(stats: BlobStatistics, options: CalibratorOptions) -> dict[str, float]:

@@ -11,28 +11,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..quant.table import CalibrationTable
-from ..tune.tuner import Tuner, metric_outputs
+__all__ = ["YOLO_METRICS", "agreement_lines", "detection_lines"]
+
+from ..pipeline.tuning import YOLO_METRICS, Detections
 from ..yolo import (MOVED_IOU, NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, drawn_off,
                     mean_average_precision, near_threshold)
 
-# metrics whose parameters describe YOLO heads; the report adds detection agreement for these
-YOLO_METRICS = ("yolo", "yolo_map")
 IOU = 0.5
 
 
-def detection_lines(tuner: Tuner, metric_name: str, tables: Sequence[tuple[str, CalibrationTable]],
-                    show: int = 5, kind: str = "") -> list[str]:
-    """report.log lines for `tables` (label, table) on the tuner's images, or none when the metric is not a
-    YOLO one."""
-    if metric_name not in YOLO_METRICS:
+def detection_lines(d: Detections | None, show: int = 5, kind: str = "") -> list[str]:
+    """report lines of the detection agreement the pipeline measured (none for a metric without YOLO heads)."""
+    if d is None:
         return []
-    params = tuner.model_params()
-    yolo = YoloParams.from_dict({k: v for k, v in params.items() if k not in ("labels", "image_names")})
-    outputs = metric_outputs(tuner.converted)
-    tested = [(label, tuner.run_int8(table, outputs)) for label, table in tables]
-    return agreement_lines(tuner.references(outputs), tested, yolo, list(params.get("image_names") or []), show,
-                           kind)
+    return agreement_lines(d.fp32, d.tested, YoloParams.from_dict(dict(d.params)), list(d.names), show, kind)
 
 
 def agreement_lines(fp32: dict, tested: Sequence[tuple[str, dict]], yolo: YoloParams, names: list[str],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 from tqdm import tqdm
@@ -35,19 +36,29 @@ class DriverResult:
 
 
 def _pct(metric, value: float) -> str:
-    return f"{100 * value:.2f} %" if metric.direction.value == "higher" and 0 <= value <= 1 else f"{value:.6g}"
+    return f"{100 * value:.2f} %" if metric.higher_is_better and 0 <= value <= 1 else f"{value:.6g}"
 
 
-def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None, progress: str = "print",
+class ProgressMode(str, Enum):
+    """How a strategy reports its evaluations: a line each (print), a bar (bar), or nothing (none)."""
+
+    PRINT = "print"
+    BAR = "bar"
+    NONE = "none"
+
+
+def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None,
+                 progress: ProgressMode | str = ProgressMode.PRINT,
                  save_best: Callable[[CalibrationTable], None] | None = None,
                  echo: Callable[[str], None] = print, tiebreak: str | None = None) -> DriverResult:
     """`tiebreak`: an objective of tune/objectives.py choosing among every candidate that meets the goal."""
     strategy = STRATEGIES.get(name)
     metric = ctx.metric
-    say = echo if progress == "print" else (lambda text: None)
+    progress = ProgressMode(progress)
+    say = echo if progress is ProgressMode.PRINT else (lambda text: None)
     t_start = time.perf_counter()
     total = estimated_evaluations(name, ctx)
-    bar = tqdm(total=total, desc=f"strategy {name}", unit="eval", disable=progress != "bar", leave=False)
+    bar = tqdm(total=total, desc=f"strategy {name}", unit="eval", disable=progress is not ProgressMode.BAR, leave=False)
     say(f"Strategy {name}: metric {metric.name} ({metric.direction.value} is better)")
     say(f"Initial accuracy: FP32 = {_pct(metric, ctx.fp32_score)}")
     say(f"Number of nodes: {len(ctx.tuner.blobs_in_order(ctx.start))} blobs, {len(ctx.start.layers)} layers")

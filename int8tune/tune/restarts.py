@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable, Sequence
 
 import numpy as np
@@ -92,7 +93,16 @@ class RestartsResult:
         return [b for r in self.restarts for b in r.results]
 
 
-PICKS = ("best", "mean", "validation")
+class RestartPick(str, Enum):
+    """Which restart's table a run keeps: the best objective on the tuning images, the geometric mean of the
+    restarts' threshold moves, or the best metric on held-out images (a Judge)."""
+
+    BEST = "best"
+    MEAN = "mean"
+    VALIDATION = "validation"
+
+
+PICKS = tuple(p.value for p in RestartPick)
 
 
 @dataclass(frozen=True)
@@ -106,14 +116,15 @@ class Judge:
 def tune_with_restarts(tuner: Tuner, start: CalibrationTable, order: Sequence[str], restarts: int = 1,
                        on_blob: Callable[[int, int, CalibrationTable], None] | None = None,
                        on_restart: Callable[[Restart, CalibrationTable], None] | None = None,
-                       pick: str = "best", judge: Judge | None = None) -> RestartsResult:
+                       pick: RestartPick | str = RestartPick.BEST, judge: Judge | None = None) -> RestartsResult:
     """Tune the blobs of `order` in turn, `restarts` times (see the module docstring). `on_blob(restart, i, table)`
     after each blob, `on_restart(restart, pick so far)` after each complete restart (to save progress). A
     KeyboardInterrupt ends the run early: the result then holds what was complete, flagged `interrupted`. Pick
     "validation" keeps the complete restart `judge` scores best (each scored once, when it completes)."""
     if pick not in PICKS:
         raise ValueError(f"pick must be one of {PICKS}, found {pick!r}")
-    if pick == "validation" and judge is None:
+    pick = RestartPick(pick)
+    if pick is RestartPick.VALIDATION and judge is None:
         raise ValueError("pick 'validation' needs a judge")
     better = tuner.objective_metric()[0].better
     done: list[Restart] = []
@@ -149,16 +160,16 @@ def final_objective(run: Restart) -> float:
     return run.results[-1].difference_after if run.results else float("nan")
 
 
-def _picked(start: CalibrationTable, done: list[Restart], order: Sequence[str], pick: str,
+def _picked(start: CalibrationTable, done: list[Restart], order: Sequence[str], pick: RestartPick,
             better: Callable[[float, float], bool], judge: Judge | None = None) -> tuple[CalibrationTable, int | None]:
     complete = [r for r in done if r.complete]
     if not complete:
         return (done[0].table if done else start), None  # the first restart, interrupted: its best so far
     if len(complete) == 1 and complete[0].number == 0:
         return complete[0].table, 0  # one plain run: its table as it is
-    if pick == "mean":
+    if pick is RestartPick.MEAN:
         return combine(start, [(r.start, r.table) for r in complete], order), None
-    if pick == "validation":
+    if pick is RestartPick.VALIDATION:
         score, better = (lambda r: r.validation), judge.better
     else:
         score = final_objective

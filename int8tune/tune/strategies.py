@@ -66,7 +66,7 @@ class StrategyContext:
 
     def drop(self, reference: float, score: float) -> float:
         """How much worse `score` is than `reference` (positive = worse), whatever the metric's direction."""
-        return (reference - score) if self.metric.direction.value == "higher" else (score - reference)
+        return self.metric.gain(score, reference)
 
 
 Strategy = Callable[[StrategyContext], Generator[Candidate, float, None]]
@@ -179,7 +179,7 @@ def bayesian(ctx: StrategyContext) -> Generator[Candidate, float, None]:
 
     blobs = ctx.tuner.blobs_in_order(ctx.start)
     rng = np.random.default_rng(ctx.settings.seed)
-    sign = 1.0 if ctx.metric.direction.value == "higher" else -1.0  # maximise sign * score
+    sign = 1.0 if ctx.metric.higher_is_better else -1.0  # maximise sign * score
 
     def table_at(u: np.ndarray) -> CalibrationTable:
         table = ctx.start

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from dataclasses import replace as dataclass_replace
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -41,13 +42,29 @@ from .trials import Trial, TrialLog
 # guarded: the square distance of the model's outputs searches, and a move is kept only when the metric on the
 # model's outputs improves too (on the searched images, then on all): the dense distance is the steadier guide,
 # the metric is what the user judges by, and a move that only one of them sees is the likelier chance.
-OBJECTIVES = ("model", "outputs", "layer", "guarded")
-MODEL_OUTPUT_OBJECTIVES = ("model", "outputs", "guarded")
+class Objective(str, Enum):
+    MODEL = "model"
+    OUTPUTS = "outputs"
+    LAYER = "layer"
+    GUARDED = "guarded"
+
+    @property
+    def on_model_outputs(self) -> bool:
+        return self is not Objective.LAYER
+
+    @property
+    def dense(self) -> bool:
+        """Scored by the square distance of the model's outputs whatever the metric."""
+        return self in (Objective.OUTPUTS, Objective.GUARDED)
+
+
+OBJECTIVES = tuple(o.value for o in Objective)
+MODEL_OUTPUT_OBJECTIVES = tuple(o for o in Objective if o.on_model_outputs)
 
 
 @dataclass(frozen=True)
 class TuneSettings:
-    objective: str = "outputs"
+    objective: Objective = Objective.OUTPUTS
     search: str = "both_directions"
     search_settings: SearchSettings = SearchSettings()
     threads: int = 2
@@ -62,6 +79,7 @@ class TuneSettings:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, found {self.objective!r}")
+        object.__setattr__(self, "objective", Objective(self.objective))
         SEARCHES.get(self.search)
 
 
@@ -307,10 +325,10 @@ class Tuner:
         return out
 
     def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
-        objective = objective or self.settings.objective
-        if objective == "model":
+        objective = Objective(objective or self.settings.objective)
+        if objective is Objective.MODEL:
             return self.metric, self.model_params()
-        if objective in ("outputs", "guarded"):
+        if objective.dense:
             return (self.metric, self.model_params()) if self.metric.name == "square" else (_square(), {})
         return self.layer_metric, {}
 
@@ -340,7 +358,7 @@ class Tuner:
                 int8 = engine.run_tensors(b, names)
                 ref = {o: self._refs_batch(o, i) for o in names}
                 scores.append(metric(ref, int8, self.model_params([i]) if metric is self.metric else {}))
-            order = sorted(range(n), key=lambda i: scores[i], reverse=metric.direction.value == "lower")
+            order = sorted(range(n), key=lambda i: scores[i], reverse=not metric.higher_is_better)
             self._ranked = sorted(order[:k])
             logger.info("searching on %d of %d batches (largest %s difference first: %s), confirming on all",
                         k, n, metric.name, self._ranked)
@@ -389,7 +407,7 @@ class Tuner:
         if self.known_tensors(table) is not None:
             evaluator = make_evaluator()
         # the metric that vetoes a move (objective "guarded"; with --metric square it is the objective itself)
-        guard = self.settings.objective == "guarded" and metric is not self.metric
+        guard = self.settings.objective is Objective.GUARDED and metric is not self.metric
 
         def guard_score(indices: list[int], multiplier: float) -> float:
             refs = self._references_of(names, indices)
@@ -467,7 +485,7 @@ class Tuner:
         elif rest:
             final = baseline_full
         if best_m != 1.0 and self.settings.min_gain > 0:
-            gain = (baseline_full - final) if metric.direction.value == "lower" else (final - baseline_full)
+            gain = metric.gain(baseline_full, final)
             if gain <= self.settings.min_gain * abs(baseline_full):
                 best_m, final = 1.0, baseline_full
         tuned = table.with_threshold(value, start * best_m) if best_m != 1.0 else table
@@ -514,9 +532,6 @@ class Tuner:
 def _square() -> Metric:
     from ..metrics import METRICS
 
-    if "square" not in METRICS:
-        raise ConfigError("the square metric is not registered (it lives in evaluation_utils.py, which main.py "
-                          "imports); per-layer differences need it")
     return METRICS.get("square")
 
 

@@ -1,0 +1,80 @@
+"""Calibration: statistics over the images, every calibrator's threshold per blob, the table, and the difference
+it leaves (the model's and each int8 layer's own, on the measurement images)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .workspace import Workspace
+from ..config import QuantConfig
+from ..errors import ConfigError
+from ..metrics import METRICS
+from ..quant.auto import choose_calibrators
+from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, output_values, plan_quantization,
+                               planned_values, unsigned_values)
+from ..quant.calibrators import CalibratorOptions
+from ..quant.table import BlobEntry, CalibrationTable
+from ..runtime import Engine
+from ..tune.tuner import TuneSettings, Tuner
+from .images import Images
+
+
+@dataclass
+class Calibration:
+    table: CalibrationTable
+    images: Images  # what the statistics were collected on
+    method: str  # the activation calibrator asked for (auto: chosen per blob)
+    stats: dict  # value -> BlobStatistics
+    per_blob: dict  # value -> {calibrator: threshold}
+    scores: dict  # value -> {calibrator: measured difference} (method auto)
+    ignored: list[str]  # planned layers kept in fp32
+    measured: Images | None = None  # the measurement images (None when simplified)
+    tuner: Tuner | None = None  # on the measurement images, with their fp32 references
+    model_difference: float | None = None  # square, summed over the outputs, on `measured`
+    layer_differences: dict[str, float] = field(default_factory=dict)  # int8 layer -> its own output's square
+
+    def alternatives(self) -> dict[str, CalibrationTable]:
+        """The whole table of each calibrator (model-wise candidates for the strategies and the start pick)."""
+        from ..quant.auto import tables_per_calibrator
+
+        return tables_per_calibrator(self.table, {v: self.per_blob[v] for v in self.table.active_blobs()})
+
+
+def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Images | None,
+              simplified: bool = False, threads: int = 2, settings: dict | None = None) -> Calibration:
+    """Two streamed passes over `images`, every calibrator's thresholds, the table (method auto: per blob, the
+    calibrator that disturbs the reading layers least on `measure`); then the difference on `measure`.
+    `settings`: the run's settings for the table's provenance."""
+    from ..outputs import provenance
+
+    spec = quant.spec()
+    plan = plan_quantization(ws.fold.net, spec)
+    method = "minmax" if simplified else quant.method
+    if method == "auto" and spec.granularity.activations_per_channel:
+        raise ConfigError("--method auto chooses one threshold per blob; with --granularity per_channel pick a "
+                          "calibrator (e.g. --method mse)")
+    values = planned_values(plan)
+    extra = output_values(ws.converted, plan)
+    engine = Engine(ws.converted, threads=threads)
+    stats = collect_statistics(engine, values + [v for v in extra if v not in values], images.stream, quant.bins,
+                               spec.granularity.activations_per_channel, total=images.batch_count)
+    options = CalibratorOptions(percentile=quant.percentile)
+    signs = unsigned_values(ws.converted, spec, stats)
+    per_blob = {v: all_thresholds(s, replace(options, unsigned=v in signs)) for v, s in stats.items()}
+    first = "mse" if method == "auto" else method
+    table = build_table(ws.fold.net, ws.converted, plan, stats, spec, first, quant.weight_method, options)
+    for v in extra:  # the own thresholds of int8 layers' outputs (quant/placement.py: output points)
+        if v not in table.blobs:
+            table.blobs[v] = BlobEntry(v, ws.fold.net.blob_of[v], per_blob[v][first], calibrator=first,
+                                       unsigned=v in signs, absmax=stats[v].absmax)
+    result = Calibration(table, images, method, stats, per_blob, {}, [p.layer for p in plan if not p.int8])
+    if not simplified and measure is not None:
+        tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads))
+        if method == "auto":
+            table, result.scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
+            result.table = table
+        result.measured, result.tuner = measure, tuner
+        result.model_difference = tuner.difference(table)
+        result.layer_differences = tuner.layer_differences(table)
+    table.provenance = provenance(settings or {}, {"proto": ws.proto, "model": ws.model}, images.paths)
+    return result

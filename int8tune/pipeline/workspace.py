@@ -1,0 +1,55 @@
+"""The model as every run sees it: the Caffe net as written, folded (BatchNorm/Scale merged into convolutions, as
+int8 engines do), equalized when asked, and converted to ONNX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..caffe.equalize import Equalization, equalizable_pairs, equalize_net, write_equalized_caffemodel
+from ..caffe.fold import FoldResult, fold_batchnorm_scale
+from ..caffe.loader import load_net
+from ..caffe.net import CaffeNet
+from ..convert.converter import ConvertedModel, convert_net
+from ..log import logger
+
+
+@dataclass
+class Workspace:
+    proto: Path
+    model: Path
+    net: CaffeNet  # as written
+    fold: FoldResult  # BatchNorm/Scale merged into convolutions
+    converted: ConvertedModel  # the folded net in ONNX
+    equalization: Equalization | None = None  # with --equalize: what was rescaled (net/fold/converted include it)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return next(iter(self.net.inputs.values()))
+
+
+def load_workspace(proto: Path, model: Path, equalize: bool = False) -> Workspace:
+    net = load_net(proto, model)
+    equalization = None
+    if equalize:
+        equalization = equalize_net(net)
+        net = equalization.net
+        logger.info("equalized %d Conv -> ReLU/PReLU -> Conv pair(s) (%d layer(s) rescaled; fp32 unchanged)",
+                    len(equalization.pairs), len(equalization.changed))
+    fold = fold_batchnorm_scale(net)
+    if fold.folded:
+        logger.info("folded %d BatchNorm/Scale layer(s) into %d convolution(s), as int8 engines do",
+                    sum(len(v) for v in fold.folded.values()), len(fold.folded))
+    return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
+
+
+def save_equalized(ws: Workspace, out: Path) -> Path | None:
+    """With --equalize: `out`/equalized.caffemodel, the weights every table of this run belongs to."""
+    if ws.equalization is None:
+        return None
+    return write_equalized_caffemodel(ws.model, ws.equalization, out / "equalized.caffemodel")
+
+
+def equalizable(ws: Workspace) -> int:
+    """Conv -> ReLU/PReLU -> Conv pairs --equalize would rescale (0 when already equalized)."""
+    return 0 if ws.equalization is not None else equalizable_pairs(ws.net)

@@ -1,0 +1,51 @@
+"""Report pieces several commands share: the delivered files (QDQ census and verification), equalization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..pipeline.delivery import Delivery
+from ..pipeline.workspace import Workspace, equalizable
+from ..quant.census import render_census
+from ..quant.verify import render_export_check
+from .document import Item, Level, Notice, Paragraph, Section
+
+
+def delivery_section(d: Delivery, title: str = "deployed model") -> Section:
+    """The QDQ file as onnxruntime runs it on this CPU, and whether it computes what was measured."""
+    target = d.table.spec.target.value
+    if d.qdq is None:
+        return Section(title, (Notice(Level.WARNING, f"QDQ export skipped: {d.qdq_skipped}"),)
+                       if d.qdq_skipped else ())
+    items: list[Item] = [Paragraph.of(f"QDQ model {d.qdq} (target {target}), as onnxruntime runs it:",
+                                      *("  " + line for line in render_census(d.census)))] if d.census else []
+    if d.float_outputs:
+        items.append(Paragraph(tuple(f"  output in float: {layer} ({why})" for layer, why in d.float_outputs.items())))
+    if not d.table.spec.target.onnxruntime:
+        items.append(Notice(Level.INFO, f"the table is made for {target} (signed int8, its own rounding); this file "
+                                         f"is onnxruntime's reading of it, not what {target} computes"))
+    if d.check is not None:
+        lines = render_export_check(d.check, d.qdq.name, d.check_images)
+        at = len(lines) - 1 if d.check.agrees else next(k for k, line in enumerate(lines) if "DIFFERS" in line)
+        items.append(Paragraph(tuple(lines[:at])))
+        items.append(Notice(Level.GOOD if d.check.agrees else Level.WARNING, lines[at]))
+        if lines[at + 1:]:
+            items.append(Paragraph(tuple(lines[at + 1:])))
+    return Section(title, tuple(items))
+
+
+def equalization_items(ws: Workspace, written: Path | None) -> list[Item]:
+    """With --equalize: which weights the tables belong to; without: a hint when the net has pairs to equalize."""
+    if ws.equalization is None:
+        n = equalizable(ws)
+        return [Notice(Level.INFO, f"{n} Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize: "
+                                   f"fp32 unchanged; deploy the equalized.caffemodel it writes; docs/equalization.md)")
+                ] if n else []
+    eq = ws.equalization
+    lines = [f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) rescaled; "
+             f"fp32 outputs unchanged): the thresholds are for {written}; deploy it with {ws.proto} and the table "
+             f"(test.sh/tune.sh: --model {written} without --equalize)"]
+    lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
+    if len(eq.pairs) > 10:
+        lines.append(f"  ... and {len(eq.pairs) - 10} more")
+    return [Paragraph(tuple(lines))]

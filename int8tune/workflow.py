@@ -1,0 +1,125 @@
+"""main.sh's whole loop, the one function behind `int8tune auto` and `int8tune.api.tune`: open the session
+(calibrating when no table is given), tune (layer by layer with restarts, or an accuracy-driven strategy),
+deliver the tables and the QDQ model, write the CSVs, plots and the report. The two front ends differ only in
+where the images come from (a data list, or dataloaders)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import TuneConfig
+from .metrics import Metric
+from .outputs import atomic_write_json, provenance
+from .pipeline.delivery import deliver
+from .pipeline.images import Images
+from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
+from .pipeline.workspace import Workspace, save_equalized
+from .quant.formats import write_table_pb
+from .quant.table import CalibrationTable
+from .report.csvs import write_csv, write_statistics
+from .report.figures import layer_figures
+from .report.tuning import auto_document, layer_rows, strategy_document
+from .report.write import write_report
+
+TRIALS = "trials.jsonl"
+
+
+@dataclass
+class AutoResult:
+    table: CalibrationTable  # delivered (tuned/)
+    score: float  # the metric of `table` on the tuning images
+    fp32_score: float
+    goal_met: bool
+    output_path: Path
+    report: str  # report.log's text
+    interrupted: bool
+    validation_score: float | None = None  # the metric of `table` on the held-out images, when given
+    run: LayerwiseRun | StrategyRun | None = None
+    session: Session | None = None
+
+
+def save_progress(table: CalibrationTable, out: Path) -> None:
+    """The best table so far, after every blob: a killed or interrupted run loses nothing it found."""
+    write_table_pb(table, out / "tuned" / "calibration_table.pb")
+    write_table_pb(table, out / "tuned" / "calibration_table.pbtxt")
+
+
+def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: Images | None = None,
+         held_out_images: Images | None = None, metric: Metric | None = None,
+         adjust: Callable[[CalibrationTable], CalibrationTable] | None = None, log_path: Path | None = None,
+         echo: Callable[[str], None] = print) -> AutoResult:
+    t_start = time.perf_counter()
+    out = cfg.output_path
+    s = open_session(cfg, ws, images, need_table=False, calibration_images=calibration_images,
+                     log_path=log_path or out / TRIALS, metric=metric, adjust=adjust)
+    files: list[Path] = []
+    if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
+        from .commands.calibrate import save_calibration
+
+        save_calibration(s.calibration, ws, out / "calibration", cfg.threads)
+    equalized = save_equalized(ws, out)
+    if equalized is not None:
+        files.append(equalized)
+    if cfg.strategy == "layerwise":
+        result = _layerwise(s, held_out_images, files, t_start, equalized)
+    else:
+        result = _strategy(s, held_out_images, files, t_start, equalized, echo)
+    return result
+
+
+def _held_out_csv(run, out: Path, files: list[Path]) -> None:
+    if run.held_out is None:
+        return
+    per = run.held_out.per_image
+    files.append(write_csv(out / "validation.csv", {"image": [n for n, _ in per["start"]],
+                                                     **{k: [d for _, d in v] for k, v in per.items()}}))
+
+
+def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized) -> AutoResult:
+    cfg, out = s.cfg, s.cfg.output_path
+    start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads)
+
+    def on_restart(run) -> None:
+        if cfg.restarts > 1:
+            write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
+
+    run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart)
+    table = run.table
+    save_progress(table, out)
+    table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
+    tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
+    rows = layer_rows(s, run)
+    files.append(write_csv(out / "layers.csv", rows))
+    _held_out_csv(run, out, files)
+    if cfg.restarts > 1:
+        files.append(out / "restarts")
+    files.append(out / TRIALS)
+    figures = layer_figures(s, run, rows, out / "plots")
+    files.append(atomic_write_json(out / "config.json", table.provenance))
+    doc = auto_document(s, run, tuned, start, rows, figures, files, time.perf_counter() - t_start, equalized)
+    text, _ = write_report(doc, out)
+    fp32 = s.tuner.fp32_score()
+    return AutoResult(table, run.after_model, fp32, goal_of(s.metric, fp32, cfg)(run.after_model), out, text,
+                      run.interrupted, run.held_out.tuned if run.held_out else None, run, s)
+
+
+def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, equalized, echo) -> AutoResult:
+    cfg, out = s.cfg, s.cfg.output_path
+    run = tune_strategy(s, held_out_images, on_progress=lambda t: save_progress(t, out), echo=echo)
+    save_progress(run.table, out)
+    run.table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
+    delivery = deliver(s.ws, run.table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
+    _held_out_csv(run, out, files)
+    files.append(out / TRIALS)
+    files.append(atomic_write_json(out / "config.json", run.table.provenance))
+    doc = strategy_document(s, run, delivery, files, time.perf_counter() - t_start, equalized)
+    text, _ = write_report(doc, out)
+    score = run.best if run.best is not None else float("nan")
+    return AutoResult(run.table, score, run.fp32, run.goal_met, out, text, run.interrupted,
+                      run.held_out.tuned if run.held_out else None, run, s)
+
+
+__all__ = ["AutoResult", "auto", "save_progress", "write_statistics"]
