@@ -24,6 +24,9 @@ PrepareImage = Callable
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proto", type=Path, required=True, help="fp32 deploy prototxt")
     p.add_argument("--model", type=Path, required=True, help="fp32 caffemodel")
+    p.add_argument("--input_shape", default=None, metavar="N,C,H,W",
+                   help="run a fully convolutional net (e.g. MTCNN PNet) at this input shape instead of the "
+                        "prototxt's; refused, naming the layer, when a layer's weights depend on the input size")
 
 
 def _add_data_args(p: argparse.ArgumentParser, default_limit: int | None = None) -> None:
@@ -75,12 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images used by --method auto and the difference check (default 32)")
     cal.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
 
+    export = sub.add_parser("export", help="write the fp32 model as ONNX (what the tool measures int8 against)",
+                            description="Converts the Caffe model to ONNX as the tool runs it: BatchNorm/Scale folded "
+                                        "into the convolutions (fp32 outputs unchanged), --equalize applied when "
+                                        "given. Nets ending in DetectionOutput end at the tensors it reads (the "
+                                        "tool computes DetectionOutput outside onnxruntime).")
+    _add_model_args(export)
+    export.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    export.add_argument("--equalize", action="store_true", help="cross-layer equalization first (fp32 unchanged)")
+
     test = sub.add_parser("test", help="report the fp32-vs-int8 difference of one layer or of the whole model",
                           description="test.sh: with --int8_layer NAME, the difference of that layer's output (all "
                                       "upstream layers int8 as the table says); without, the model difference under "
                                       "--metric and every int8 layer's own difference, worst first. Writes "
                                       "<output_path>/report.log.")
-    _add_tuning_args(test)
+    _add_tuning_args(test, search=False)
     test.add_argument("--int8_layer", default="", help="the layer whose output difference to report (default: all)")
 
     tune = sub.add_parser("tune", help="sweep one layer's threshold and write every candidate int8 model",
@@ -157,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_tuning_args(p: argparse.ArgumentParser) -> None:
+def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
+    """The options of test, tune and auto; test (search False) measures a given table: no search, no calibration."""
+    from .metrics import METRICS
+
     p.add_argument("--config", help="YAML file of settings (option_name: value); command-line options win")
     _add_model_args(p)
     p.add_argument("--calibration_model", type=Path, default=None,
@@ -167,17 +182,25 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_path", type=Path, required=True, help="folder for every output")
     _add_data_args(p)
     p.add_argument("--metric", "--metric_name", "--metric_type", dest="metric", default="square",
-                   help="difference metric registered in evaluation_utils.py: square (default), yolo, yolo_map, ...")
+                   help=f"difference metric: built in {', '.join(METRICS.names())}, or your own from "
+                        f"evaluation_utils.py or --metric_module (default square)")
+    p.add_argument("--metric_module", type=Path, default=None,
+                   help="a Python file of your own @register_metric functions, loaded before the run")
     p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
     p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")
     p.add_argument("--objective", default=None, choices=["model", "outputs", "layer", "guarded"],
                    help="what each candidate threshold is scored by: outputs = the square distance of the model's "
-                        "outputs, whatever --metric (auto's default; the same as model for --metric square; dense, "
-                        "so it generalises from a few images where a detection metric over-fits them; --metric is "
-                        "still reported before/after and picks the starting table); model = --metric on the "
+                        "outputs, whatever --metric (auto's default; the same as model for --metric square; dense: "
+                        "every output value counts, see docs/tuning.md; --metric is still reported before/after and "
+                        "picks the starting table); model = --metric on the "
                         "model's outputs (tune's default, in the units of test's model difference and --tune_diff); "
                         "layer = the tuned layer's own output (square); guarded = outputs ranks the candidates, and a "
                         "move is kept only when --metric on the model's outputs improves too")
+    if not search:
+        p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+        p.add_argument("--equalize", action="store_true",
+                       help="the table was calibrated with --equalize on this caffemodel: equalize it the same way")
+        return
     s = p.add_argument_group("threshold search")
     s.add_argument("--search", default="both_directions", choices=["both_directions", "grid"],
                    help="both_directions: up then down by factors of (1+step_ratio) while it improves (default); "
@@ -189,11 +212,10 @@ def _add_tuning_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--multipliers", default="", help="explicit comma-separated multipliers (implies --search grid)")
     s.add_argument("--min_gain", type=float, default=0.01,
                    help="keep a new threshold only if it improves the objective on all images by more than this "
-                        "fraction (default 0.01; smaller gains on few images did not carry over to held-out images)")
+                        "fraction (default 0.01: a smaller gain on a few images is as likely noise)")
     s.add_argument("--search_subset", type=int, default=-1,
                    help="search each threshold on the N batches with the largest difference, then confirm on all "
-                        "(default -1: half of the batches when there are at least 6; 0: always all; searching on the worst third "
-                        "overfitted them on yolov3_nano_voc)")
+                        "(default -1: half of the batches when there are at least 6; 0: always all)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     _add_quant_args(p)
 
@@ -212,8 +234,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="mix: weights per output channel, activations per tensor (default, deployable); per_tensor; "
                         "per_channel: activations per channel too (TNN)")
     g.add_argument("--rounding", default=Rounding.HALF_EVEN.value, choices=[e.value for e in Rounding],
-                   help="half_to_even (ONNX QuantizeLinear, onnxruntime, TensorRT; default, and 5x faster to "
-                        "simulate) or half_away_from_zero (C roundf: ncnn, TNN)")
+                   help="half_to_even (ONNX QuantizeLinear, onnxruntime, TensorRT; default) or "
+                        "half_away_from_zero (C roundf: ncnn, TNN)")
     g.add_argument("--bias", default=BiasMode.INT32.value, choices=[e.value for e in BiasMode],
                    help="int32 at s_in*s_w (default) or fp32")
     g.add_argument("--target", default=Target.ONNXRUNTIME.value, choices=[e.value for e in Target],
@@ -261,6 +283,10 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
             from .commands.parse import calibrate_config
 
             return run_calibrate(calibrate_config(args), prepare_image)
+        if args.command == "export":
+            from .commands.export import run_export
+
+            return run_export(args)
         if args.command == "benchmark":
             from .commands.benchmark import run_benchmark
 

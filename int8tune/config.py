@@ -39,6 +39,7 @@ class ConfigBase:
 class ModelConfig(ConfigBase):
     proto: Path
     model: Path
+    input_shape: tuple[int, ...] | None = None  # --input_shape: another input size for a fully convolutional net
 
     def __post_init__(self) -> None:
         for key in ("proto", "model"):
@@ -152,6 +153,7 @@ class TuneConfig(ConfigBase):
     calibration_model: Path | None = None
     calibration_proto: Path | None = None
     metric: str = "square"
+    metric_module: Path | None = None  # --metric_module: a file of the user's metrics, loaded before the run
     metric_params: dict = None  # type: ignore[assignment]
     objective: str = "outputs"
     int8_layer: str = ""
@@ -183,7 +185,7 @@ class TuneConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.metric_params is None:
             object.__setattr__(self, "metric_params", {})
-        for key in ("calibration_model", "calibration_proto"):
+        for key in ("calibration_model", "calibration_proto", "metric_module"):
             path = getattr(self, key)
             if path is not None and not path.is_file():
                 raise ConfigError(f"--{key} {path}: no such file")

@@ -3,11 +3,12 @@ provenance (tool version, hashes of the model files and image list, resolved set
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
-import tempfile
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,9 +17,14 @@ from . import __version__
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temp file in the same folder, fsync, rename over `path`.
+
+    The file gets the permissions a plain `open(path, "w")` gives a new file: 0666 less the umask (or the
+    folder's default ACL). If `path` is a symbolic link, the link itself is replaced by the new file; whatever it
+    pointed to is left untouched (rename(2) acts on the name, never follows it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -29,6 +35,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusively created temp file beside `path`, opened for writing, with mode 0666 & ~umask.
+
+    tempfile.mkstemp creates 0600 whatever the umask, so every output was private to its owner. Opening with
+    mode 0666 lets the kernel apply the umask (or a default ACL) exactly as for a plain open(): no need to read
+    the umask, whose only portable reader (os.umask(0) then restore) briefly changes it for every thread."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # another writer's temp file of the same name: draw another
+    raise FileExistsError(errno.EEXIST, "no free temp file name beside it after 100 tries", str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

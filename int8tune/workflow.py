@@ -13,7 +13,8 @@ from typing import Callable
 from .config import TuneConfig
 from .metrics import Metric
 from .outputs import atomic_write_json, provenance
-from .pipeline.delivery import deliver
+from .pipeline.calibration import Calibration
+from .pipeline.delivery import Delivery, deliver
 from .pipeline.images import Images
 from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
 from .pipeline.workspace import Workspace, save_equalized
@@ -47,6 +48,19 @@ def save_progress(table: CalibrationTable, out: Path) -> None:
     write_table_pb(table, out / "tuned" / "calibration_table.pbtxt")
 
 
+def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -> tuple[Delivery, dict[str, Path]]:
+    """Every table format, the QDQ model (checked on the measurement images), statistics.csv, config.json and,
+    with --equalize, the equalized weights; returns the delivery and the other files by name."""
+    delivery = deliver(ws, cal.table, out, check_on=cal.measured, images_kind="calibration", threads=threads,
+                       qdq=cal.measured is not None)
+    extra = {"statistics": write_statistics(out / "statistics.csv", cal, ws.fold.net.blob_of),
+             "config": atomic_write_json(out / "config.json", cal.table.provenance)}
+    equalized = save_equalized(ws, out)
+    if equalized is not None:
+        extra["equalized"] = equalized
+    return delivery, extra
+
+
 def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: Images | None = None,
          held_out_images: Images | None = None, metric: Metric | None = None,
          adjust: Callable[[CalibrationTable], CalibrationTable] | None = None, log_path: Path | None = None,
@@ -57,8 +71,6 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
                      log_path=log_path or out / TRIALS, metric=metric, adjust=adjust)
     files: list[Path] = []
     if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
-        from .commands.calibrate import save_calibration
-
         save_calibration(s.calibration, ws, out / "calibration", cfg.threads)
     equalized = save_equalized(ws, out)
     if equalized is not None:
@@ -120,6 +132,3 @@ def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, eq
     score = run.best if run.best is not None else float("nan")
     return AutoResult(run.table, score, run.fp32, run.goal_met, out, text, run.interrupted,
                       run.held_out.tuned if run.held_out else None, run, s)
-
-
-__all__ = ["AutoResult", "auto", "save_progress", "write_statistics"]

@@ -169,3 +169,83 @@ def test_float_model_has_no_islands():
 def test_x64_exact_keeps_the_int8_conv():
     c = census(_qdq_conv(), x64_exact=True)
     assert c.int8["conv"] == 1 and c.float_islands == []
+
+
+# -- the float convolutions/matmuls named, with why (render_census "in float:" lines) ----------------------------
+
+def _named_conv(data: str = "in_dq", quantize_input: bool = True, tail: str = "quantize") -> onnx.ModelProto:
+    """Conv "conv1" with int8 weights (through a DQ); its input dequantized or the raw graph input; its output
+    quantized (tail "quantize"), the graph output ("output") or fed to a Softmax "sm" ("softmax")."""
+    nodes, inits = (_qdq("x", "in") if quantize_input else []), _qparams("in", 0.05) + _qparams("out", 0.1)
+    w_nodes, w_inits = _int8_weight("c")
+    nodes, inits = nodes + w_nodes, inits + w_inits
+    out = "y" if tail == "output" else "conv"
+    nodes.append(helper.make_node("Conv", [data, "c_wdq"], [out], pads=[1, 1, 1, 1], name="conv1"))
+    if tail == "quantize":
+        nodes += _qdq("conv", "out") + [helper.make_node("Identity", ["out_dq"], ["y"])]
+    elif tail == "softmax":
+        nodes.append(helper.make_node("Softmax", ["conv"], ["y"], axis=1, name="sm"))
+    return _model(nodes, inits if quantize_input else inits[2:])
+
+
+def _in_float(c: Census) -> list[str]:
+    return [line for line in render_census(c, width=400) if line.startswith("  in float: ")]
+
+
+def test_int8_conv_is_not_listed_in_float():
+    lines = render_census(census(_named_conv()))
+    assert lines[0] == "int8 kernels: 1 conv"
+    assert not [line for line in lines if "in float" in line]
+
+
+def test_float_conv_without_an_output_quantizer_is_named():
+    c = census(_named_conv(tail="output"))
+    assert c.float_islands[0].detail == "no QuantizeLinear on its output: a graph output"
+    assert _in_float(c) == ["  in float: conv1 (no QuantizeLinear on its output: a graph output)"]
+    lines = render_census(c)
+    assert lines[0] == "int8 kernels: none" and lines[1].startswith("float: Conv")  # first lines as before
+
+
+def test_float_conv_feeding_a_float_op_is_named():
+    c = census(_named_conv(tail="softmax"))
+    assert _in_float(c) == ["  in float: conv1 (no QuantizeLinear on its output: feeds Softmax 'sm')"]
+
+
+def test_float_conv_on_the_raw_graph_input_is_named():
+    """Weights through a DQ and a quantized output, but the input never quantized: no int8 kernel."""
+    c = census(_named_conv(data="x", quantize_input=False))
+    assert [(i.op, i.reason) for i in c.float_islands] == [("Conv", FLOAT_CONV_REASON)]
+    assert _in_float(c) == ["  in float: conv1 (no QuantizeLinear on its input: reads the graph input 'x')"]
+
+
+def test_unfused_conv_between_dq_and_q_says_onnxruntime_did_not_fuse_it():
+    c = census(_named_conv(), level="basic")  # the QDQ rewrites run from 'extended' on
+    (line,) = _in_float(c)
+    assert line.startswith("  in float: conv1 (not fused by onnxruntime: a Conv between DequantizeLinear and "
+                           "QuantizeLinear in the optimised graph")
+
+
+def test_float_matmul_is_named():
+    nodes = _qdq("x", "in") + [helper.make_node("Reshape", ["in_dq", "shape"], ["flat"]),
+                               helper.make_node("MatMul", ["flat", "w"], ["y"], name="fc")]
+    inits = _qparams("in", 0.05) + [numpy_helper.from_array(np.array([1, 256], np.int64), "shape"),
+                                    numpy_helper.from_array(RNG.standard_normal((256, 3)).astype(np.float32), "w")]
+    c = census(_model(nodes, inits))
+    assert _in_float(c) == ["  in float: fc (no QuantizeLinear on its output: a graph output)"]
+
+
+def test_at_most_ten_float_kernels_are_named():
+    from int8tune.quant.census import FloatIsland
+
+    islands = [FloatIsland(f"conv{i}", "Conv", FLOAT_CONV_REASON, "no QuantizeLinear on its output: a graph output")
+               for i in range(13)]
+    islands.append(FloatIsland("sm", "Softmax", GRAPH_OUTPUT))
+    c = Census(ops={"Conv": 13, "Softmax": 1}, int8=dict.fromkeys(INT8_KINDS, 0), float_islands=islands)
+    lines = render_census(c)
+    assert lines[0] == "int8 kernels: none"
+    assert lines[1].startswith("float: 13 Conv (float conv: no int8 kernel), Softmax (graph output)")
+    named = [line for line in lines if line.startswith("  in float: ")]
+    assert named[0] == "  in float: conv0 (no QuantizeLinear on its output: a graph output)"
+    assert len(named) == 10 and "conv10" not in "\n".join(named)
+    assert "  ... and 3 more" in lines
+    assert lines[-1].startswith("QuantizeLinear 0, DequantizeLinear 0")

@@ -16,11 +16,12 @@ from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
 from ..quant.qdq import export_qdq
 from ..pipeline.workspace import load_workspace
+from .parse import input_shape
 from .parse import default_threads, split_list
 
 
 def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:
-    ws = load_workspace(args.proto, args.model)
+    ws = load_workspace(args.proto, args.model, input_shape=input_shape(args.input_shape))
     table = None
     if args.qdq is not None:
         qdq = onnx.load(str(args.qdq))

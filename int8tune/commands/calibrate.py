@@ -13,24 +13,20 @@ Outputs under --output_path:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..config import CalibrateConfig
-from ..outputs import atomic_write_json
-from ..pipeline.calibration import Calibration, calibrate
-from ..pipeline.delivery import Delivery, deliver
-from ..pipeline.images import Images
-from ..pipeline.workspace import Workspace, load_workspace, save_equalized
+from ..pipeline.calibration import calibrate
+from ..pipeline.workspace import load_workspace
 from ..report.calibration import calibration_document
-from ..report.csvs import write_statistics
 from ..report.write import write_report
+from ..workflow import save_calibration
 from .common import images_of
 
 
 def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     t_start = time.perf_counter()
     print("int8tune calibrate\n" + cfg.describe())
-    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize)
+    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
     _, images = images_of(cfg.data, prepare_image, ws)
     cal = calibrate(ws, images, cfg.quant, measure=None if cfg.simplified else images.head(cfg.measure_images),
                     simplified=cfg.simplified, threads=cfg.threads, settings=cfg.to_dict())
@@ -40,19 +36,3 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     text, _ = write_report(doc, cfg.output_path)
     print(text)
     return 0
-
-
-def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -> tuple[Delivery, dict[str, Path]]:
-    """Every table format, the QDQ model (checked on the measurement images), statistics.csv, config.json and,
-    with --equalize, the equalized weights; returns the delivery and the other files by name."""
-    delivery = deliver(ws, cal.table, out, check_on=cal.measured, images_kind="calibration", threads=threads,
-                       qdq=cal.measured is not None)
-    extra = {"statistics": write_statistics(out / "statistics.csv", cal, ws.fold.net.blob_of),
-             "config": atomic_write_json(out / "config.json", cal.table.provenance)}
-    equalized = save_equalized(ws, out)
-    if equalized is not None:
-        extra["equalized"] = equalized
-    return delivery, extra
-
-
-__all__ = ["run_calibrate", "save_calibration", "Images"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..caffe.loader import load_net
+from ..caffe.reshape import with_input_shape
 from ..check import CheckReport, compare_with_opencv
 from ..config import CheckConfig, DataConfig, ModelConfig
 from ..convert.converter import convert_net
@@ -12,11 +13,12 @@ from ..data import iter_batches, read_data_list
 from ..image_params import load_image_params
 from ..outputs import atomic_write_json, provenance
 from ..runtime import Engine
+from .parse import model_config
 
 
 def check_config_from_args(args: argparse.Namespace) -> CheckConfig:
     return CheckConfig(
-        model=ModelConfig(proto=args.proto, model=args.model),
+        model=model_config(args),
         data=DataConfig(data_list=args.data_list, image_params=args.image_params, dataset_path=args.dataset_path,
                         data_limit=args.data_limit, batch_size=args.batch_size),
         tolerance=args.tolerance, json_path=args.json_path)
@@ -25,6 +27,8 @@ def check_config_from_args(args: argparse.Namespace) -> CheckConfig:
 def run_check(config: CheckConfig, prepare_image) -> int:
     print("int8tune check\n" + config.describe())
     net = load_net(config.model.proto, config.model.model)
+    if config.model.input_shape is not None:
+        net = with_input_shape(net, config.model.input_shape)
     engine = Engine(convert_net(net), expose_all=True)
     params = load_image_params(config.data.image_params)
     items = read_data_list(config.data.data_list, config.data.dataset_path, config.data.data_limit)

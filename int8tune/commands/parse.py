@@ -35,8 +35,21 @@ def default_threads(value: int | None) -> int:
     return value or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+def input_shape(text: str | None) -> tuple[int, ...] | None:
+    """--input_shape N,C,H,W (or NxCxHxW)."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError as e:
+        raise ConfigError(f"--input_shape {text!r}: expected N,C,H,W (four integers)") from e
+    if len(shape) != 4 or min(shape) <= 0:
+        raise ConfigError(f"--input_shape {text!r}: expected four positive integers N,C,H,W")
+    return shape
+
+
 def model_config(args) -> ModelConfig:
-    return ModelConfig(proto=args.proto, model=args.model)
+    return ModelConfig(proto=args.proto, model=args.model, input_shape=input_shape(getattr(args, "input_shape", None)))
 
 
 def data_config(args) -> DataConfig:
@@ -45,20 +58,27 @@ def data_config(args) -> DataConfig:
 
 
 def quant_config(args) -> QuantConfig:
-    names = split_list(args.ignore_layer_names) + names_option(args.ignore_layer_list, "--ignore_layer_list")
-    if args.ignore_layer_names_path:
+    """The int8 model's settings; a command without some of these options (test reads them from the table) gets
+    the defaults."""
+    d = QuantConfig()
+
+    def arg(name: str, default=None):
+        return getattr(args, name, default)
+
+    names = split_list(arg("ignore_layer_names", "")) + names_option(arg("ignore_layer_list", ""), "--ignore_layer_list")
+    if arg("ignore_layer_names_path"):
         names += read_name_file(args.ignore_layer_names_path, "--ignore_layer_names_path")
-    types = split_list(args.ignore_layer_types)
-    if args.ignore_layer_types_path:
+    types = split_list(arg("ignore_layer_types", ""))
+    if arg("ignore_layer_types_path"):
         types += read_name_file(args.ignore_layer_types_path, "--ignore_layer_types_path")
-    quantize = list(DEFAULT_QUANTIZE_TYPES) + [t for t in split_list(args.quantize_types)
+    quantize = list(DEFAULT_QUANTIZE_TYPES) + [t for t in split_list(arg("quantize_types", ""))
                                               if t not in DEFAULT_QUANTIZE_TYPES]
-    return QuantConfig(method=args.method, weight_method=args.weight_method, granularity=args.granularity,
-                       rounding=args.rounding, bias=args.bias, unsigned=args.unsigned,
-                       target=getattr(args, "target", "onnxruntime"),
-                       equalize=getattr(args, "equalize", False),
-                       quantize_types=tuple(quantize), ignore_layer_names=tuple(dict.fromkeys(names)),
-                       ignore_layer_types=tuple(dict.fromkeys(types)), percentile=args.percentile, bins=args.bins)
+    return QuantConfig(method=arg("method", d.method), weight_method=arg("weight_method", d.weight_method),
+                       granularity=arg("granularity", d.granularity), rounding=arg("rounding", d.rounding),
+                       bias=arg("bias", d.bias), unsigned=arg("unsigned", d.unsigned), target=arg("target", d.target),
+                       equalize=arg("equalize", d.equalize), quantize_types=tuple(quantize),
+                       ignore_layer_names=tuple(dict.fromkeys(names)), ignore_layer_types=tuple(dict.fromkeys(types)),
+                       percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins))
 
 
 def calibrate_config(args) -> CalibrateConfig:
@@ -90,16 +110,21 @@ def default_objective(command: str) -> str:
 
 
 def tune_config(args) -> TuneConfig:
-    multipliers = tuple(float(m) for m in split_list(args.multipliers)) if args.multipliers else ()
+    module = getattr(args, "metric_module", None)
+    if module is not None:  # the user's metrics must be registered before the config checks --metric
+        from ..metrics import load_metric_module
+
+        load_metric_module(module)
+    multipliers = tuple(float(m) for m in split_list(args.multipliers)) if getattr(args, "multipliers", "") else ()
     return TuneConfig(
         model=model_config(args), data=data_config(args), quant=quant_config(args), output_path=args.output_path,
-        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric,
+        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric, metric_module=module,
         metric_params=metric_params(args.metric_params, args.yolo_cfg),
-        objective=args.objective or default_objective(args.command),
+        objective=getattr(args, "objective", None) or default_objective(args.command),
         int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
-        tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else args.search,
-        step_ratio=args.step_ratio, steps=args.steps, patience=args.patience, multipliers=multipliers,
-        search_subset=args.search_subset, min_gain=args.min_gain,
+        tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else getattr(args, "search", "both_directions"),
+        step_ratio=getattr(args, "step_ratio", 0.1), steps=getattr(args, "steps", 8), patience=getattr(args, "patience", 2), multipliers=multipliers,
+        search_subset=getattr(args, "search_subset", -1), min_gain=getattr(args, "min_gain", 0.01),
         restarts=getattr(args, "restarts", TuneConfig.restarts),
         restart_pick=getattr(args, "restart_pick", TuneConfig.restart_pick),
         validation_list=getattr(args, "validation_list", None), strategy=getattr(args, "strategy", "layerwise"),

@@ -9,7 +9,7 @@ from .workspace import Workspace
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..metrics import METRICS
-from ..quant.auto import choose_calibrators
+from ..tune.start import choose_calibrators
 from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, output_values, plan_quantization,
                                planned_values, unsigned_values)
 from ..quant.calibrators import CalibratorOptions
@@ -35,7 +35,7 @@ class Calibration:
 
     def alternatives(self) -> dict[str, CalibrationTable]:
         """The whole table of each calibrator (model-wise candidates for the strategies and the start pick)."""
-        from ..quant.auto import tables_per_calibrator
+        from ..tune.start import tables_per_calibrator
 
         return tables_per_calibrator(self.table, {v: self.per_blob[v] for v in self.table.active_blobs()})
 

@@ -17,7 +17,7 @@ from ..config import TuneConfig
 from ..errors import ConfigError
 from ..log import logger
 from ..metrics import METRICS, Metric
-from ..quant.auto import best_start
+from ..tune.start import best_start
 from ..quant.table import CalibrationTable
 from ..tune.restarts import Judge, Restart, RestartPick, RestartsResult, tune_with_restarts
 from ..tune.search import SearchSettings

@@ -28,8 +28,14 @@ class Workspace:
         return next(iter(self.net.inputs.values()))
 
 
-def load_workspace(proto: Path, model: Path, equalize: bool = False) -> Workspace:
+def load_workspace(proto: Path, model: Path, equalize: bool = False,
+                   input_shape: tuple[int, ...] | None = None) -> Workspace:
+    """`input_shape`: run a fully convolutional net at another input size than its prototxt says."""
     net = load_net(proto, model)
+    if input_shape is not None:
+        from ..caffe.reshape import with_input_shape
+
+        net = with_input_shape(net, tuple(input_shape))
     equalization = None
     if equalize:
         equalization = equalize_net(net)

@@ -76,6 +76,8 @@ class FloatIsland:
     node: str
     op: str
     reason: str
+    # for a float convolution/matmul: what the optimised graph shows kept it from an int8 kernel (_why_float_kernel)
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,12 @@ def census_of_graph(optimised: onnx.ModelProto) -> Census:
     return Census(ops=dict(ops), int8=int8, float_islands=islands, quantize=quantize, dequantize=dequantize)
 
 
+MAX_NAMED_FLOAT_KERNELS = 10
+
+
 def render_census(c: Census, width: int = 110) -> list[str]:
-    """Short report lines: int8 kernels by kind, the float islands grouped by op and reason, Q/DQ left."""
+    """Short report lines: int8 kernels by kind, the float islands grouped by op and reason, then each convolution
+    or matmul that runs in float by name with why (the first MAX_NAMED_FLOAT_KERNELS), Q/DQ left."""
     kinds = ", ".join(f"{n} {k}" for k, n in c.int8.items() if n)
     lines = [f"int8 kernels: {kinds or 'none'}"]
     groups: dict[tuple[str, str], int] = {}
@@ -145,6 +151,10 @@ def render_census(c: Census, width: int = 110) -> list[str]:
         short = _SHORT.get(reason, f"({reason})")
         parts.append(f"{n} {op} {short}" if n > 1 else f"{op} {short}")
     lines.append("float: " + (", ".join(parts) if parts else "none between or around the int8 parts"))
+    kernels = [i for i in c.float_islands if i.op in FLOAT_CONV | FLOAT_MATMUL]
+    lines += [f"  in float: {i.node} ({i.detail or i.reason})" for i in kernels[:MAX_NAMED_FLOAT_KERNELS]]
+    if len(kernels) > MAX_NAMED_FLOAT_KERNELS:
+        lines.append(f"  ... and {len(kernels) - MAX_NAMED_FLOAT_KERNELS} more")
     moves = ", ".join(f"{c.ops[o]} {o}" for o in sorted(DATA_MOVEMENT) if c.ops.get(o))
     lines.append(f"QuantizeLinear {c.quantize}, DequantizeLinear {c.dequantize}; data movement: {moves or 'none'}; "
                  f"{sum(c.ops.values())} nodes")
@@ -327,5 +337,76 @@ def _float_islands(g, nodes, types, kind_of) -> list[FloatIsland]:
             reason = GRAPH_INPUT
         else:
             reason = DETACHED
-        islands.append(FloatIsland(node=n.name or n.output[0], op=n.op_type, reason=reason))
+        detail = ""
+        if n.op_type in FLOAT_CONV | FLOAT_MATMUL:
+            detail = _why_float_kernel(n, nodes, producer, consumers, initializers, graph_inputs, graph_outputs)
+        islands.append(FloatIsland(node=n.name or n.output[0], op=n.op_type, reason=reason, detail=detail))
     return islands
+
+
+def _why_float_kernel(n, nodes, producer, consumers, initializers, graph_inputs, graph_outputs) -> str:
+    """Why a convolution/matmul kept its float kernel, from what surrounds it in the optimised graph.
+
+    onnxruntime's QDQ rewrites fuse DequantizeLinear -> op -> QuantizeLinear into an int8 kernel when the op's
+    inputs come from DequantizeLinear nodes (constant float weights it quantizes itself; onnxruntime 1.32 also
+    quantizes a float bias, and takes int8 or uint8 on either side) and its output goes only into QuantizeLinear
+    nodes. So: a missing QuantizeLinear on an input or on the output, else the rewrite did not run (optimisation
+    level) or does not cover this op or setting."""
+
+    def origin(value: str) -> tuple[str, int | None]:
+        # through layout and shape changes (the NCHWc ReorderInput in front of a float conv, a Transpose, ...)
+        seen = set()
+        while value in producer and producer[value] not in seen:
+            p = producer[value]
+            seen.add(p)
+            if nodes[p].op_type not in DATA_MOVEMENT or not nodes[p].input:
+                return value, p
+            value = nodes[p].input[0]
+        return value, producer.get(value)
+
+    def uses(value: str) -> tuple[list[int], bool]:
+        # the consumers past data movement, and whether the value (or a reshaped copy) is a graph output
+        found, is_output, todo, seen = [], False, [value], set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            is_output = is_output or v in graph_outputs
+            for c in consumers.get(v, []):
+                if nodes[c].op_type in DATA_MOVEMENT:
+                    todo.extend(o for o in nodes[c].output if o)
+                else:
+                    found.append(c)
+        return found, is_output
+
+    is_conv = n.op_type in FLOAT_CONV
+    reasons = []
+    for index, what in ((0, "input"), (1, "weights" if is_conv else "second input")):
+        if len(n.input) <= index or not n.input[index]:
+            continue
+        value, p = origin(n.input[index])
+        if p is not None and nodes[p].op_type in DEQUANTIZE:
+            continue
+        if value in initializers:
+            continue  # constant float weights: onnxruntime quantizes them itself
+        if value in graph_inputs:
+            source = f"the graph input {value!r}"
+        elif p is not None:
+            source = f"the float output of {nodes[p].op_type} {nodes[p].name or value!r}"
+        else:
+            source = repr(value)
+        reasons.append(f"no QuantizeLinear on its {what}: reads {source}")
+    users, is_output = uses(n.output[0]) if n.output else ([], False)
+    if is_output:
+        reasons.append("no QuantizeLinear on its output: a graph output")
+    else:
+        others = [nodes[c] for c in users if nodes[c].op_type not in QUANTIZE]
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            reasons.append(f"no QuantizeLinear on its output: feeds {others[0].op_type} "
+                           f"{others[0].name or others[0].output[0]!r}{more}")
+    if reasons:
+        return "; ".join(reasons)
+    return (f"not fused by onnxruntime: a {n.op_type} between DequantizeLinear and QuantizeLinear in the optimised "
+            f"graph (optimisation level below 'extended', or a case its int8 kernels do not cover)")

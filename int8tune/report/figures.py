@@ -17,9 +17,16 @@ from .document import Figure
 
 def layer_figures(s: Session, run: LayerwiseRun, rows: list[dict], folder: Path) -> list[Figure]:
     layers = [r["layer"] for r in rows]
+    # With another metric than square, a second panel: the objective on the model's outputs before and after
+    # each layer's move (restart 1), so a metric that got worse where the square distance improved shows up.
+    extra = {}
+    if s.metric.name != "square":
+        extra = dict(metric_before=[r["objective_before"] for r in rows],
+                     metric_after=[r["objective_after"] for r in rows],
+                     metric_name=f"objective ({s.cfg.objective}) on the model outputs, before/after each move")
     figures = [Figure(plot_layer_differences(layers, [r["difference_before"] for r in rows],
                                              [r["difference_after"] for r in rows],
-                                             folder / "layer_differences.png", "square"),
+                                             folder / "layer_differences.png", "square", **extra),
                       "each int8 layer's own output difference (square), before and after tuning")]
     worst = sorted(rows, key=lambda r: -(r["difference_before"] if np.isfinite(r["difference_before"]) else 0))
     values = list(dict.fromkeys(run.table.layers[r["layer"]].input_value for r in worst[: s.cfg.plots]))

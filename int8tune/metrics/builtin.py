@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
-from .metrics import normalised_square, register_metric, squared_error_parts
-from .yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
+from ..errors import ConfigError
+from .core import normalised_square, register_metric, squared_error_parts
+from ..yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
 
 
 @register_metric("square", "lower")
@@ -116,7 +116,7 @@ def coco_map(fp32, int8, params):
     """COCO mAP@[.5:.95] (pycocotools) of the int8 YOLO detections against a COCO annotation file:
     --metric_params '{"cfg": "model.cfg", "annotations": "instances.json", "category_ids": [...]}'; images are
     matched to the annotation file by file name."""
-    from .coco import coco_map as score
+    from ..coco import coco_map as score
 
     if "annotations" not in params or "image_names" not in params:
         raise ConfigError("coco_map needs --metric_params annotations (a COCO json) and a data list of files")
@@ -128,7 +128,7 @@ def coco_map(fp32, int8, params):
 @register_metric("coco_map_agreement", "higher")
 def coco_map_agreement(fp32, int8, params):
     """COCO mAP@[.5:.95] of the int8 YOLO detections with the fp32 detections as ground truth (no labels)."""
-    from .coco import coco_map_agreement as score
+    from ..coco import coco_map_agreement as score
 
     p = _yolo_params({k: v for k, v in params.items() if k not in ("annotations", "category_ids", "image_names")})
     return score(detections_of(fp32, p), detections_of(int8, p), p.input_size)

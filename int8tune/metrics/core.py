@@ -1,6 +1,6 @@
 """The registry of difference metrics. A metric turns fp32 and int8 outputs into one number, with a direction.
 
-The built-in metrics (builtin_metrics.py) are registered when this module is imported; the user's own come from
+The built-in metrics (metrics/builtin.py) are registered when the package is imported; the user's own come from
 evaluation_utils.py (main.py imports it) or any file given with --metric_module (load_metric_module). The package
 only ever looks metrics up by name, and a metric carries its direction.
 """
@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import ConfigError, Int8TuneError
-from .registry import Registry
+from ..errors import ConfigError, Int8TuneError
+from ..registry import Registry
 
 Outputs = Mapping[str, np.ndarray]
 
@@ -113,6 +113,3 @@ def load_metric_module(path: Path) -> list[str]:
         raise ConfigError(f"--metric_module {path}: it registers no new metric (use @register_metric from "
                           f"int8tune.metrics); registered: {', '.join(METRICS.names())}")
     return added
-
-
-from . import builtin_metrics  # noqa: E402,F401  (registers the built-in metrics; it imports this module)
