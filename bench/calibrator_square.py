@@ -18,7 +18,7 @@ from common import ASSETS, batches_of, model_paths, params_for, require_assets
 from int8tune.pipeline.workspace import load_workspace
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
-from int8tune.quant.auto import choose_calibrators
+from int8tune.tune.start import choose_calibrators
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.spec import QuantSpec

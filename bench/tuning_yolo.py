@@ -34,7 +34,7 @@ from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets
 from int8tune.config import TuneConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
-from int8tune.quant.auto import best_start, choose_calibrators
+from int8tune.tune.start import best_start, choose_calibrators
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
