@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "int8tune"
 # Lowest first. A unit is a subpackage (caffe, quant, ...) or a top-level module (config, workflow, ...).
 LAYERS = [
     {"__init__", "__version__", "errors", "log", "registry", "outputs", "hostcpu", "progress", "image_params", "data",
-     "preprocess", "yolo", "coco", "plots", "proto"},
+     "preprocess", "yolo", "coco", "plots", "proto", "example"},
     {"metrics"},  # difference metrics: arithmetic on outputs
     {"caffe"},  # read
     {"convert"},  # Caffe -> ONNX
