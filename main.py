@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the user's files bes
 
 import evaluation_utils  # noqa: E402,F401  (registers the metrics)
 import test_utils  # noqa: E402
-
 from int8tune.cli import run  # noqa: E402
 
 

@@ -25,8 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from int8tune.image_params import ColorFormat, ImageParams
-from int8tune.preprocess import (apply_mean_scale, bgr_to_rgb, centre_crop, flip, letterbox, read_image,
-                                 read_raw_tensor, resize, resize_short_side, to_nchw)
+from int8tune.preprocess import (
+    apply_mean_scale,
+    bgr_to_rgb,
+    centre_crop,
+    flip,
+    letterbox,
+    read_image,
+    read_raw_tensor,
+    resize,
+    resize_short_side,
+    to_nchw,
+)
 
 
 def prepare_image(path: Path, params: ImageParams) -> np.ndarray:

@@ -17,18 +17,17 @@ import time
 from dataclasses import replace
 
 import numpy as np
-
 from common import batches_of, labelled, model_paths, params_for, require_assets, split, top1
 
-from int8tune.pipeline.workspace import load_workspace
 from int8tune.metrics import METRICS
-from int8tune.tune.start import choose_calibrators
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import Granularity, QuantSpec
 from int8tune.runtime import Engine
-from int8tune.tune.tuner import TuneSettings, Tuner
+from int8tune.tune.start import choose_calibrators
+from int8tune.tune.tuner import Tuner, TuneSettings
 
 
 def main() -> int:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from common import ASSETS, batches_of, model_paths, params_for, require_assets
 
-from int8tune.pipeline.workspace import load_workspace
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
-from int8tune.tune.start import choose_calibrators
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
-from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
+from int8tune.tune.start import choose_calibrators
+from int8tune.tune.tuner import Tuner, TuneSettings, metric_outputs
 
 
 def main() -> int:

@@ -11,10 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import evaluation_utils  # noqa: E402,F401  (registers the metrics)
-from test_utils import prepare_image  # noqa: E402
-
 from int8tune.data import DataItem, iter_batches, read_data_list  # noqa: E402
 from int8tune.image_params import load_image_params  # noqa: E402
+from test_utils import prepare_image  # noqa: E402
 
 ASSETS = REPO.parent / "shared" / "assets"
 MODELS = {

@@ -72,12 +72,11 @@ def simulate_job(job: dict) -> None:
     sys.path.insert(0, job["root"])
     import dataclasses
 
+    import int8tune
     from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.formats import read_table_pb
     from int8tune.quant.simulate import build_int8_graph
     from int8tune.runtime import Engine
-
-    import int8tune
     assert Path(int8tune.__file__).resolve().is_relative_to(Path(job["root"]).resolve()), int8tune.__file__
     ws = load_workspace(Path(job["proto"]), Path(job["model"]), False)
     x = np.load(job["inputs"])["x"]
@@ -325,14 +324,22 @@ def main() -> int:
     args = ap.parse_args()
     t_start = time.perf_counter()
     sys.path.insert(0, str(HERE.parent))
-    from common import (batches_of, detection_split, labelled, model_paths, params_for, require_assets, split,
-                        top1, yolo_params)
-
     import onnx
+    from common import (
+        batches_of,
+        detection_split,
+        labelled,
+        model_paths,
+        params_for,
+        require_assets,
+        split,
+        top1,
+        yolo_params,
+    )
 
-    from int8tune.pipeline.workspace import load_workspace
     from int8tune.data import DataItem
     from int8tune.hostcpu import describe_host
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.runtime import Engine
     from int8tune.yolo import YoloParams, detections_of, mean_average_precision
 

@@ -18,7 +18,6 @@ import sys
 import time
 
 import numpy as np
-
 from common import ASSETS, MODELS, model_paths  # noqa: E402  (puts the repo root on sys.path)
 
 from int8tune.caffe.loader import load_net  # noqa: E402

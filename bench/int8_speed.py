@@ -38,12 +38,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from common import REPO, batches_of, detection_split, labelled, model_paths, params_for, require_assets  # noqa: E402
 
-from common import (REPO, batches_of, detection_split, labelled, model_paths, params_for,  # noqa: E402
-                    require_assets)
-
-from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.data import DataItem  # noqa: E402
+from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.quant.census import census, render_census  # noqa: E402
 from int8tune.runtime import session_options  # noqa: E402
 
@@ -118,8 +116,13 @@ def export_ours(name: str, items: list[DataItem], folder: Path, extra: str) -> d
 
 def export_ort(fp32: onnx.ModelProto, input_name: str, x: np.ndarray, folder: Path) -> dict:
     """onnxruntime's quant_pre_process + quantize_static of the fp32 graph on the images `x` (one per read)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

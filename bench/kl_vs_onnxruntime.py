@@ -53,9 +53,8 @@ def run_int8tune(args) -> None:
 
 
 def batches_of_stream(items, params, input_shape):
-    from test_utils import prepare_image
-
     from int8tune.data import iter_batches
+    from test_utils import prepare_image
 
     for batch, _ in iter_batches(items, prepare_image, params, input_shape, 1):
         yield batch
@@ -70,8 +69,13 @@ def export_fp32(args, path: Path) -> None:
 
 
 def run_onnxruntime(args) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from int8tune.pipeline.workspace import load_workspace
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
 from int8tune.data import DataItem
@@ -27,7 +26,8 @@ from int8tune.quant.calibrate import build_table, collect_statistics, plan_quant
 from int8tune.quant.calibrators import CalibratorOptions
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
-from int8tune.tune.tuner import TuneSettings, Tuner
+from int8tune.tune.tuner import Tuner, TuneSettings
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

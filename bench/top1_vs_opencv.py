@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import batches_of, labelled, model_paths, params_for, require_assets, top1
 
 from int8tune.caffe.loader import load_net

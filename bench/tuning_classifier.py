@@ -15,20 +15,19 @@ import argparse
 import time
 
 import numpy as np
-
 from common import batches_of, labelled, model_paths, params_for, require_assets, split, top1
 
-from int8tune.pipeline.workspace import load_workspace
+from int8tune.config import TuneConfig
 from int8tune.metrics import METRICS
-from int8tune.tune.start import best_start, choose_calibrators, tables_per_calibrator
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
-from int8tune.config import TuneConfig
 from int8tune.tune.restarts import final_objective, tune_with_restarts
-from int8tune.tune.tuner import TuneSettings, Tuner
+from int8tune.tune.start import best_start, choose_calibrators, tables_per_calibrator
+from int8tune.tune.tuner import Tuner, TuneSettings
 
 
 def main() -> int:
@@ -80,7 +79,7 @@ def main() -> int:
     seconds = time.perf_counter() - t0
     print(f"{args.model}: tuning images 0..{args.tune - 1} of {args.images}/labels.txt, test images "
           f"{args.tune}..{args.tune + len(test_items) - 1} ({len(test_items)})")
-    print(f"whole tables' square difference on the tuning images: "
+    print("whole tables' square difference on the tuning images: "
           + ", ".join(f"{k} {v:.5f}" for k, v in scores.items()) + f"; start from {start_name}")
     print(f"square difference on the tuning images: {tuner.difference(start):.5f} -> {tuner.difference(tuned):.5f} "
           f"({tuner.trial_count} candidates, {seconds:.1f}s)")

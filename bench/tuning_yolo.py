@@ -25,16 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 
 import numpy as np
-
 from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
 from int8tune.config import TuneConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
-from int8tune.tune.start import best_start, choose_calibrators
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
 from int8tune.quant.calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions
 from int8tune.quant.simulate import build_int8_graph
@@ -42,9 +39,19 @@ from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
 from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
-from int8tune.tune.tuner import TuneSettings, Tuner, metric_outputs
-from int8tune.yolo import (MOVED_IOU, NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, drawn_off,
-                           mean_average_precision, near_threshold)
+from int8tune.tune.start import best_start, choose_calibrators
+from int8tune.tune.tuner import Tuner, TuneSettings, metric_outputs
+from int8tune.yolo import (
+    MOVED_IOU,
+    NEAR_THRESHOLD,
+    YoloParams,
+    detection_agreement,
+    detections_of,
+    drawn_off,
+    mean_average_precision,
+    near_threshold,
+)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -166,7 +166,7 @@ def compare_with_opencv(engine: Engine, proto: str | Path, model: str | Path,
             diff = by_value[value]
             prepare = ROW_VIEWS.get(diff.layer_type)
             if prepare is not None:  # variable-length outputs: compare their meaningful rows
-                _accumulate(diff, prepare(ours[value]), prepare(np.asarray(ref)), note=f"rows compared")
+                _accumulate(diff, prepare(ours[value]), prepare(np.asarray(ref)), note="rows compared")
             else:
                 _accumulate(diff, ours[value], np.asarray(ref))
     logger.info("compared %d blobs on %d images", len(report.compared), len(report.images))

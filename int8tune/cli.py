@@ -275,7 +275,7 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         if args.command == "check":
-            from .commands.check import run_check, check_config_from_args
+            from .commands.check import check_config_from_args, run_check
 
             return run_check(check_config_from_args(args), prepare_image)
         if args.command == "calibrate":

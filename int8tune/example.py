@@ -172,7 +172,7 @@ class Example:
     input_size: tuple[int, int] = (300, 300)  # (height, width)
     bgr_mean: tuple[float, float, float] = (104.0, 177.0, 123.0)
 
-    def batches(self, images: list[Path] | None = None) -> list["np.ndarray"]:
+    def batches(self, images: list[Path] | None = None) -> list:
         """One float32 (1, 3, 300, 300) batch per image, preprocessed as image_params.json says."""
         import cv2
         import numpy as np

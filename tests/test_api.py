@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import write_net
+from test_cli import PROTOTXT, WEIGHTS
 
 import evaluation_utils  # noqa: F401
 import main as entry
 from int8tune.api import load_settings, tune
 from int8tune.errors import ConfigError
 from int8tune.quant.formats import read_table_pb
-from netbuilder import write_net
-from test_cli import PROTOTXT, WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_cli_config_file(model, tmp_path, capsys):
 
 
 def test_validation_dataloader_scores_the_tuned_table_and_picks_the_restart(model, tmp_path):
-    from int8tune.pipeline.workspace import load_workspace
     from int8tune.metrics import METRICS
-    from int8tune.tune.tuner import TuneSettings, Tuner
+    from int8tune.pipeline.workspace import load_workspace
+    from int8tune.tune.tuner import Tuner, TuneSettings
 
     held = list(loader(2, seed=7))
     result = tune(model, list(loader()), validation_dataloader=held, restart_pick="validation", restarts=3,

@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 
 from int8tune.errors import ConfigError, RegistryError
-from int8tune.quant.calibrators import (ACTIVATION_CALIBRATORS, WEIGHT_CALIBRATORS, CalibratorError,
-                                        CalibratorOptions, KLVariant, aciq_alpha, admm_weights, calibrate_activation,
-                                        calibrate_weights, ncnn_kl_divergences, round_half_away)
+from int8tune.quant.calibrators import (
+    ACTIVATION_CALIBRATORS,
+    WEIGHT_CALIBRATORS,
+    CalibratorError,
+    CalibratorOptions,
+    KLVariant,
+    aciq_alpha,
+    admm_weights,
+    calibrate_activation,
+    calibrate_weights,
+    ncnn_kl_divergences,
+    round_half_away,
+)
 from int8tune.quant.stats import DEFAULT_BINS, MIN_THRESHOLD, Histogram, histogram_of
 
 OPTIONS = CalibratorOptions()

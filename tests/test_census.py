@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from int8tune.quant.census import (BETWEEN, FLOAT_CONV_REASON, GRAPH_OUTPUT, INT8_KINDS, Census, census,
-                                   render_census)
+from int8tune.quant.census import BETWEEN, FLOAT_CONV_REASON, GRAPH_OUTPUT, INT8_KINDS, Census, census, render_census
 
 SHAPE = [1, 4, 8, 8]
 RNG = np.random.default_rng(0)

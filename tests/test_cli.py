@@ -9,10 +9,10 @@ import re
 import cv2
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 import main as entry
 from int8tune.quant.formats import read_table_pb
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(21)
 PROTOTXT = (input_header((1, 3, 16, 16))

@@ -12,17 +12,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import REPO_ROOT
 
 import main as entry
-from int8tune.pipeline.workspace import load_workspace
+import test_utils
 from int8tune.hostcpu import describe_host
 from int8tune.image_params import load_image_params
+from int8tune.pipeline.workspace import load_workspace
 from int8tune.quant.formats import read_table_pb
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import Target
 from int8tune.runtime import Engine, with_outputs
-from conftest import REPO_ROOT
-import test_utils
 
 MODELS = {
     "squeezenet_v1.0": ("deploy.prototxt", "squeezenet_v1.0.caffemodel", "imagenet_dev"),

@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 import main as entry
 from int8tune.caffe.equalize import MAX_SCALE, equalize_net, write_equalized_caffemodel
@@ -15,7 +16,6 @@ from int8tune.caffe.fold import fold_batchnorm_scale
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(5)
 C = 6

@@ -10,21 +10,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net, read_prototxt
 from int8tune.caffe.net import CaffeNet
 from int8tune.errors import ConfigError, RegistryError
 from int8tune.outputs import provenance
-from int8tune.quant.formats import (TABLE_FORMATS, apply_imported, read_int8_prototxt, read_ncnn_table,
-                                    read_ort_cache, read_table_pb, read_tensorrt_cache, write_all,
-                                    write_int8_prototxt, write_ncnn_table, write_ort_cache, write_table_pb,
-                                    write_tensorrt_cache)
+from int8tune.quant.formats import (
+    TABLE_FORMATS,
+    apply_imported,
+    read_int8_prototxt,
+    read_ncnn_table,
+    read_ort_cache,
+    read_table_pb,
+    read_tensorrt_cache,
+    write_all,
+    write_int8_prototxt,
+    write_ncnn_table,
+    write_ort_cache,
+    write_table_pb,
+    write_tensorrt_cache,
+)
 from int8tune.quant.formats.base import LayerShape
 from int8tune.quant.formats.ncnn import ncnn_weight_thresholds
 from int8tune.quant.formats.tensorrt import scale_hex
 from int8tune.quant.spec import BiasMode, Granularity, QuantSpec, Rounding
 from int8tune.quant.table import BlobEntry, CalibrationTable, LayerEntry
-from netbuilder import input_header, layer, write_net
 
 ALL_FILES = {"pb": "calibration_table.pb", "pbtxt": "calibration_table.pbtxt", "int8_prototxt": "int8.prototxt",
              "tensorrt": "tensorrt_calibration.cache", "ncnn": "ncnn.table",

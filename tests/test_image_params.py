@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from int8tune.errors import ConfigError
-from int8tune.image_params import (VALID_KEYS, ColorFormat, ImageParams, Interpolation, load_image_params)
+from int8tune.image_params import VALID_KEYS, ColorFormat, ImageParams, Interpolation, load_image_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

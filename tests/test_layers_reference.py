@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
@@ -12,7 +13,6 @@ from int8tune.convert.layers.pooling import caffe_ave_divisors, caffe_pool_outpu
 from int8tune.convert.layers.shape import caffe_reshape
 from int8tune.errors import ModelError, UnsupportedLayerError
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(1)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net
 from int8tune.check import compare_with_opencv
 from int8tune.convert.converter import convert_net
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(0)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
 from int8tune.errors import ModelError
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 CONV = "convolution_param { num_output: 2 kernel_size: 1 }"
 W = {"conv": [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)]}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
@@ -14,8 +16,6 @@ from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec
 from int8tune.runtime import Engine
 from int8tune.tune.partial import PartialEvaluator, dependents
-from netbuilder import write_net
-from test_simulate import PROTOTXT, WEIGHTS, make_table
 
 
 @pytest.fixture(scope="module")

@@ -168,11 +168,12 @@ def test_a_terminal_gets_a_tqdm_bar(caplog, monkeypatch):
 
 
 def test_collect_statistics_reports_both_passes_as_one_progress(tmp_path, caplog, monkeypatch, no_tqdm):
+    from netbuilder import input_header, layer, write_net
+
     from int8tune.caffe.loader import load_net
     from int8tune.convert.converter import convert_net
     from int8tune.quant import calibrate
     from int8tune.runtime import Engine
-    from netbuilder import input_header, layer, write_net
 
     proto = input_header((1, 2, 4, 4)) + layer("conv", "Convolution", "data", "conv",
                                                "convolution_param { num_output: 2 kernel_size: 1 }")

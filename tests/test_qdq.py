@@ -6,18 +6,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
+from int8tune.hostcpu import describe_host, host_int8_path
 from int8tune.quant.census import census
 from int8tune.quant.qdq import export_qdq
-from int8tune.quant.simulate import build_int8_graph
-from int8tune.hostcpu import describe_host, host_int8_path
 from int8tune.quant.saturation import pair_safe_thresholds
+from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import QuantSpec, Rounding, Target
 from int8tune.quant.table import BlobEntry, CalibrationTable, LayerEntry
 from int8tune.runtime import Engine, with_outputs
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(3)
 PROTOTXT = (input_header((1, 3, 12, 12))

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
+from test_tuner import batches
 
 import evaluation_utils  # noqa: F401  (registers the square metric)
 from int8tune.caffe.loader import load_net
@@ -15,10 +18,7 @@ from int8tune.quant.spec import QuantSpec
 from int8tune.tune.restarts import RESTART_JITTER, combine, final_objective, restart_start, tune_with_restarts
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.trials import TrialLog
-from int8tune.tune.tuner import TuneSettings, Tuner
-from netbuilder import write_net
-from test_simulate import PROTOTXT, WEIGHTS, make_table
-from test_tuner import batches
+from int8tune.tune.tuner import Tuner, TuneSettings
 
 SETTINGS = TuneSettings(search_settings=SearchSettings(step_ratio=0.25, steps=10))
 

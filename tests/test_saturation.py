@@ -15,8 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from int8tune.errors import ConfigError
 from int8tune.hostcpu import ENV_OVERRIDE, Int8Path, describe_host, host_int8_path
-from int8tune.quant.saturation import (Pairing, exact_conv2d, exact_matmul, is_depthwise, kernel_order, pair_safe,
-                                      pair_safe_thresholds, pair_saturating_matmul, saturating_conv2d)
+from int8tune.quant.saturation import (
+    Pairing,
+    exact_conv2d,
+    exact_matmul,
+    is_depthwise,
+    kernel_order,
+    pair_safe,
+    pair_safe_thresholds,
+    pair_saturating_matmul,
+    saturating_conv2d,
+)
 
 RNG = np.random.default_rng(20240611)
 

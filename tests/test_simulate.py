@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import input_header, layer, write_net
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
@@ -11,7 +12,6 @@ from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.spec import BiasMode, Granularity, QuantSpec, Rounding, Target
 from int8tune.quant.table import BlobEntry, CalibrationTable, LayerEntry
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(7)
 PROTOTXT = (input_header((2, 3, 6, 6))

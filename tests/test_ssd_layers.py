@@ -17,14 +17,24 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from netbuilder import input_header, layer, write_net
 from onnx import TensorProto, helper
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import ConvertedModel, convert_net
-from int8tune.convert.layers.ssd import (CodeType, DetectionSpec, decode_boxes, detection_output, detection_rows,
-                                         expand_aspect_ratios, jaccard_overlap, nms, normalize, prior_boxes)
+from int8tune.convert.layers.ssd import (
+    CodeType,
+    DetectionSpec,
+    decode_boxes,
+    detection_output,
+    detection_rows,
+    expand_aspect_ratios,
+    jaccard_overlap,
+    nms,
+    normalize,
+    prior_boxes,
+)
 from int8tune.errors import ModelError
-from netbuilder import input_header, layer, write_net
 
 cv2 = pytest.importorskip("cv2")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
 
 import evaluation_utils  # noqa: F401  (registers the metrics)
 from int8tune.caffe.loader import load_net
@@ -15,9 +17,7 @@ from int8tune.quant.spec import QuantSpec
 from int8tune.tune.driver import run_strategy
 from int8tune.tune.strategies import STRATEGIES, Candidate, StrategyContext, StrategySettings
 from int8tune.tune.trials import TrialLog
-from int8tune.tune.tuner import TuneSettings, Tuner
-from netbuilder import write_net
-from test_simulate import PROTOTXT, WEIGHTS, make_table
+from int8tune.tune.tuner import Tuner, TuneSettings
 
 
 @pytest.fixture(scope="module")

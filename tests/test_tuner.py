@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from netbuilder import write_net
+from test_simulate import PROTOTXT, WEIGHTS, make_table
 
 import evaluation_utils  # noqa: F401  (registers the square metric)
 from int8tune.caffe.loader import load_net
@@ -15,9 +17,7 @@ from int8tune.metrics import METRICS
 from int8tune.quant.spec import QuantSpec
 from int8tune.tune.search import SearchSettings
 from int8tune.tune.trials import TrialLog, changed_inputs
-from int8tune.tune.tuner import TuneSettings, Tuner
-from netbuilder import write_net
-from test_simulate import PROTOTXT, WEIGHTS, make_table
+from int8tune.tune.tuner import Tuner, TuneSettings
 
 
 @pytest.fixture(scope="module")

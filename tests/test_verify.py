@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
+from netbuilder import input_header, layer, write_net
 from onnx import numpy_helper
 
 from int8tune.caffe.loader import load_net
@@ -19,10 +20,15 @@ from int8tune.hostcpu import ENV_OVERRIDE, Int8Path
 from int8tune.quant.qdq import export_qdq
 from int8tune.quant.spec import QuantSpec, Target
 from int8tune.quant.table import BlobEntry, CalibrationTable, LayerEntry
-from int8tune.quant.verify import (MAX_BEYOND_FRACTION, MAX_STEPS, ExportCheck, OutputCheck, check_export,
-                                   render_export_check)
+from int8tune.quant.verify import (
+    MAX_BEYOND_FRACTION,
+    MAX_STEPS,
+    ExportCheck,
+    OutputCheck,
+    check_export,
+    render_export_check,
+)
 from int8tune.runtime import Engine
-from netbuilder import input_header, layer, write_net
 
 RNG = np.random.default_rng(11)
 # Two heads: `fc` is an int8 layer's output (quantized, measured in its steps); `prob` is a Softmax (float,
@@ -178,13 +184,14 @@ def test_bounds_are_inclusive_and_each_one_alone_fails():
 def test_lenet_calibrated_by_the_cli_agrees_on_this_host(assets, tmp_path, capsys):
     """The real thing: `calibrate` on 8 MNIST digits writes the table and the QDQ file; the file in a default
     session computes what the simulation of that table computes."""
+    from conftest import REPO_ROOT
+
     import main as entry
     import test_utils
     from int8tune.commands.common import data_items, prepared_batches
-    from int8tune.pipeline.workspace import load_workspace
     from int8tune.config import DataConfig
+    from int8tune.pipeline.workspace import load_workspace
     from int8tune.quant.formats import read_table_pb
-    from conftest import REPO_ROOT
 
     model_dir = assets / "models" / "lenet_mnist"
     proto, weights = model_dir / "lenet.prototxt", model_dir / "lenet_iter_10000.caffemodel"

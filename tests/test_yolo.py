@@ -6,15 +6,22 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from int8tune.caffe.loader import load_net
 from int8tune.convert.converter import convert_net
 from int8tune.errors import ConfigError
 from int8tune.image_params import load_image_params
 from int8tune.runtime import Engine
-from int8tune.yolo import (Detection, YoloParams, decode_head, detect, head_difference, mean_average_precision,
-                           parse_darknet_cfg)
-from conftest import REPO_ROOT
+from int8tune.yolo import (
+    Detection,
+    YoloParams,
+    decode_head,
+    detect,
+    head_difference,
+    mean_average_precision,
+    parse_darknet_cfg,
+)
 from test_utils import prepare_image
 
 # (image, [(class name, objectness, [x, y, w, h] in pixels)]) as printed by OpenCV in ../shared/assets/README.md

@@ -38,13 +38,12 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (ASSETS, REPO, YOLO_CFG, batches_of, labelled, model_paths, params_for,  # noqa: E402
-                    require_assets, yolo_params)
+from common import ASSETS, REPO, YOLO_CFG, batches_of, labelled, model_paths, params_for, require_assets, yolo_params  # noqa: E402
 
 from int8tune.benchmark import time_model  # noqa: E402
-from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.data import DataItem  # noqa: E402
 from int8tune.metrics import METRICS  # noqa: E402
+from int8tune.pipeline.workspace import load_workspace  # noqa: E402
 from int8tune.quant.census import census  # noqa: E402
 
 PEERS = ("ort", "nncf", "inc", "aimet", "ppq")

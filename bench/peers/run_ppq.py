@@ -22,7 +22,6 @@ os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 import peer_common
 from peer_common import Job
 
-
 PPQ_MAX_OPSET = 13  # "currently we support only [(10, 13)]" (PPQ 0.6.6's dispatcher)
 
 

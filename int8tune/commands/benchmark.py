@@ -12,12 +12,11 @@ from ..benchmark import time_model
 from ..errors import ConfigError
 from ..hostcpu import describe_host
 from ..outputs import atomic_write_json
+from ..pipeline.workspace import load_workspace
 from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
 from ..quant.qdq import export_qdq
-from ..pipeline.workspace import load_workspace
-from .parse import input_shape
-from .parse import default_threads, split_list
+from .parse import default_threads, input_shape, split_list
 
 
 def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:

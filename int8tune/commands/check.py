@@ -7,7 +7,7 @@ import argparse
 from ..caffe.loader import load_net
 from ..caffe.reshape import with_input_shape
 from ..check import CheckReport, compare_with_opencv
-from ..config import CheckConfig, DataConfig, ModelConfig
+from ..config import CheckConfig, DataConfig
 from ..convert.converter import convert_net
 from ..data import iter_batches, read_data_list
 from ..image_params import load_image_params

@@ -90,7 +90,7 @@ def _held_out_images(cfg: TuneConfig, prepare_image, ws, tuning_items):
     from ..log import logger
 
     data = replace(cfg.data, data_list=cfg.validation_list, data_limit=None)
-    items, images = images_of(data, prepare_image, ws)
+    items, images = images_of(data, prepare_image, ws, what="of --validation_list")
     tuned_on = {Path(i.path).resolve() for i in tuning_items}
     shared = [str(i.path) for i in items if Path(i.path).resolve() in tuned_on]
     if shared:

@@ -4,9 +4,17 @@ A metric turns fp32 and int8 outputs into one number and carries its direction. 
 `@register_metric` in evaluation_utils.py or a file given with --metric_module.
 """
 
-from .core import (METRICS, Direction, Metric, Outputs, load_metric_module, normalised_square, register_metric,
-                   squared_error_parts)
 from . import builtin  # noqa: F401,E402  (registers the built-in metrics)
+from .core import (
+                   METRICS,
+                   Direction,
+                   Metric,
+                   Outputs,
+                   load_metric_module,
+                   normalised_square,
+                   register_metric,
+                   squared_error_parts,
+)
 
 __all__ = ["METRICS", "Direction", "Metric", "Outputs", "load_metric_module", "normalised_square", "register_metric",
            "squared_error_parts"]

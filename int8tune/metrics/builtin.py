@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .core import normalised_square, register_metric, squared_error_parts
 from ..yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
+from .core import normalised_square, register_metric, squared_error_parts
 
 
 @register_metric("square", "lower")

@@ -8,8 +8,8 @@ only ever looks metrics up by name, and a metric carries its direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np

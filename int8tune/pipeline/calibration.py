@@ -5,18 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .workspace import Workspace
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..metrics import METRICS
-from ..tune.start import choose_calibrators
-from ..quant.calibrate import (all_thresholds, build_table, collect_statistics, output_values, plan_quantization,
-                               planned_values, unsigned_values)
+from ..quant.calibrate import (
+    all_thresholds,
+    build_table,
+    collect_statistics,
+    output_values,
+    plan_quantization,
+    planned_values,
+    unsigned_values,
+)
 from ..quant.calibrators import CalibratorOptions
 from ..quant.table import BlobEntry, CalibrationTable
 from ..runtime import Engine
-from ..tune.tuner import TuneSettings, Tuner
+from ..tune.start import choose_calibrators
+from ..tune.tuner import Tuner, TuneSettings
 from .images import Images
+from .workspace import Workspace
 
 
 @dataclass

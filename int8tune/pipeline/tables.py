@@ -3,8 +3,6 @@ gives (--calibration_proto, --calibration_model), checked against the net and it
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..config import QuantConfig, TuneConfig

@@ -17,12 +17,12 @@ from ..config import TuneConfig
 from ..errors import ConfigError
 from ..log import logger
 from ..metrics import METRICS, Metric
-from ..tune.start import best_start
 from ..quant.table import CalibrationTable
 from ..tune.restarts import Judge, Restart, RestartPick, RestartsResult, tune_with_restarts
 from ..tune.search import SearchSettings
+from ..tune.start import best_start
 from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
-from ..tune.tuner import BlobResult, Objective, TuneSettings, Tuner, metric_outputs
+from ..tune.tuner import BlobResult, Objective, Tuner, TuneSettings, metric_outputs
 from .calibration import Calibration, calibrate
 from .images import Images
 from .tables import load_table

@@ -22,10 +22,10 @@ from ..log import logger
 from ..progress import Progress
 from ..runtime import Engine
 from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
-from .spec import QuantSpec, WEIGHTED_TYPES
-from .stats import BlobStatistics, StatsCollector
 from .placement import nonnegative_values, own_output_values
 from .saturation import Pairing, is_depthwise, kernel_order, pair_safe_thresholds
+from .spec import WEIGHTED_TYPES, QuantSpec
+from .stats import BlobStatistics, StatsCollector
 from .table import BlobEntry, CalibrationTable, LayerEntry
 from .weights import to_output_matrix
 

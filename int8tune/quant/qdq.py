@@ -24,10 +24,9 @@ from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
 from .placement import place_quantizers
 from .simulate import _toposort
-from .spec import Granularity, WEIGHTED_TYPES
+from .spec import WEIGHTED_TYPES, Granularity
 from .table import CalibrationTable
 from .weights import from_output_matrix, quantize_bias, quantize_matrix, to_output_matrix
-
 
 
 @dataclass

@@ -26,10 +26,18 @@ from onnx import TensorProto, helper, numpy_helper
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
 from .emit import ADD_A, ADD_B, ADD_FIXED, BIAS, HIGH, LOW, MULT, PRIVATE, SCALE, _Emitter
-from .integer import (IntegerAdd, IntegerLayer, integer_add, integer_add_candidates, integer_candidates, integer_layer,
-                      level_quantizer, steps_of)
+from .integer import (
+    IntegerAdd,
+    IntegerLayer,
+    integer_add,
+    integer_add_candidates,
+    integer_candidates,
+    integer_layer,
+    level_quantizer,
+    steps_of,
+)
 from .placement import Placement, place_quantizers
-from .spec import BiasMode, Rounding, WEIGHTED_TYPES
+from .spec import WEIGHTED_TYPES, BiasMode, Rounding
 from .table import CalibrationTable
 from .weights import fake_quantize_weights, quantize_bias
 

@@ -8,7 +8,7 @@ activations), independent of the number of images. Every calibrator is a pure fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -14,8 +14,16 @@ from typing import Sequence
 __all__ = ["YOLO_METRICS", "agreement_lines", "detection_lines"]
 
 from ..pipeline.tuning import YOLO_METRICS, Detections
-from ..yolo import (MOVED_IOU, NEAR_THRESHOLD, YoloParams, detection_agreement, detections_of, drawn_off,
-                    mean_average_precision, near_threshold)
+from ..yolo import (
+    MOVED_IOU,
+    NEAR_THRESHOLD,
+    YoloParams,
+    detection_agreement,
+    detections_of,
+    drawn_off,
+    mean_average_precision,
+    near_threshold,
+)
 
 IOU = 0.5
 

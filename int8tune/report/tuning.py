@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from ..pipeline.delivery import Delivery
-from ..pipeline.tuning import YOLO_METRICS, HeldOut, LayerMeasurement, LayerwiseRun, Measurement, Session, StrategyRun, Sweep
+from ..pipeline.tuning import (
+    YOLO_METRICS,
+    HeldOut,
+    LayerMeasurement,
+    LayerwiseRun,
+    Measurement,
+    Session,
+    StrategyRun,
+    Sweep,
+)
 from ..tune.restarts import RESTART_JITTER
 from ..tune.tuner import metric_outputs
 from .calibration import calibration_sections
@@ -138,8 +147,7 @@ def held_out_section(h: HeldOut, cfg, csv: Path, restart_pick: str, picked: str 
                                            f"{h.start:.6g} -> {h.tuned:.6g}); start/ holds the start table{hint}"))
     items += _detections(h.detections, kind="held-out ")
     items.append(Paragraph.of(f"each image's {name} per table: {csv}"))
-    return Section(f"held-out check: {h.images.count} image(s) of --validation_list {cfg.validation_list} "
-                   f"(not tuned on)", tuple(items))
+    return Section(f"held-out check: {h.images.description} (not tuned on)", tuple(items))
 
 
 def layer_rows(s: Session, run: LayerwiseRun) -> list[dict]:

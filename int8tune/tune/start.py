@@ -12,8 +12,8 @@ images: 35 s for the greedy version with upstream blobs quantized, a few seconds
 from __future__ import annotations
 
 from ..log import logger
-from .tuner import Tuner
 from ..quant.table import CalibrationTable
+from .tuner import Tuner
 
 
 def choose_calibrators(tuner: Tuner, table: CalibrationTable, candidates: dict[str, dict[str, float]]

@@ -25,7 +25,7 @@ from typing import Callable, Generator
 from ..metrics import Metric
 from ..quant.calibrate import layer_weight_thresholds
 from ..quant.calibrators import CalibratorOptions
-from ..quant.spec import Granularity, WEIGHTED_TYPES
+from ..quant.spec import WEIGHTED_TYPES, Granularity
 from ..quant.table import CalibrationTable
 from ..registry import Registry
 from .tuner import Tuner

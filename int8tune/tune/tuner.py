@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from dataclasses import replace as dataclass_replace
+from enum import Enum
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +35,7 @@ from ..runtime import Engine
 from .partial import PartialEvaluator
 from .search import SEARCHES, SearchSettings
 from .trials import Trial, TrialLog
+
 
 # model: the chosen metric on the model's outputs; outputs: the square distance of the model's outputs whatever the
 # metric (dense: every output value counts, where a detection metric rests on the few cells holding objects);
@@ -479,8 +480,8 @@ class Tuner:
             if metric.better(confirmed, baseline_full) and not vetoed(confirm, "metric"):
                 final = confirmed
             else:
-                logger.info("blob %s: x%.3f helped on the searched batches but not on all; kept",
-                            table.blobs[value].blob, best_m)
+                logger.info("blob %s: x%.3f helped on the searched batches but not on all of them; the threshold "
+                            "stays where it was", table.blobs[value].blob, best_m)
                 best_m, final = 1.0, baseline_full
         elif rest:
             final = baseline_full

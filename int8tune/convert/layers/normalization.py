@@ -19,7 +19,7 @@ from ...errors import ModelError
 from ...log import logger
 from ..builder import LayerContext, Shape
 from ..registry import converter
-from ._common import canonical_axis, channel_shape, enum_name
+from ._common import canonical_axis, enum_name
 
 
 @converter("BatchNorm")

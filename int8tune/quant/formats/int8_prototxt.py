@@ -46,8 +46,16 @@ from ...errors import ConfigError, ModelError
 from ...log import logger
 from ...outputs import atomic_write_text
 from ..table import BlobEntry, CalibrationTable
-from .base import (ImportedThresholds, TableFormat, active_entries, check_threshold, check_weight_thresholds,
-                   read_net_param, register_format, require_8bit)
+from .base import (
+    ImportedThresholds,
+    TableFormat,
+    active_entries,
+    check_threshold,
+    check_weight_thresholds,
+    read_net_param,
+    register_format,
+    require_8bit,
+)
 
 FORMAT = "int8_prototxt"
 BITS = 8

@@ -33,8 +33,19 @@ from ...errors import ConfigError
 from ...log import logger
 from ...outputs import atomic_write_text
 from ..table import CalibrationTable, LayerEntry
-from .base import (ImportedThresholds, LayerShape, TableFormat, active_entries, check_weight_thresholds,
-                   layer_shapes, parse_float, read_net_param, register_format, require_8bit, text_lines)
+from .base import (
+    ImportedThresholds,
+    LayerShape,
+    TableFormat,
+    active_entries,
+    check_weight_thresholds,
+    layer_shapes,
+    parse_float,
+    read_net_param,
+    register_format,
+    require_8bit,
+    text_lines,
+)
 
 FORMAT = "ncnn"
 QMAX = 127

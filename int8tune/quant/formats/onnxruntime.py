@@ -18,8 +18,16 @@ from pathlib import Path
 from ...errors import ConfigError
 from ...outputs import atomic_write_text
 from ..table import CalibrationTable
-from .base import (ImportedThresholds, TableFormat, active_entries, add_unique, parse_float, register_format,
-                   require_8bit, text_lines)
+from .base import (
+    ImportedThresholds,
+    TableFormat,
+    active_entries,
+    add_unique,
+    parse_float,
+    register_format,
+    require_8bit,
+    text_lines,
+)
 
 FORMAT = "onnxruntime"
 

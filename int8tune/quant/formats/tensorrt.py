@@ -23,8 +23,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...outputs import atomic_write_text
 from ..table import CalibrationTable
-from .base import (ImportedThresholds, TableFormat, active_entries, add_unique, register_format, require_8bit,
-                   text_lines)
+from .base import ImportedThresholds, TableFormat, active_entries, add_unique, register_format, require_8bit, text_lines
 
 FORMAT = "tensorrt"
 DEFAULT_VERSION = 8601  # TensorRT 8.6.1
