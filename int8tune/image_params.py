@@ -45,7 +45,7 @@ Keys (all but `size` optional; pixel values are in the 0..255 units of the decod
 | r_mean g_mean b_mean | number          | 0        | subtracted from that colour (must be 0 with "gray")       |
 | gray_mean      | number                | 0        | subtracted from the gray channel (must be 0 unless gray)  |
 | scale          | number > 0            | 1        | multiplier after the mean subtraction, all channels       |
-| r_scale g_scale b_scale | number > 0 or null | null | per-colour multiplier (e.g. 1/std); `scale` then stays 1; an unset one is 1 |
+| r_scale g_scale b_scale | number > 0 or null | null | per-colour multiplier, e.g. 1/std (unset: 1); `scale` stays 1 |
 | transpose      | bool                  | false    | swap H and W of the final tensor                          |
 | comment        | string or [strings]   | null     | free text (JSON has no comments); ignored                 |
 

@@ -197,7 +197,8 @@ class YoloParams:
                  "classes", "layout"}
         unknown = set(params) - known
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+                              f"valid: {', '.join(sorted(known))}")
         if "cfg" in params:
             heads, size = parse_darknet_cfg(params["cfg"])
         else:

@@ -16,17 +16,21 @@ from int8tune.quant.formats import read_table_pb
 
 RNG = np.random.default_rng(21)
 PROTOTXT = (input_header((1, 3, 16, 16))
-            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv1", "Convolution", "data", "conv1",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("bn1", "BatchNorm", "conv1", "conv1")
             + layer("relu1", "ReLU", "conv1", "conv1")
-            + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv2", "Convolution", "conv1", "conv2",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("relu2", "ReLU", "conv2", "conv2")
             + layer("pool", "Pooling", "conv2", "pool", "pooling_param { pool: AVE global_pooling: true }")
             + layer("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 4 }"))
-WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, RNG.standard_normal(8).astype(np.float32)],
+WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+                     RNG.standard_normal(8).astype(np.float32)],
            "bn1": [RNG.standard_normal(8).astype(np.float32), RNG.random(8).astype(np.float32) + 0.5,
                    np.array([1.0], np.float32)],
-           "conv2": [RNG.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, RNG.standard_normal(8).astype(np.float32)],
+           "conv2": [RNG.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2,
+                     RNG.standard_normal(8).astype(np.float32)],
            "fc": [RNG.standard_normal((4, 8)).astype(np.float32), RNG.standard_normal(4).astype(np.float32)]}
 
 
@@ -111,7 +115,8 @@ def test_test_tune_and_auto(project):
     assert [l.split(":")[0].strip() for l in first.splitlines() if l.strip().startswith("restart ")] == \
         [f"restart {k}" for k in range(1, 5)]
     header = (a / "layers.csv").read_text().splitlines()[0].split(",")
-    assert [h for h in header if h.startswith("multiplier_restart_")] == [f"multiplier_restart_{k}" for k in range(1, 5)]
+    assert ([h for h in header if h.startswith("multiplier_restart_")]
+            == [f"multiplier_restart_{k}" for k in range(1, 5)])
     assert entry.main(["auto", *base, "--output_path", str(a)]) == 0  # resumes from trials.jsonl
     second = (a / "report.log").read_text()
     assert "(0 replayed" in first and "(0 replayed" not in second
@@ -342,11 +347,13 @@ def test_a_table_with_weights_that_can_saturate_is_widened_for_the_portable_targ
 
 
 RESIDUAL = (input_header((1, 3, 16, 16))
-            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv1", "Convolution", "data", "conv1",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("relu1", "ReLU", "conv1", "conv1")
             + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 1 }")
             + layer("relu2", "ReLU", "conv2", "conv2")
-            + layer("conv3", "Convolution", "conv2", "conv3", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv3", "Convolution", "conv2", "conv3",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("sum", "Eltwise", ["conv1", "conv3"], "sum", "eltwise_param { operation: SUM }")
             + layer("conv4", "Convolution", "sum", "conv4", "convolution_param { num_output: 4 kernel_size: 1 }"))
 RESIDUAL_WEIGHTS = {n: [RNG.standard_normal(s).astype(np.float32) * 0.3, RNG.standard_normal(s[0]).astype(np.float32)]

@@ -38,13 +38,15 @@ PROTOTXT = (input_header((2, 3, 10, 10))
             + layer("sum", "Eltwise", ["conv4", "conv5"], "sum")
             # not equalized: a grouped (not depthwise) reader, and a ReLU read by a pooling layer
             + layer("relu4", "ReLU", "sum", "sum")
-            + layer("conv6", "Convolution", "sum", "conv6", "convolution_param { num_output: 4 kernel_size: 1 group: 2 }")
+            + layer("conv6", "Convolution", "sum", "conv6",
+                    "convolution_param { num_output: 4 kernel_size: 1 group: 2 }")
             + layer("relu6", "ReLU", "conv6", "conv6")
             + layer("pool", "Pooling", "conv6", "pool", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }"))
 
 
 def _weights():
-    w = lambda *s: RNG.standard_normal(s).astype(np.float32)
+    def w(*s):
+        return RNG.standard_normal(s).astype(np.float32)
     # channel ranges spread over two orders of magnitude, as in real depthwise-separable nets
     spread = np.logspace(-1, 1, C).astype(np.float32)
     return {"conv1": [w(C, 3, 3, 3) * spread[:, None, None, None]],

@@ -120,7 +120,8 @@ def test_more_activations(tmp_path):
 
 def test_upsample_nearest(tmp_path):
     x = r(1, 2, 2, 3)
-    out = run(tmp_path, input_header((1, 2, 2, 3)) + layer("up", "Upsample", "data", "u", "upsample_param { scale: 3 }"),
+    out = run(tmp_path,
+              input_header((1, 2, 2, 3)) + layer("up", "Upsample", "data", "u", "upsample_param { scale: 3 }"),
               {}, x, ["u"])
     np.testing.assert_array_equal(out["u"], x.repeat(3, axis=2).repeat(3, axis=3))
 
@@ -137,7 +138,8 @@ def test_caffe_pool_output(size, kernel, pad, stride, expected):
 
 def test_caffe_ave_divisors_exclude_the_overhang_but_count_padding():
     assert caffe_pool_output(8, 3, 1, 2, ceil=True) == 5
-    np.testing.assert_array_equal(caffe_ave_divisors(8, 3, 1, 2, 5), [3, 3, 3, 3, 2])  # last window [7, 10) clipped at 9
+    # last window [7, 10) clipped at 9
+    np.testing.assert_array_equal(caffe_ave_divisors(8, 3, 1, 2, 5), [3, 3, 3, 3, 2])
     np.testing.assert_array_equal(caffe_ave_divisors(6, 3, 0, 2, 3), [3, 3, 2])
 
 

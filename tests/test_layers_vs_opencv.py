@@ -65,7 +65,8 @@ CASES = {
     "pool_global": (input_header((2, 3, 5, 4)) + layer("p", "Pooling", "data", "p",
                     "pooling_param { pool: AVE global_pooling: true }") + layer("q", "Pooling", "data", "q",
                     "pooling_param { pool: MAX global_pooling: true }"), {}, (2, 3, 5, 4)),
-    "activations": (input_header((1, 3, 4, 4)) + layer("relu", "ReLU", "data", "a", "relu_param { negative_slope: 0.1 }")
+    "activations": (input_header((1, 3, 4, 4))
+                    + layer("relu", "ReLU", "data", "a", "relu_param { negative_slope: 0.1 }")
                     + layer("sig", "Sigmoid", "data", "b") + layer("tanh", "TanH", "data", "c")
                     + layer("elu", "ELU", "data", "d", "elu_param { alpha: 0.7 }")
                     + layer("abs", "AbsVal", "data", "e") + layer("bnll", "BNLL", "data", "f")
@@ -94,14 +95,17 @@ CASES = {
                 {}, (1, 3, 4, 4)),
     "concat_flatten_reshape_softmax": (input_header((2, 3, 4, 4)) + layer("t", "TanH", "data", "t")
                                        + layer("cat", "Concat", ["data", "t"], "c")
-                                       + layer("perm", "Permute", "c", "pm", "permute_param { order: 0 order: 2 order: 3 order: 1 }")
+                                       + layer("perm", "Permute", "c", "pm",
+                                               "permute_param { order: 0 order: 2 order: 3 order: 1 }")
                                        + layer("flat", "Flatten", "pm", "f")
-                                       + layer("resh", "Reshape", "f", "rs", "reshape_param { shape { dim: 0 dim: -1 dim: 6 } }")
+                                       + layer("resh", "Reshape", "f", "rs",
+                                               "reshape_param { shape { dim: 0 dim: -1 dim: 6 } }")
                                        + layer("sm", "Softmax", "rs", "sm", "softmax_param { axis: 2 }"),
                                        {}, (2, 3, 4, 4)),
     "lrn": (input_header((1, 6, 5, 5)) + layer("across", "LRN", "data", "a",
             "lrn_param { local_size: 5 alpha: 0.001 beta: 0.75 }")
-            + layer("within", "LRN", "data", "w", "lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 norm_region: WITHIN_CHANNEL }"),
+            + layer("within", "LRN", "data", "w",
+                    "lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 norm_region: WITHIN_CHANNEL }"),
             {}, (1, 6, 5, 5)),
     "crop": (input_header((1, 3, 8, 8)) + layer("p", "Pooling", "data", "small",
              "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")

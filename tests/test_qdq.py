@@ -21,14 +21,18 @@ from int8tune.runtime import Engine, with_outputs
 
 RNG = np.random.default_rng(3)
 PROTOTXT = (input_header((1, 3, 12, 12))
-            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv1", "Convolution", "data", "conv1",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("relu1", "ReLU", "conv1", "conv1")
-            + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 }")
+            + layer("conv2", "Convolution", "conv1", "conv2",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 }")
             + layer("relu2", "ReLU", "conv2", "conv2")
             + layer("pool", "Pooling", "conv2", "pool", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
             + layer("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 10 }"))
-WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, RNG.standard_normal(8).astype(np.float32) * 0.1],
-           "conv2": [RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, RNG.standard_normal(8).astype(np.float32) * 0.1],
+WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+                     RNG.standard_normal(8).astype(np.float32) * 0.1],
+           "conv2": [RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5,
+                     RNG.standard_normal(8).astype(np.float32) * 0.1],
            "fc": [RNG.standard_normal((10, 288)).astype(np.float32) * 0.1, RNG.standard_normal(10).astype(np.float32)]}
 
 

@@ -37,7 +37,8 @@ def test_restart_zero_is_the_table_and_later_ones_move_every_blob_by_about_1e_6(
     table = bad_table()
     blobs = ["data", "pool1"]
     assert restart_start(table, blobs, 0) is table
-    first, again, second = restart_start(table, blobs, 1), restart_start(table, blobs, 1), restart_start(table, blobs, 2)
+    first, again, second = (restart_start(table, blobs, 1), restart_start(table, blobs, 1),
+                            restart_start(table, blobs, 2))
     for v in blobs:
         rel = first.blobs[v].threshold / table.blobs[v].threshold - 1
         assert 0 < abs(rel) < 6 * RESTART_JITTER

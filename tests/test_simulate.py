@@ -15,7 +15,8 @@ from int8tune.runtime import Engine
 
 RNG = np.random.default_rng(7)
 PROTOTXT = (input_header((2, 3, 6, 6))
-            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 4 kernel_size: 3 pad: 1 }")
+            + layer("conv1", "Convolution", "data", "conv1",
+                    "convolution_param { num_output: 4 kernel_size: 3 pad: 1 }")
             + layer("relu1", "ReLU", "conv1", "conv1")
             + layer("pool1", "Pooling", "conv1", "pool1", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
             + layer("fc", "InnerProduct", "pool1", "fc", "inner_product_param { num_output: 5 }"))

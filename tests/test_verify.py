@@ -34,16 +34,20 @@ RNG = np.random.default_rng(11)
 # Two heads: `fc` is an int8 layer's output (quantized, measured in its steps); `prob` is a Softmax (float,
 # measured against its fp32 range).
 PROTOTXT = (input_header((1, 3, 12, 12))
-            + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
+            + layer("conv1", "Convolution", "data", "conv1",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 }")
             + layer("relu1", "ReLU", "conv1", "conv1")
-            + layer("conv2", "Convolution", "conv1", "conv2", "convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 }")
+            + layer("conv2", "Convolution", "conv1", "conv2",
+                    "convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 }")
             + layer("relu2", "ReLU", "conv2", "conv2")
             + layer("pool", "Pooling", "conv2", "pool", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
             + layer("fc", "InnerProduct", "pool", "fc", "inner_product_param { num_output: 10 }")
             + layer("fc_b", "InnerProduct", "pool", "fc_b", "inner_product_param { num_output: 6 }")
             + layer("prob", "Softmax", "fc_b", "prob"))
-WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, RNG.standard_normal(8).astype(np.float32) * 0.1],
-           "conv2": [RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, RNG.standard_normal(8).astype(np.float32) * 0.1],
+WEIGHTS = {"conv1": [RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+                     RNG.standard_normal(8).astype(np.float32) * 0.1],
+           "conv2": [RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5,
+                     RNG.standard_normal(8).astype(np.float32) * 0.1],
            "fc": [RNG.standard_normal((10, 288)).astype(np.float32) * 0.1, RNG.standard_normal(10).astype(np.float32)],
            "fc_b": [RNG.standard_normal((6, 288)).astype(np.float32) * 0.1, RNG.standard_normal(6).astype(np.float32)]}
 LAYERS = (("conv1", "Convolution", "data"), ("conv2", "Convolution", "conv1"), ("fc", "InnerProduct", "pool"),
@@ -75,7 +79,8 @@ def table_for(converted, target: Target = Target.ONNXRUNTIME) -> CalibrationTabl
         table.blobs[v] = BlobEntry(v, v, float(np.abs(array).max()) * 0.9, unsigned=unsigned, calibrator="test")
     for name, type_, inp in LAYERS:
         w = WEIGHTS[name][0]
-        table.layers[name] = LayerEntry(name, type_, inp, weight_thresholds=2 * np.abs(w).reshape(w.shape[0], -1).max(1))
+        table.layers[name] = LayerEntry(name, type_, inp,
+                                        weight_thresholds=2 * np.abs(w).reshape(w.shape[0], -1).max(1))
     return table
 
 

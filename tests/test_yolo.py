@@ -110,7 +110,8 @@ def test_coco_map_against_annotations_and_agreement(tmp_path):
     ann = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
                       {"id": 9, "file_name": "b.jpg", "width": 200, "height": 100}],
            "categories": [{"id": 1}, {"id": 2}],
-           "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 40, 20], "area": 800, "iscrowd": 0},
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 40, 20], "area": 800,
+                            "iscrowd": 0},
                            {"id": 2, "image_id": 9, "category_id": 2, "bbox": [40, 20, 80, 70], "area": 5600,
                             "iscrowd": 0}]}
     path = tmp_path / "instances.json"

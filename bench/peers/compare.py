@@ -3,7 +3,8 @@
 
 Every tool gets the fp32 ONNX graph this project's converter exports (BatchNorm folded), the same calibration
 and evaluation images with the same preprocessing, and (where it has one) its accuracy-aware mode with the same
-target, validated on the calibration images (with their labels): no tool sees the evaluation images. Each quantizes in its own subprocess (peers from the peers venv, bench/peers/setup.sh) under a time
+target, validated on the calibration images (with their labels): no tool sees the evaluation images. Each
+quantizes in its own subprocess (peers from the peers venv, bench/peers/setup.sh) under a time
 limit; a failure is a row, not a crash. Every resulting ONNX model is then measured the same way, here, with
 this venv's onnxruntime:
 

@@ -86,7 +86,8 @@ def quantize(job: Job) -> str | None:
     wide = [n.name for n in quantized.graph.node if n.op_type in peer_common.WEIGHTED and len(n.input) > 1
             and dq_of.get(n.input[1]) in int16_weights]
     if job.mode != "plain":
-        job.note(f"{len(wide)} weighted layers kept at 16-bit weights (int16 QDQ, float kernels in onnxruntime): {wide}")
+        job.note(f"{len(wide)} weighted layers kept at 16-bit weights "
+                 f"(int16 QDQ, float kernels in onnxruntime): {wide}")
     return job.output_onnx
 
 

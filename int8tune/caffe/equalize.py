@@ -43,7 +43,8 @@ class EqualizedPair:
 
     def describe(self) -> str:
         return (f"{self.producer} -> {self.activation} -> {', '.join(self.consumers)}: scale median "
-                f"{float(np.median(self.scale)):.3g} (range {float(self.scale.min()):.3g}-{float(self.scale.max()):.3g})")
+                f"{float(np.median(self.scale)):.3g} "
+                f"(range {float(self.scale.min()):.3g}-{float(self.scale.max()):.3g})")
 
 
 @dataclass

@@ -49,7 +49,8 @@ def _affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | N
         s = layer.blobs[0].reshape(-1).astype(np.float64)
         if s.size != channels:
             return None
-        t = layer.blobs[1].reshape(-1).astype(np.float64) if p.bias_term and len(layer.blobs) > 1 else np.zeros(channels)
+        t = (layer.blobs[1].reshape(-1).astype(np.float64) if p.bias_term and len(layer.blobs) > 1
+             else np.zeros(channels))
         return s, t
     return None
 

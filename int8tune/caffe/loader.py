@@ -12,7 +12,6 @@ What happens here, in order:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from google.protobuf import text_format
@@ -308,5 +307,3 @@ def blob_to_array(blob, where: str) -> np.ndarray:
     return data.reshape(shape)
 
 
-def iter_layer_names(net: CaffeNet) -> Iterable[str]:
-    return (layer.name for layer in net.layers)

@@ -14,7 +14,6 @@ from ..log import logger
 from ..outputs import sha256_file, sha256_lines
 from ..pipeline.images import Images
 from ..pipeline.workspace import Workspace
-from ..quant.formats import TABLE_FORMATS
 
 PrepareImage = Callable
 
@@ -34,37 +33,13 @@ def prepared_batches(items: list[DataItem], data: DataConfig, prepare_image: Pre
     return [batch for batch, _ in iter_batches(items, prepare_image, params, input_shape, data.batch_size)]
 
 
-def batch_labels(items: list[DataItem], data: DataConfig) -> list[np.ndarray] | None:
-    """The labels of each batch (the order prepared_batches yields them), or None for an unlabelled list."""
-    if not items or any(i.label is None for i in items):
-        return None
-    b = data.batch_size
-    return [np.array([i.label for i in items[k:k + b]], dtype=np.int64) for k in range(0, len(items), b)]
-
-
-def batch_names(items: list[DataItem], data: DataConfig) -> list[list[str]]:
-    """The image files of each batch, in the order prepared_batches yields them."""
-    b = data.batch_size
-    return [[str(i.path) for i in items[k:k + b]] for k in range(0, len(items), b)]
-
-
-def streamed_batches(items: list[DataItem], data: DataConfig, prepare_image: PrepareImage,
-                     input_shape: tuple[int, ...]) -> Callable[[], object]:
-    """A fresh pass over the images per call, prepared on the fly (calibration's two passes)."""
-    params = load_image_params(data.image_params)
-    return lambda: (batch for batch, _ in iter_batches(items, prepare_image, params, input_shape, data.batch_size))
-
-
 def fingerprint(ws: Workspace, items: list[DataItem], settings: dict) -> dict:
     return {"proto": sha256_file(ws.proto), "model": sha256_file(ws.model),
             "images": sha256_lines(str(i.path) for i in items), "settings": json.dumps(settings, sort_keys=True)}
 
 
-def known_formats() -> list[str]:
-    return TABLE_FORMATS.names()
-
-
-def images_of(data: DataConfig, prepare_image: PrepareImage, ws: Workspace, what: str = "") -> tuple[list[DataItem], Images]:
+def images_of(data: DataConfig, prepare_image: PrepareImage, ws: Workspace,
+              what: str = "") -> tuple[list[DataItem], Images]:
     """The data list's items and their Images (prepared on first use)."""
     items = data_items(data)
     return items, Images.from_files(items, data, prepare_image, ws.input_shape, what)

@@ -64,7 +64,8 @@ def quant_config(args) -> QuantConfig:
     def arg(name: str, default=None):
         return getattr(args, name, default)
 
-    names = split_list(arg("ignore_layer_names", "")) + names_option(arg("ignore_layer_list", ""), "--ignore_layer_list")
+    names = (split_list(arg("ignore_layer_names", ""))
+             + names_option(arg("ignore_layer_list", ""), "--ignore_layer_list"))
     if arg("ignore_layer_names_path"):
         names += read_name_file(args.ignore_layer_names_path, "--ignore_layer_names_path")
     types = split_list(arg("ignore_layer_types", ""))
@@ -117,12 +118,15 @@ def tune_config(args) -> TuneConfig:
     multipliers = tuple(float(m) for m in split_list(args.multipliers)) if getattr(args, "multipliers", "") else ()
     return TuneConfig(
         model=model_config(args), data=data_config(args), quant=quant_config(args), output_path=args.output_path,
-        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric, metric_module=module,
+        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric,
+        metric_module=module,
         metric_params=metric_params(args.metric_params, args.yolo_cfg),
         objective=getattr(args, "objective", None) or default_objective(args.command),
         int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
-        tune_diff=getattr(args, "tune_diff", None), search="grid" if multipliers else getattr(args, "search", "both_directions"),
-        step_ratio=getattr(args, "step_ratio", 0.1), steps=getattr(args, "steps", 8), patience=getattr(args, "patience", 2), multipliers=multipliers,
+        tune_diff=getattr(args, "tune_diff", None),
+        search="grid" if multipliers else getattr(args, "search", "both_directions"),
+        step_ratio=getattr(args, "step_ratio", 0.1), steps=getattr(args, "steps", 8),
+        patience=getattr(args, "patience", 2), multipliers=multipliers,
         search_subset=getattr(args, "search_subset", -1), min_gain=getattr(args, "min_gain", 0.01),
         restarts=getattr(args, "restarts", TuneConfig.restarts),
         restart_pick=getattr(args, "restart_pick", TuneConfig.restart_pick),

@@ -338,9 +338,12 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
     def blob_done(restart: int, i: int, table: CalibrationTable) -> None:
         if restart == 0 and on_progress is not None:  # later restarts save when complete
             on_progress(table)
+        done = restart * len(order) + i + 1
+        left = cfg.restarts * len(order) - done
+        eta = (time.perf_counter() - t0) / done * left  # blobs cost alike on average: the estimate is the mean
         if i + 1 < len(order):
-            logger.info("[restart %d/%d, %d/%d] tuning blob %s", restart + 1, cfg.restarts, i + 2, len(order),
-                        start.blobs[order[i + 1]].blob)
+            logger.info("[restart %d/%d, %d/%d] tuning blob %s (about %.0fs left)", restart + 1, cfg.restarts, i + 2,
+                        len(order), start.blobs[order[i + 1]].blob, eta)
 
     def restart_done(run: Restart, picked: CalibrationTable) -> None:
         if on_restart is not None:

@@ -78,7 +78,8 @@ def integer_add_candidates(converted: ConvertedModel, table: CalibrationTable, p
     """Eltwise layers simulated as onnxruntime's QLinearAdd (layer -> output grid): one binary Add whose inputs
     are the layer's two quantized blobs, with an output point (onnxruntime fuses DQ, DQ -> Add -> Q)."""
     spec = table.spec
-    if not spec.target.onnxruntime or spec.granularity.activations_per_channel or spec.rounding is not Rounding.HALF_EVEN:
+    if (not spec.target.onnxruntime or spec.granularity.activations_per_channel
+            or spec.rounding is not Rounding.HALF_EVEN):
         return {}
     out = {}
     for entry in table.quantized_layers():

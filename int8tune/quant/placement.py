@@ -68,10 +68,6 @@ class Placement:
         """Every blob whose threshold the int8 model uses, in graph order (what tuning moves)."""
         return list(dict.fromkeys(p.grid for p in self.points))
 
-    def point_on(self, tensor: str) -> QuantPoint | None:
-        return next((p for p in self.points if p.tensor == tensor), None)
-
-
 def place_quantizers(converted: ConvertedModel, table: CalibrationTable) -> Placement:
     graph = converted.model.graph
     nodes = list(graph.node)

@@ -5,10 +5,7 @@ so the file computes what the tool measured (a QuantizeLinear/DequantizeLinear p
 scale; int8 weights with per-channel or per-tensor scales; int32 biases at s_in * s_w). The placement is the one
 int8 engines run fastest: each convolution's output quantized after its ReLU (uint8 with zero point 0, which
 onnxruntime fuses into QLinearConv), max pooling, nearest upsampling and Concat on one grid (run on uint8), sums
-quantized on both inputs and the output (QLinearAdd). Measured facts about onnxruntime's fusions: DESIGN.md.
-
-`count_int8_kernels` loads the model in onnxruntime with default graph optimisation and counts the int8 kernels
-(QLinearConv, QGemm, QLinearMatMul, MatMulIntegerToFloat, ConvInteger, ...) of the optimised graph.
+quantized on both inputs and the output (QLinearAdd). What onnxruntime makes of the file: quant/census.py.
 """
 
 from __future__ import annotations
@@ -211,10 +208,3 @@ def _drop_unused_initializers(g) -> None:
     g.initializer.extend(keep)
 
 
-def count_int8_kernels(model: onnx.ModelProto, threads: int = 1) -> tuple[int, collections.Counter]:
-    """Number of int8 kernels in onnxruntime's optimised graph (default optimisation), and all op counts
-    (quant/census.py says which kinds and names the float islands)."""
-    from .census import census
-
-    c = census(model, threads=threads)
-    return c.int8_kernels, collections.Counter(c.ops)

@@ -206,7 +206,8 @@ def pair_safe(q_matrix: np.ndarray, pairing: Pairing = Pairing.ANY) -> np.ndarra
     if q.ndim != 2:
         raise ConfigError(f"weights (M, K) expected, got shape {q.shape}")
     q = q.astype(np.int64)
-    return (_pair_sums(np.maximum(q, 0), pairing) <= PAIR_LIMIT) & (_pair_sums(np.maximum(-q, 0), pairing) <= PAIR_LIMIT)
+    return ((_pair_sums(np.maximum(q, 0), pairing) <= PAIR_LIMIT)
+            & (_pair_sums(np.maximum(-q, 0), pairing) <= PAIR_LIMIT))
 
 
 def _quantized_magnitudes(matrix: np.ndarray, t: np.ndarray, qmax: int) -> np.ndarray:

@@ -81,7 +81,7 @@ class Int8Graph:
         scales: dict[str, np.float32] = {}
         for value in self.feed_inputs:
             entry = table.blobs[value]
-            levels = np.float32(spec.umax if entry.unsigned else spec.qmax)
+            levels = np.float32(entry.levels(spec))
             if value in self.per_channel:
                 t = entry.channel_thresholds
                 if t is None or t.size != self.per_channel[value]:
@@ -92,7 +92,8 @@ class Int8Graph:
                 out[SCALE + value] = (t / levels).astype(np.float32)
                 if spec.rounding is Rounding.HALF_EVEN:
                     out[HIGH + value] = t.reshape(bshape)
-                    low = np.zeros_like(t) if entry.unsigned else (t / levels * np.float32(spec.qmin)).astype(np.float32)
+                    low = (np.zeros_like(t) if entry.unsigned
+                           else (t / levels * np.float32(spec.qmin)).astype(np.float32))
                     out[LOW + value] = low.reshape(bshape)
                 else:
                     out[SCALE + value] = out[SCALE + value].reshape(bshape)
@@ -121,8 +122,8 @@ class Int8Graph:
             za, zb, zc = (np.float32(z) for z in add.zero_points)
             out[ADD_A + add.layer] = np.asarray(r_a, dtype=np.float32)
             out[ADD_B + add.layer] = np.asarray(r_b, dtype=np.float32)
-            out[ADD_FIXED + add.layer] = np.asarray(np.float32(zc - np.float32(np.float32(r_a * za) + np.float32(r_b * zb))),
-                                                    dtype=np.float32)
+            out[ADD_FIXED + add.layer] = np.asarray(
+                np.float32(zc - np.float32(np.float32(r_a * za) + np.float32(r_b * zb))), dtype=np.float32)
         return out
 
 
@@ -257,7 +258,7 @@ def _quantizer(em: _Emitter, tensor: str, value: str, table: CalibrationTable, s
     """Nodes computing clip(round(x / s), lo, hi) * s of `tensor` with the fed scale and bounds of blob `value`;
     returns the quantized tensor (named `output_name` when given)."""
     blob = table.blobs[value]
-    levels = spec.umax if blob.unsigned else spec.qmax
+    levels = blob.levels(spec)
     channels = per_channel.get(value)
     scale = SCALE + value
     if spec.rounding is Rounding.HALF_EVEN:

@@ -30,10 +30,14 @@ class BlobEntry:
     calibrator: str = ""  # which calibrator produced T ("tuned" after tuning, "manual", ...)
     absmax: float | None = None  # from calibration, for reports (threshold / absmax is the clip ratio)
 
+    def levels(self, spec: QuantSpec) -> int:
+        """The largest stored level: 255 for a uint8 blob, spec.qmax (127) for a signed one."""
+        return spec.umax if self.unsigned else spec.qmax
+
     def scale(self, spec: QuantSpec) -> np.float32:
         """s = T / 127 (T / 255 unsigned), in float32 arithmetic: the one value the simulation feeds and the QDQ
         export writes (they must not differ by a rounding of the last bit)."""
-        return np.float32(np.float32(self.threshold) / np.float32(spec.umax if self.unsigned else spec.qmax))
+        return np.float32(np.float32(self.threshold) / np.float32(self.levels(spec)))
 
 
 @dataclass
@@ -74,22 +78,6 @@ class CalibrationTable:
 
     def quantized_layers(self) -> list[LayerEntry]:
         return [e for e in self.layers.values() if e.int8]
-
-    def blob_for_layer(self, layer: str) -> BlobEntry:
-        try:
-            return self.blobs[self.layers[layer].input_value]
-        except KeyError:
-            raise ConfigError(f"layer {layer!r} is not quantized in this table; quantized layers: "
-                              f"{', '.join(self.layers)}") from None
-
-    def entry_by_blob(self, name: str) -> BlobEntry:
-        """Find a blob entry by user-visible blob name or by value name."""
-        if name in self.blobs:
-            return self.blobs[name]
-        for e in self.blobs.values():
-            if e.blob == name:
-                return e
-        raise ConfigError(f"no threshold for blob {name!r} in the table; blobs: {', '.join(self.blobs)}")
 
     def thresholds(self) -> dict[str, float]:
         return {v: e.threshold for v, e in self.blobs.items()}

@@ -27,7 +27,8 @@ from .sections import delivery_section, equalization_items
 
 OBJECTIVE_WORDS = {"model": "the metric on the model outputs", "outputs": "the square distance of the model outputs",
                    "layer": "the square distance of the layer output",
-                   "guarded": "the square distance of the model outputs, each move kept only if the metric improves too"}
+                   "guarded": ("the square distance of the model outputs, each move kept only if the metric "
+                               "improves too")}
 
 
 def header(s: Session) -> list[Item]:

@@ -102,7 +102,8 @@ def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None,
                 say(candidate.node)
             remaining = max(total - count, 0) * (sum(times) / len(times))
             if candidate.step:
-                say(f"  [{candidate.step}] Testing {candidate.what or candidate.label}: accuracy = {_pct(metric, score)}, best = "
+                say(f"  [{candidate.step}] Testing {candidate.what or candidate.label}: "
+                    f"accuracy = {_pct(metric, score)}, best = "
                     f"{_pct(metric, ctx.best_score)}, iteration time {elapsed:.2f}s, estimated remaining time "
                     f"{remaining:.0f}s")
             bar.update(1)

@@ -16,7 +16,6 @@ Requested outputs that do not depend on v come from step 1 unchanged.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,8 +171,3 @@ class PartialEvaluator:
         return results
 
 
-def group_by_layer(table: CalibrationTable) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = defaultdict(list)
-    for e in table.quantized_layers():
-        out[e.input_value].append(e.layer)
-    return dict(out)

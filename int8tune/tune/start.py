@@ -29,7 +29,8 @@ def choose_calibrators(tuner: Tuner, table: CalibrationTable, candidates: dict[s
     return table, scores
 
 
-def tables_per_calibrator(table: CalibrationTable, per_blob: dict[str, dict[str, float]]) -> dict[str, CalibrationTable]:
+def tables_per_calibrator(table: CalibrationTable,
+                          per_blob: dict[str, dict[str, float]]) -> dict[str, CalibrationTable]:
     """One whole table per calibrator (every blob at that calibrator's threshold), plus `table` itself as
     "auto" when it came from the per-blob choice."""
     names = sorted({name for options in per_blob.values() for name in options})

@@ -8,8 +8,9 @@ table after each one, and stops when the strategy is done. Registered strategies
   best is kept; a blob whose change has no effect is left at once; a drop of more than `acc_drop_skip` ends the
   blob; the run ends when `target` is reached.
 - `basic` (Intel Neural Compressor's basic strategy): model-wise first (the starting table, then every
-  calibrator's whole table, per-channel and per-tensor weights, until one meets the goal), then op-wise fp32 fallback (each int8 layer alone, ranked by the score it recovers),
-  then accumulated fallback in that order until the goal is met (a fallback that does not help is undone).
+  calibrator's whole table, per-channel and per-tensor weights, until one meets the goal), then op-wise fp32
+  fallback (each int8 layer alone, ranked by the score it recovers), then accumulated fallback in that order
+  until the goal is met (a fallback that does not help is undone).
 - `mse` (Neural Compressor's mse strategy): the same accumulated fallback, ordered by each layer's own
   fp32-vs-int8 difference (worst first) instead of measuring each fallback.
 - `bayesian` (Neural Compressor's bayesian strategy): a Gaussian-process search (scikit-learn) over one
@@ -86,9 +87,10 @@ def halving(ctx: StrategyContext) -> Generator[Candidate, float, None]:
         for k in range(1, ctx.settings.max_iter_per_node + 1):
             t = table.blobs[value].threshold / 2 ** k
             candidate = table.with_threshold(value, t)
-            scale = t / (table.spec.umax if table.blobs[value].unsigned else table.spec.qmax)
+            scale = candidate.blobs[value].scale(table.spec)
             got = yield Candidate(candidate, f"halving {value} /{2 ** k}", f'[{i}/{len(order)}] Tuning node "{value}"',
-                                  f"{k}/{ctx.settings.max_iter_per_node}", f"scale = {scale:.6g} (threshold / {2 ** k})")
+                                  f"{k}/{ctx.settings.max_iter_per_node}",
+                                  f"scale = {scale:.6g} (threshold / {2 ** k})")
             if ctx.better(got, node_score):
                 node_best, node_score = candidate, got
             if got == previous:  # no effect: leave this node at once

@@ -256,12 +256,6 @@ class Tuner:
         self.evaluations += 1
         return {layer: normalised_square(*parts[v]) for layer, v in outputs.items()}
 
-    def forget_references(self, names: Sequence[str]) -> None:
-        """Drop cached fp32 references that will not be needed again (memory)."""
-        for n in names:
-            self._refs.pop(n, None)
-        self._refs_concat.clear()
-
     # -- tuning ---------------------------------------------------------------------------------------------
     def score_thresholds(self, table: CalibrationTable, value: str, thresholds: Mapping[str, float],
                          objective: str | None = None) -> dict[str, float]:
@@ -297,9 +291,10 @@ class Tuner:
                 names = self.objective_names(table, value, "layer")
                 suffix = build_suffix(graph, value, names, self.settings.threads, table)
                 if suffix is None or not {graph.net_value(f) for f in suffix.frontier} <= net_values:
-                    raise ConfigError(f"blob {value!r}: its reading layers need int8 values from elsewhere "
-                                      f"({sorted(set(graph.net_value(f) for f in (suffix.frontier if suffix else ())) - net_values)}); "
-                                      f"measure it with score_thresholds")
+                    raise ConfigError(
+                        f"blob {value!r}: its reading layers need int8 values from elsewhere "
+                        f"({sorted(set(graph.net_value(f) for f in (suffix.frontier if suffix else ())) - net_values)})"
+                        f"; measure it with score_thresholds")
                 plans[value] = (names, suffix)
             needed = sorted({graph.net_value(t) for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
             sums = {(v, k): [0.0, 0.0] for v in group for k in candidates[v]}
