@@ -287,7 +287,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 
 # A detection whose score is within this of the confidence threshold is "near the threshold": a change of the
 # score this small (int8 rounding makes such changes) turns it on or off, so missing or adding it says little
-# about a table (README, Metrics).
+# about a table (docs/tuning.md, Metrics).
 NEAR_THRESHOLD = 0.1
 # A missed reference box with a tested box of its class at least this close (IoU, below the hit threshold) is
 # "drawn off": found a little off rather than lost.

@@ -7,7 +7,7 @@ scaling P's output channel c by s_c and dividing the input channel c of every Q 
 function. With s_c = sqrt(r2_c / r1_c) (r1_c: max |w| of P's channel c after BatchNorm/Scale folding, the
 weights int8 quantizes; r2_c: max |w| over Q's weights reading channel c) both sides end with the range
 sqrt(r1_c * r2_c). In depthwise-separable nets a few channels otherwise own the whole per-tensor activation
-range and the rest round to a handful of levels (measured on yoloface_500k_v2: README, Equalization).
+range and the rest round to a handful of levels (measured on yoloface_500k_v2: docs/equalization.md).
 
 Scales are bounded to [1/MAX_SCALE, MAX_SCALE] so a near-dead channel is not blown up. Pairs are equalized once
 each, in network order; a depthwise convolution between two pairs sees both its scalings.

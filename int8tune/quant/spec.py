@@ -1,4 +1,4 @@
-"""What "the int8 model" computes: the settings that fix its arithmetic (see README, "Int8 semantics").
+"""What "the int8 model" computes: the settings that fix its arithmetic (see docs/int8_semantics.md).
 
 - Activations: symmetric, one threshold T per blob at the input of each quantized layer; scale = T/127 and
   q = clip(round(x / scale), -127, 127) (unsigned: scale = T/255, q in [0, 255], for blobs that are >= 0).

@@ -4,7 +4,7 @@ against the fp32 detections, and the counts behind it (found, missed, extra, and
 A mAP figure over a handful of photos moves in steps of one detection: with 60 fp32 detections of which 39 sit
 in one crowd photo, 0.95 and 0.98 are two faces apart. The counts let a reader see that, and how many of the
 misses (extras) scored just above the confidence threshold in fp32 (int8): those turn on or off under the
-smallest change of a score, the same table moved by a relative 1e-6 flips them (README, Metrics).
+smallest change of a score, the same table moved by a relative 1e-6 flips them (docs/tuning.md, Metrics).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
 from ..log import logger
 from ..metrics import Metric, normalised_square, squared_error_parts
+from ..progress import Progress
 from ..quant.simulate import Int8Graph, build_int8_graph
 from ..quant.table import CalibrationTable
 from ..runtime import Engine
@@ -284,6 +285,7 @@ class Tuner:
         order = [v for v in self.blobs_in_order(table) if v in candidates]
         net_values = set(self.converted.net.blob_of)
         out: dict[str, dict[str, float]] = {}
+        progress = Progress(len(order), "calibrator choice (each blob alone, every calibrator)", unit="blob")
         for start in range(0, len(order), chunk):
             group = order[start:start + chunk]
             plans = {}
@@ -318,6 +320,8 @@ class Tuner:
                 self.evaluations += 1
             for value in group:
                 out[value] = {k: normalised_square(*sums[(value, k)]) for k in candidates[value]}
+            progress.update(len(group))
+        progress.close()
         return out
 
     def objective_metric(self, objective: str | None = None) -> tuple[Metric, Mapping]:
