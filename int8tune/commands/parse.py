@@ -105,7 +105,8 @@ def metric_params(text: str, yolo_cfg: Path | None) -> dict:
 
 def default_objective(command: str) -> str:
     """auto: the dense square distance of the outputs (a detection metric over-fits a few tuning images, see
-    docs/tuning.md); tune: --metric itself, so its candidates read in the units of test's model difference (--tune_diff)."""
+    docs/tuning.md); tune: --metric itself, so its candidates read in the units of test's model difference
+    (--tune_diff)."""
     return "model" if command == "tune" else "outputs"
 
 
