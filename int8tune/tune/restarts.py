@@ -10,8 +10,9 @@ a moved table takes other decisions: four runs from the same auto table, each mo
 0.057 to 0.100 (yolo difference on 250 held-out photos; the start scored 0.092). A single run is one draw of that
 spread; the restart with the lowest objective on the tuning images is a tested table, and the objective (the dense
 square distance by default) ranked the restarts' held-out results well (docs/tuning.md, Restarts). The geometric
-mean of the moves ("mean") is kept as an option: it is a table no restart tested, and in main.sh's yolov3_nano_voc run it came
-out worse than every restart on the 18 held-out photos (perhaps by breaking moves that compensate each other).
+mean of the moves ("mean") is kept as an option: it is a table no restart tested, and in main.sh's yolov3_nano_voc
+run it came out worse than every restart on the 18 held-out photos (perhaps by breaking moves that compensate each
+other).
 
 Restarts are numbered from 0 here (and in the trial log); reports and folders count from 1.
 
