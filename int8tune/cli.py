@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="best: the restart with the best objective on the tuning images (default); mean: the "
                            "geometric mean of the restarts' threshold moves (a table no restart tested); "
                            "validation: the restart with the best --metric on the --validation_list images")
+    auto.add_argument("--holdout", type=float, default=TuneConfig.holdout,
+                      help=f"without --validation_list: hold this share of the images back from calibration and "
+                           f"tuning, and deliver the table they score best (start, tuned, each restart, each "
+                           f"calibrator's table) when it beats the start by more than the noise floor (default "
+                           f"{TuneConfig.holdout}; 0: tune on every image and deliver the tuned table)")
     auto.add_argument("--validation_list", type=Path, default=None,
                       help="images held out of tuning (a list file or a folder, read like --data_list): report.log "
                            "scores the start table, the tuned one and each restart on them (--metric, and the "

@@ -169,6 +169,9 @@ class TuneConfig(ConfigBase):
     restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
     restart_pick: str = "best"  # which restart's table is kept: best (objective), mean (of the moves), validation
     validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)
+    # auto without --validation_list: this share of the images is held back from calibration and tuning, to
+    # choose the delivered table on (pipeline/selection.py); 0: tune on every image and deliver the tuned pick
+    holdout: float = 0.25
     strategy: str = "layerwise"
     max_iter_per_node: int = 3
     acc_drop_skip: float = 0.05
@@ -197,6 +200,9 @@ class TuneConfig(ConfigBase):
             raise ConfigError(f"--restarts must be positive, found {self.restarts}")
         if self.restart_pick not in ("best", "mean", "validation"):
             raise ConfigError(f"--restart_pick must be best, mean or validation, found {self.restart_pick!r}")
+        if not 0 <= self.holdout < 0.5:
+            raise ConfigError(f"--holdout is the share of the images held back from tuning, in [0, 0.5); found "
+                              f"{self.holdout}")
         if self.validation_list is not None and not self.validation_list.exists():
             raise ConfigError(f"--validation_list {self.validation_list}: no such file or folder")
         if self.max_iter_per_node <= 0:

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TuneConfig
+from .log import logger
 from .metrics import Metric
 from .outputs import atomic_write_json, provenance
 from .pipeline.calibration import Calibration
 from .pipeline.delivery import Delivery, deliver
 from .pipeline.images import Images
+from .pipeline.selection import HeldOutSource, hold_back
 from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
 from .pipeline.workspace import Workspace, save_equalized
 from .quant.formats import write_table_pb
@@ -67,6 +69,17 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
          echo: Callable[[str], None] = print) -> AutoResult:
     t_start = time.perf_counter()
     out = cfg.output_path
+    source = HeldOutSource.VALIDATION_LIST
+    if held_out_images is None and cfg.strategy == "layerwise" and cfg.holdout > 0:
+        split = hold_back(images, cfg.holdout)
+        if split is None:
+            logger.warning("%s: too few to hold some back from tuning (--holdout %g needs at least 6 batches); "
+                           "tuning on all of them, the delivered table is not checked on other images",
+                           images.description, cfg.holdout)
+        else:
+            images, held_out_images = split
+            calibration_images = calibration_images if calibration_images is not None else images
+            source = HeldOutSource.HELD_BACK
     s = open_session(cfg, ws, images, need_table=False, calibration_images=calibration_images,
                      log_path=log_path or out / TRIALS, metric=metric, adjust=adjust)
     files: list[Path] = []
@@ -76,7 +89,7 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
     if equalized is not None:
         files.append(equalized)
     if cfg.strategy == "layerwise":
-        result = _layerwise(s, held_out_images, files, t_start, equalized)
+        result = _layerwise(s, held_out_images, files, t_start, equalized, source)
     else:
         result = _strategy(s, held_out_images, files, t_start, equalized, echo)
     return result
@@ -90,7 +103,8 @@ def _held_out_csv(run, out: Path, files: list[Path]) -> None:
                                                      **{k: [d for _, d in v] for k, v in per.items()}}))
 
 
-def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized) -> AutoResult:
+def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized,
+               source: HeldOutSource) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
     start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads)
 
@@ -98,7 +112,8 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
         if cfg.restarts > 1:
             write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
 
-    run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart)
+    run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart,
+                         source=source)
     table = run.table
     save_progress(table, out)
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)

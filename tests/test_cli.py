@@ -112,7 +112,7 @@ def test_test_tune_and_auto(project):
     tuned = read_table_pb(a / "tuned" / "calibration_table.pb").thresholds()
     # the default restarts: each one's table kept, each one's objective reported, each one's moves in layers.csv
     assert sorted(p.name for p in (a / "restarts").iterdir()) == [f"restart_{k}" for k in range(1, 5)]
-    assert [l.split(":")[0].strip() for l in first.splitlines() if l.strip().startswith("restart ")] == \
+    assert [l.split(":")[0].strip() for l in first.splitlines() if re.match(r"\s*restart \d+: ", l)] == \
         [f"restart {k}" for k in range(1, 5)]
     header = (a / "layers.csv").read_text().splitlines()[0].split(",")
     assert ([h for h in header if h.startswith("multiplier_restart_")]
@@ -185,7 +185,14 @@ def test_auto_warns_when_the_metric_got_worse_and_keeps_the_starting_table(proje
     root, base = project
     out = root / "warn"
     args = [*base, "--metric", "negated_square_for_test"]
-    assert entry.main(["auto", *args, "--output_path", str(out)]) == 0
+    # by default some images are held back, and the delivered table is the one they score best: not the tuned one
+    held = root / "warn_held"
+    assert entry.main(["auto", *args, "--output_path", str(held)]) == 0
+    report = (held / "report.log").read_text()
+    delivered = re.search(r"delivered \(tuned/\): (.*?); ", report)[1]
+    assert delivered != "restart 1 (the best objective)" and "tuned" not in delivered
+    # without held-back images the tuned table is delivered, with a warning
+    assert entry.main(["auto", *args, "--output_path", str(out), "--holdout", "0"]) == 0
     report = (out / "report.log").read_text()
     before = float(report.split("model difference (negated_square_for_test): before ")[1].split(",")[0])
     assert "WARNING: negated_square_for_test on the tuning images got worse" in report
@@ -240,7 +247,7 @@ def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_th
     assert entry.main(["auto", *base, "--output_path", str(out), "--validation_list", str(held)]) == 0
     report = (out / "report.log").read_text()
     assert f"held-out check: 4 image(s) of --validation_list {held} (not tuned on)" in report
-    start, tuned = re.search(r"model difference \(square\): start ([0-9.e-]+), tuned ([0-9.e-]+)", report).groups()
+    start, tuned = re.search(r"model difference \(square\): start ([0-9.e-]+), delivered ([0-9.e-]+)", report).groups()
     # the same figures as test.sh gives for start/ and tuned/ on those images
     for name, value in (("start", start), ("tuned", tuned)):
         assert entry.main(["test", *base[:4], "--data_list", str(held), *base[6:], "--calibration_proto",
@@ -257,10 +264,15 @@ def test_auto_validation_list_scores_start_tuned_and_restarts_and_can_pick_by_th
     assert "(0 replayed" not in report
     line = next(l for l in report.splitlines() if l.strip().startswith("each restart:"))
     scores = [float(v) for v in re.findall(r"restart \d+ ([0-9.e-]+)", line)]
-    kept = int(re.search(r"tuned/ holds restart (\d+) \(--restart_pick validation\)", line)[1])
+    kept = int(re.search(r"the tuning pick is restart (\d+) \(--restart_pick validation\)", line)[1])
     assert len(scores) == 4 and kept == 1 + int(np.argmin(scores))
-    assert read_table_pb(out / "tuned" / "calibration_table.pb").thresholds() == \
-        read_table_pb(out / "restarts" / f"restart_{kept}" / "calibration_table.pb").thresholds()
+    # tuned/ holds the table the held-out images score best (the pick when it beats the start beyond the noise)
+    delivered = re.search(r"delivered \(tuned/\): (.*?); ", report)[1]
+    if delivered.startswith("restart"):
+        assert read_table_pb(out / "tuned" / "calibration_table.pb").thresholds() == \
+            read_table_pb(out / "restarts" / f"restart_{kept}" / "calibration_table.pb").thresholds()
+    else:
+        assert delivered.startswith("the ") and delivered.endswith(" table")
     # tuning images given as held-out ones are named; the pick needs held-out images
     capsys.readouterr()
     assert entry.main(["auto", *base, "--output_path", str(root / "val2"), "--validation_list", base[5],

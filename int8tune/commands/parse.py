@@ -131,7 +131,7 @@ def tune_config(args) -> TuneConfig:
         search_subset=getattr(args, "search_subset", -1), min_gain=getattr(args, "min_gain", 0.01),
         restarts=getattr(args, "restarts", TuneConfig.restarts),
         restart_pick=getattr(args, "restart_pick", TuneConfig.restart_pick),
-        validation_list=getattr(args, "validation_list", None), strategy=getattr(args, "strategy", "layerwise"),
+        validation_list=getattr(args, "validation_list", None), holdout=getattr(args, "holdout", TuneConfig.holdout), strategy=getattr(args, "strategy", "layerwise"),
         max_iter_per_node=getattr(args, "max_iter_per_node", 3), acc_drop_skip=getattr(args, "acc_drop_skip", 0.05),
         target_accuracy=getattr(args, "target_accuracy", None), threshold=getattr(args, "threshold", 1.0),
         progress=getattr(args, "progress", "print"), fallback=getattr(args, "fallback", True),

@@ -67,6 +67,14 @@ class Images:
                       self.labels[:k] if self.labels else None, self.names[:k] if self.names else None,
                       _batches=kept)
 
+    def take(self, indices: list[int], what: str) -> "Images":
+        """The batches at `indices` (in that order), described as `what` of this set."""
+        batches = [self.batches[i] for i in indices]
+        count = sum(len(b) for b in batches)
+        return Images(f"{count} image(s) {what} ({self.description})", count,
+                      [self.labels[i] for i in indices] if self.labels else None,
+                      [self.names[i] for i in indices] if self.names else None, _batches=batches)
+
     def digest(self) -> str:
         """sha256 of the file names when known, else of the pixels: what a trial log's fingerprint holds."""
         h = hashlib.sha256()

@@ -25,6 +25,7 @@ from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
 from ..tune.tuner import BlobResult, Objective, Tuner, TuneSettings, metric_outputs
 from .calibration import Calibration, calibrate
 from .images import Images
+from .selection import HeldOutSource, Selection, select
 from .tables import load_table
 from .workspace import Workspace
 
@@ -296,7 +297,7 @@ def held_out(val: Tuner, images: Images, start: CalibrationTable, table: Calibra
 @dataclass
 class LayerwiseRun:
     start: CalibrationTable
-    table: CalibrationTable  # delivered
+    table: CalibrationTable  # delivered: the tuned pick, or what the held-out images preferred (selection)
     order: list[str]  # the blobs tuned, in order
     tuning: RestartsResult
     before_model: float
@@ -311,6 +312,11 @@ class LayerwiseRun:
     replayed: int
     detections: Detections | None
     held_out: HeldOut | None
+    selection: Selection | None = None  # the held-out choice of the delivered table
+
+    @property
+    def delivered(self) -> str:
+        return self.selection.delivered if self.selection is not None else "tuned"
 
     @property
     def interrupted(self) -> bool:
@@ -319,9 +325,12 @@ class LayerwiseRun:
 
 def tune_layerwise(s: Session, held_out_images: Images | None = None,
                    on_progress: Callable[[CalibrationTable], None] | None = None,
-                   on_restart: Callable[[Restart], None] | None = None) -> LayerwiseRun:
+                   on_restart: Callable[[Restart], None] | None = None,
+                   source: HeldOutSource = HeldOutSource.VALIDATION_LIST) -> LayerwiseRun:
     """Tune every blob in net order, `cfg.restarts` times, keep the pick. `on_progress(table)`: the best table so
-    far, after each blob of the first restart and after each complete restart (to save it)."""
+    far, after each blob of the first restart and after each complete restart (to save it). With held-out images,
+    the delivered table is the one they score best among the start, the tuned pick, the restarts and the plain
+    calibrator tables, beyond the noise floor (selection.py)."""
     cfg, tuner, start = s.cfg, s.tuner, s.table
     before_model = tuner.difference(start)
     before_layers = tuner.layer_differences(start)
@@ -360,14 +369,25 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
     table = tuning.table
     if tuning.interrupted:
         logger.warning("interrupted: the best table so far is kept")
+    selection = None
+    if val is not None and not tuning.interrupted:
+        candidates = [("start", start), ("tuned", table)]
+        if len(tuning.complete) > 1:
+            candidates += [(f"restart {r.number + 1}", r.table) for r in tuning.complete]
+        candidates += [(f"calibrator {name}", t) for name, t in sorted(s.alternatives.items())]
+        logger.info("scoring %d candidate tables on %s", len(candidates), held_out_images.description)
+        selection = select(val, held_out_images, source, candidates, order)
+        table = selection.tables[selection.delivered]
     objective = None
-    if Objective(cfg.objective).dense and s.metric.name != "square" and table is not start:
-        objective = (_outputs_objective(tuner, start), _outputs_objective(tuner, table))
+    if Objective(cfg.objective).dense and s.metric.name != "square" and tuning.table is not start:
+        # of the tuned pick (what tuning did), whatever the held-out images then delivered
+        objective = (_outputs_objective(tuner, start), _outputs_objective(tuner, tuning.table))
     return LayerwiseRun(start, table, order, tuning, before_model, tuner.difference(table), before_layers,
                         tuner.layer_differences(table), before_outputs, output_differences(tuner, table), objective,
                         seconds, tuner.trial_count, tuner.log.replayed if tuner.log else 0,
                         detections(tuner, s.metric, [("start", start), ("tuned", table)]),
-                        held_out(val, held_out_images, start, table, tuning) if val is not None else None)
+                        held_out(val, held_out_images, start, table, tuning) if val is not None else None,
+                        selection)
 
 
 def _outputs_objective(tuner: Tuner, table: CalibrationTable) -> float:

@@ -135,16 +135,17 @@ def sweep_document(s: Session, sw: Sweep, names: list[str], out: Path) -> Docume
 def held_out_section(h: HeldOut, cfg, csv: Path, restart_pick: str, picked: str | None) -> Section:
     name = h.metric.name
     items: list[Item] = [
-        Fact(f"model difference ({name})", f"start {h.start:.6g}, tuned {h.tuned:.6g}"
+        Fact(f"model difference ({name})", f"start {h.start:.6g}, delivered {h.tuned:.6g}"
              + (f" ({h.tuned / h.start:.3f}x)" if h.start else ""))]
     if h.restarts:
         scores = ", ".join(f"restart {n + 1} {v:.6g}" for n, v in h.restarts)
-        items.append(Paragraph.of(f"each restart: {scores}; tuned/ holds {picked} (--restart_pick {restart_pick})"))
+        items.append(Paragraph.of(f"each restart: {scores}; the tuning pick is {picked} (--restart_pick "
+                                  f"{restart_pick})"))
     if h.worse:
         hint = (": for detectors of small, sparse objects (faces) --objective model can beat the dense default on "
                 "held-out photos; compare both on these images (docs/tuning.md)"
                 if name in YOLO_METRICS and cfg.objective in ("outputs", "guarded") else "")
-        items.append(Notice(Level.WARNING, f"on these images the tuned table is worse than the start ({name} "
+        items.append(Notice(Level.WARNING, f"on these images the delivered table is worse than the start ({name} "
                                            f"{h.start:.6g} -> {h.tuned:.6g}); start/ holds the start table{hint}"))
     items += _detections(h.detections, kind="held-out ")
     items.append(Paragraph.of(f"each image's {name} per table: {csv}"))
@@ -218,7 +219,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     if run.objective is not None:
         result.append(Fact(f"objective ({OBJECTIVE_WORDS['outputs']})",
                            f"before {run.objective[0]:.6g}, after {run.objective[1]:.6g}"))
-        if metric.better(run.before_model, run.after_model):
+        if run.delivered == "tuned" and metric.better(run.before_model, run.after_model):
             result.append(Notice(Level.WARNING, f"{metric.name} on the tuning images got worse ({run.before_model:.6g} "
                                                 f"-> {run.after_model:.6g}) while the objective improved; only "
                                                 f"held-out images can tell which is right: score start/ and tuned/ "
@@ -244,6 +245,15 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     if run.held_out is not None:
         sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,
                                          picked_words(run, cfg.restart_pick)))
+    if run.selection is not None:
+        sel = run.selection
+        picks = tuple((label, score, metric.gain(sel.scores[sel.start], score),
+                       "delivered" if label == sel.delivered else "") for label, score in sel.scores.items())
+        sections.append(Section(f"the delivered table, chosen on {sel.images.description}", (
+            Table(("table", metric.name, "gain over start", ""), picks,
+                  title=f"every table it could deliver, on images it did not tune on (noise floor {sel.noise:.3g}: "
+                        f"the start moved by a relative 1e-6)", sort_by=metric.name,
+                  descending=metric.higher_is_better),)))
     layer_table = Table(("layer", "blob", "T before", "T after", "x", "diff before", "diff after"),
                         tuple((r["layer"], r["blob"], r["threshold_before"], r["threshold_after"], r["multiplier"],
                                r["difference_before"], r["difference_after"]) for r in rows),
@@ -258,6 +268,19 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
 
 def _delivered(run: LayerwiseRun, metric) -> list[Item]:
     """What tuned/ holds and why, first thing in the report."""
+    sel = run.selection
+    if sel is not None:
+        where = {"validation_list": "the held-out images", "held_back": "the images held back from tuning"}[
+            sel.source.value]
+        scores = sel.scores
+        if sel.delivered == sel.start:
+            why = (f"no table beat it on {where} by more than the noise floor {sel.noise:.3g} (best: {sel.best} "
+                   f"{scores[sel.best]:.6g}, start {scores[sel.start]:.6g})")
+        else:
+            why = (f"the best {metric.name} on {where}: {scores[sel.delivered]:.6g} against the start's "
+                   f"{scores[sel.start]:.6g}, a gain larger than the noise floor {sel.noise:.3g}")
+        what = picked_words(run) if sel.delivered == "tuned" else f"the {sel.delivered} table"
+        return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
     if h is not None:
         why = (f"held-out {metric.name}: start {h.start:.6g}, tuned {h.tuned:.6g}")
