@@ -19,7 +19,7 @@ from .pipeline.delivery import Delivery, deliver
 from .pipeline.images import Images
 from .pipeline.selection import HeldOutSource, hold_back
 from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
-from .pipeline.workspace import Workspace, save_equalized
+from .pipeline.workspace import Workspace, save_equalized, weights_digest
 from .quant.formats import write_table_pb
 from .quant.table import CalibrationTable
 from .report.csvs import write_csv, write_statistics
@@ -117,6 +117,7 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
     table = run.table
     save_progress(table, out)
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
+    table.provenance["weights_sha256"] = weights_digest(s.ws)
     tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
     rows = layer_rows(s, run)
     files.append(write_csv(out / "layers.csv", rows))
@@ -138,6 +139,7 @@ def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, eq
     run = tune_strategy(s, held_out_images, on_progress=lambda t: save_progress(t, out), echo=echo)
     save_progress(run.table, out)
     run.table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
+    run.table.provenance["weights_sha256"] = weights_digest(s.ws)
     delivery = deliver(s.ws, run.table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
     _held_out_csv(run, out, files)
     files.append(out / TRIALS)

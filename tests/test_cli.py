@@ -384,3 +384,24 @@ def test_main_sh_tunes_a_residual_net_whose_sum_is_simulated_as_onnxruntime_adds
     assert entry.main(["auto", *args, "--restarts", "1", "--steps", "2", "--output_path", str(out)]) == 0
     report = (out / "report.log").read_text()
     assert "1 add" in report and "the deployed model computes what was measured, exactly" in report
+
+
+def test_a_table_calibrated_on_other_weights_is_refused(project, tmp_path, capsys):
+    """Same net, different weights (a layer zeroed): its thresholds were measured on weights it would not run
+    with. The table records the digest of the weights as run, and test.sh refuses it, naming both."""
+    root, base = project
+    out = root / "cal_weights"
+    assert entry.main(["calibrate", *base, "--output_path", str(out), "--method", "minmax"]) == 0
+    table = str(out / "calibration_table.pb")
+    changed = {k: [np.array(b, copy=True) for b in v] for k, v in WEIGHTS.items()}
+    changed["fc"][0][:] = 0.0
+    proto, model = write_net(tmp_path, PROTOTXT, changed)
+    other = ["--proto", str(proto), "--model", str(model), *base[4:]]
+    capsys.readouterr()
+    assert entry.main(["test", *other, "--calibration_proto", table, "--output_path", str(tmp_path / "t")]) == 2
+    assert "was calibrated on other weights than" in capsys.readouterr().err
+    # the same weights in another file are the same weights
+    (tmp_path / "copy").mkdir()
+    proto2, model2 = write_net(tmp_path / "copy", PROTOTXT, WEIGHTS)
+    same = ["--proto", str(proto2), "--model", str(model2), *base[4:]]
+    assert entry.main(["test", *same, "--calibration_proto", table, "--output_path", str(tmp_path / "t2")]) == 0

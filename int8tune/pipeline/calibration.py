@@ -23,7 +23,7 @@ from ..runtime import Engine
 from ..tune.start import choose_calibrators
 from ..tune.tuner import Tuner, TuneSettings
 from .images import Images
-from .workspace import Workspace
+from .workspace import Workspace, weights_digest
 
 
 @dataclass
@@ -84,4 +84,5 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
         result.model_difference = tuner.difference(table)
         result.layer_differences = tuner.layer_differences(table)
     table.provenance = provenance(settings or {}, {"proto": ws.proto, "model": ws.model}, images.paths)
+    table.provenance["weights_sha256"] = weights_digest(ws)
     return result

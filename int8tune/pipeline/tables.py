@@ -14,7 +14,7 @@ from ..quant.formats import apply_imported, read_int8_prototxt, read_table_pb
 from ..quant.placement import nonnegative_values
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
-from .workspace import Workspace
+from .workspace import Workspace, weights_digest
 
 
 def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
@@ -79,6 +79,14 @@ def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
     {"model_sha256", "equalize"} as the table's provenance or the int8 prototxt's header gives them."""
     if not record or "equalize" not in record or not record.get("model_sha256"):
         return  # a table from another tool or an older version: nothing recorded to check
+    recorded = record.get("weights_sha256")
+    if recorded and recorded != weights_digest(ws):
+        same_file = record["model_sha256"] == sha256_file(ws.model)
+        if not same_file or bool(record["equalize"]) == (ws.equalization is not None):
+            raise ConfigError(f"{where} was calibrated on other weights than {ws.model}"
+                              f"{' with --equalize' if ws.equalization is not None else ''} (its thresholds were "
+                              f"measured on weights with sha256 {recorded[:12]}..., these are "
+                              f"{weights_digest(ws)[:12]}...): calibrate again on these weights")
     same_model = record["model_sha256"] == sha256_file(ws.model)
     if same_model and bool(record["equalize"]) != (ws.equalization is not None):
         if record["equalize"]:

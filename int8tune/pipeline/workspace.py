@@ -49,6 +49,22 @@ def load_workspace(proto: Path, model: Path, equalize: bool = False,
     return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
 
 
+def weights_digest(ws: Workspace) -> str:
+    """sha256 of the weights as the tool runs them (after --equalize, before folding): a table calibrated on them
+    records it, and is refused on other weights. The equalized.caffemodel written by --equalize has the same
+    digest as the original caffemodel run with --equalize."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for layer in ws.net.layers:
+        for k, blob in enumerate(layer.blobs):
+            h.update(f"{layer.name}/{k}:{np.shape(blob)}".encode())
+            h.update(np.ascontiguousarray(blob, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 def save_equalized(ws: Workspace, out: Path) -> Path | None:
     """With --equalize: `out`/equalized.caffemodel, the weights every table of this run belongs to."""
     if ws.equalization is None:

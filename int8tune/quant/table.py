@@ -74,7 +74,10 @@ class CalibrationTable:
         if not isinstance(model, dict) or not model.get("sha256") or not isinstance(quant, dict) \
                 or "equalize" not in quant:
             return {}
-        return {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
+        record = {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
+        if self.provenance.get("weights_sha256"):  # the weights the thresholds were measured with, as run
+            record["weights_sha256"] = self.provenance["weights_sha256"]
+        return record
 
     def quantized_layers(self) -> list[LayerEntry]:
         return [e for e in self.layers.values() if e.int8]
