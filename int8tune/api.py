@@ -33,6 +33,7 @@ from .config import ModelConfig, QuantConfig, TuneConfig
 from .errors import ConfigError
 from .log import logger
 from .metrics import Direction, Metric
+from .outputs import output_lock
 from .workflow import AutoResult
 
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
@@ -99,9 +100,10 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     held_out = (Images.from_loader(validation_dataloader, "validation_dataloader")
                 if validation_dataloader is not None else None)
     metric = _eval_metric(eval_func) if eval_func is not None else None
-    return auto(cfg, ws, evals, calibration_images=calibration, held_out_images=held_out, metric=metric,
-                adjust=q_func, log_path=Path(resume_file) if resume_file is not None else None,
-                echo=lambda text: logger.info("%s", text))
+    with output_lock(out):  # one run at a time per output folder, as on the command line
+        return auto(cfg, ws, evals, calibration_images=calibration, held_out_images=held_out, metric=metric,
+                    adjust=q_func, log_path=Path(resume_file) if resume_file is not None else None,
+                    echo=lambda text: logger.info("%s", text))
 
 
 def _eval_metric(eval_func: Callable) -> Metric:

@@ -279,36 +279,85 @@ def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        if args.command == "check":
-            from .commands.check import check_config_from_args, run_check
+        if getattr(args, "output_path", None) is not None:  # one run at a time per output folder
+            from .outputs import output_lock
 
-            return run_check(check_config_from_args(args), prepare_image)
-        if args.command == "calibrate":
-            from .commands.calibrate import run_calibrate
-            from .commands.parse import calibrate_config
-
-            return run_calibrate(calibrate_config(args), prepare_image)
-        if args.command == "export":
-            from .commands.export import run_export
-
-            return run_export(args)
-        if args.command == "benchmark":
-            from .commands.benchmark import run_benchmark
-
-            return run_benchmark(args, prepare_image)
-        if args.command in ("test", "tune", "auto"):
-            from .commands import tuning
-            from .commands.parse import tune_config
-
-            return getattr(tuning, f"run_{args.command}")(tune_config(args), prepare_image)
-        parser.error(f"unknown command {args.command}")
+            with output_lock(args.output_path):
+                return _dispatch(args, parser, prepare_image)
+        return _dispatch(args, parser, prepare_image)
     except Int8TuneError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The file system said no (output path a file or under one, read-only folder, disk full): the user's
+        # situation, not a bug, so one line naming the path; the traceback only with --verbose.
+        logger.debug("traceback of the error below", exc_info=True)
+        print(f"error: {_os_error_text(e)}", file=sys.stderr)
+        return 2
+    except _opencv_error() as e:
+        # OpenCV's own exception (e.g. its Caffe importer in `check` refusing a net): its message is the news.
+        logger.debug("traceback of the error below", exc_info=True)
+        print(f"error: OpenCV failed{f' in {e.func}' if getattr(e, 'func', '') else ''}: "
+              f"{(getattr(e, 'err', '') or str(e)).strip()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+
+
+def _dispatch(args, parser: argparse.ArgumentParser, prepare_image: PrepareImage) -> int:
+    if args.command == "check":
+        from .commands.check import check_config_from_args, run_check
+
+        return run_check(check_config_from_args(args), prepare_image)
+    if args.command == "calibrate":
+        from .commands.calibrate import run_calibrate
+        from .commands.parse import calibrate_config
+
+        return run_calibrate(calibrate_config(args), prepare_image)
+    if args.command == "export":
+        from .commands.export import run_export
+
+        return run_export(args)
+    if args.command == "benchmark":
+        from .commands.benchmark import run_benchmark
+
+        return run_benchmark(args, prepare_image)
+    if args.command in ("test", "tune", "auto"):
+        from .commands import tuning
+        from .commands.parse import tune_config
+
+        return getattr(tuning, f"run_{args.command}")(tune_config(args), prepare_image)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _os_error_text(e: OSError) -> str:
+    """"<path>: <strerror>" (both paths of a rename); an output path that is a file gets a plainer reason."""
+    reason = e.strerror or str(e)
+    if isinstance(e, FileExistsError) and e.filename is not None and not Path(e.filename).is_dir():
+        reason = "exists and is not a folder"
+    if isinstance(e, NotADirectoryError) and e.filename is not None:
+        blocking = next((p for p in Path(e.filename).parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            reason = f"{reason} ({blocking} is a file)"
+    if e.filename is None:
+        return reason
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"{where}: {reason}"
+
+
+def _opencv_error() -> type[BaseException]:
+    """cv2.error, looked up only when an exception reaches that handler (importing cv2 costs ~0.2 s)."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - cv2 is a pinned dependency
+        return _NoSuchError
+    return cv2.error
+
+
+class _NoSuchError(Exception):
+    """Stands in for cv2.error when OpenCV is missing: never raised."""
 
 
 def with_config_file(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:

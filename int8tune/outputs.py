@@ -3,6 +3,7 @@ provenance (tool version, hashes of the model files and image list, resolved set
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -11,7 +12,7 @@ import platform
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from . import __version__
 
@@ -89,3 +90,33 @@ def provenance(settings: dict[str, Any], files: dict[str, str | Path] | None = N
         "images_sha256": sha256_lines(images) if images is not None else None,
         "settings": settings,
     }
+
+
+LOCK_FILE = ".int8tune.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path) -> Iterator[None]:
+    """One run at a time writes to `folder`: an exclusive advisory lock on `folder`/.int8tune.lock, held for the
+    run (the kernel drops it when the process dies, so a killed run leaves no stale lock). A second run is
+    refused at once, naming the first one's process id."""
+    import fcntl
+
+    from .errors import ConfigError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(f"{folder}: another int8tune run (process {holder}) is writing to this output folder; "
+                              f"wait for it to end or choose another --output_path") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

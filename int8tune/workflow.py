@@ -5,6 +5,7 @@ where the images come from (a data list, or dataloaders)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,14 @@ class AutoResult:
     session: Session | None = None
 
 
+PROGRESS = "progress"  # the best table so far, while a run tunes; tuned/ changes only when a run delivers
+
+
 def save_progress(table: CalibrationTable, out: Path) -> None:
-    """The best table so far, after every blob: a killed or interrupted run loses nothing it found."""
-    write_table_pb(table, out / "tuned" / "calibration_table.pb")
-    write_table_pb(table, out / "tuned" / "calibration_table.pbtxt")
+    """The best table so far, after every blob: a killed run loses nothing it found (progress/ holds it), and
+    tuned/ keeps the previous delivery, whole, until this run delivers its own."""
+    write_table_pb(table, out / PROGRESS / "calibration_table.pb")
+    write_table_pb(table, out / PROGRESS / "calibration_table.pbtxt")
 
 
 def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -> tuple[Delivery, dict[str, Path]]:
@@ -106,7 +111,7 @@ def _held_out_csv(run, out: Path, files: list[Path]) -> None:
 def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized,
                source: HeldOutSource) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
-    start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads)
+    start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads, whole=True)
 
     def on_restart(run) -> None:
         if cfg.restarts > 1:
@@ -115,10 +120,11 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
     run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart,
                          source=source)
     table = run.table
-    save_progress(table, out)
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
     table.provenance["weights_sha256"] = weights_digest(s.ws)
-    tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
+    tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads,
+                    whole=True)
+    shutil.rmtree(out / PROGRESS, ignore_errors=True)  # delivered: the progress it saved is in tuned/ now
     rows = layer_rows(s, run)
     files.append(write_csv(out / "layers.csv", rows))
     _held_out_csv(run, out, files)
@@ -137,10 +143,11 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
 def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, equalized, echo) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
     run = tune_strategy(s, held_out_images, on_progress=lambda t: save_progress(t, out), echo=echo)
-    save_progress(run.table, out)
     run.table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
     run.table.provenance["weights_sha256"] = weights_digest(s.ws)
-    delivery = deliver(s.ws, run.table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads)
+    delivery = deliver(s.ws, run.table, out / "tuned", check_on=s.images, images_kind="tuning",
+                       threads=cfg.threads, whole=True)
+    shutil.rmtree(out / PROGRESS, ignore_errors=True)
     _held_out_csv(run, out, files)
     files.append(out / TRIALS)
     files.append(atomic_write_json(out / "config.json", run.table.provenance))

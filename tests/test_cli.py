@@ -405,3 +405,46 @@ def test_a_table_calibrated_on_other_weights_is_refused(project, tmp_path, capsy
     proto2, model2 = write_net(tmp_path / "copy", PROTOTXT, WEIGHTS)
     same = ["--proto", str(proto2), "--model", str(model2), *base[4:]]
     assert entry.main(["test", *same, "--calibration_proto", table, "--output_path", str(tmp_path / "t2")]) == 0
+
+
+def _digests(folder) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_failed_rerun_leaves_the_delivered_files_whole(project, capsys):
+    """tuned/ changes only when a run delivers, all files together: a re-run that fails on a corrupt trial log
+    leaves the previous delivery exactly as it was."""
+    root, base = project
+    out = root / "whole"
+    args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
+    assert entry.main(args) == 0
+    before = _digests(out / "tuned")
+    assert {"calibration_table.pb", "int8.prototxt", "model_int8_qdq.onnx", "ncnn.table"} <= set(before)
+    log = out / "trials.jsonl"
+    lines = log.read_text().splitlines()
+    k = next(i for i, line in enumerate(lines) if '"difference"' in line and i > len(lines) // 2)
+    lines[k] = re.sub(r'"difference": [^,}]+', '"difference": "x"', lines[k])
+    log.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert entry.main(args) == 2
+    assert "trials.jsonl" in capsys.readouterr().err
+    assert _digests(out / "tuned") == before
+
+
+def test_a_moved_output_folder_resumes_and_one_run_at_a_time_writes_to_it(project, capsys):
+    import shutil
+
+    from int8tune.outputs import output_lock
+
+    root, base = project
+    first, moved = root / "before_move", root / "after_move"
+    assert entry.main(["auto", *base, "--output_path", str(first), "--restarts", "1"]) == 0
+    shutil.copytree(first, moved)
+    assert entry.main(["auto", *base, "--output_path", str(moved), "--restarts", "1"]) == 0
+    assert "(0 replayed" not in (moved / "report.log").read_text()
+    with output_lock(moved):  # as if another run were writing there
+        capsys.readouterr()
+        assert entry.main(["auto", *base, "--output_path", str(moved), "--restarts", "1"]) == 2
+        assert "another int8tune run" in capsys.readouterr().err

@@ -3,6 +3,8 @@ of that file on this CPU (census), and whether the file computes exactly what th
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +39,19 @@ class Delivery:
 
 
 def deliver(ws: Workspace, table: CalibrationTable, folder: Path, check_on: Images | None = None,
-            images_kind: str = "calibration", threads: int = 2, qdq: bool = True) -> Delivery:
+            images_kind: str = "calibration", threads: int = 2, qdq: bool = True, whole: bool = False) -> Delivery:
     """Write `table` in every format under `folder`, and (unless `qdq` is False) its QDQ model, with the census
-    and, on `check_on`, the check that the file computes what the simulation does on this CPU."""
+    and, on `check_on`, the check that the file computes what the simulation does on this CPU. `whole`: `folder`
+    holds only these files, and they change together: written into a sibling folder first, which then takes
+    `folder`'s place (a run that fails before that leaves the previous files as they were, all of them)."""
+    if whole:
+        final, folder = Path(folder), Path(folder).parent / f".{Path(folder).name}.partial"
+        shutil.rmtree(folder, ignore_errors=True)
+        out = deliver(ws, table, folder, check_on, images_kind, threads, qdq)
+        _swap_in(folder, final)
+        out.folder = final
+        out.files = {k: final / p.name for k, p in out.files.items()}
+        return out
     out = Delivery(Path(folder), table, dict(write_all(table, ws.proto, folder)))
     if not qdq:
         return out
@@ -56,3 +68,14 @@ def deliver(ws: Workspace, table: CalibrationTable, folder: Path, check_on: Imag
         out.check = check_export(ws.converted, table, model, check_on.batches, threads=threads)
         out.check_images = images_kind
     return out
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """`new` takes the place of `final`: two renames (the old folder moved aside, then removed), so no reader ever
+    sees a mix of two deliveries."""
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)

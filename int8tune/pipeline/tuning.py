@@ -32,7 +32,8 @@ from .workspace import Workspace
 # Settings that cannot change a trial's result, kept out of the trial log's fingerprint (the validation images are
 # scored after tuning, the pick chooses among finished restarts). Logs written while restart_pick was still part of
 # it resume too (_comparable drops these keys from both sides).
-SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list", "restart_pick", "metric_module")
+SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list", "restart_pick", "metric_module",
+                                 "output_path")  # a moved or copied output folder resumes
 
 YOLO_METRICS = ("yolo", "yolo_map")  # metrics whose parameters describe YOLO heads: detection agreement reported
 
