@@ -78,9 +78,10 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
     if held_out_images is None and cfg.strategy == "layerwise" and cfg.holdout > 0:
         split = hold_back(images, cfg.holdout)
         if split is None:
-            logger.warning("%s: too few to hold some back from tuning (--holdout %g needs at least 6 batches); "
-                           "tuning on all of them, the delivered table is not checked on other images",
-                           images.description, cfg.holdout)
+            logger.info("%s: too few to hold some back from tuning (--holdout %g needs at least 6 batches): "
+                        "cross-validating the tuning on two halves instead, then tuning on all of them",
+                        images.description, cfg.holdout)
+            source = HeldOutSource.CROSS_VALIDATION
         else:
             images, held_out_images = split
             calibration_images = calibration_images if calibration_images is not None else images
@@ -118,7 +119,7 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
             write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
 
     run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart,
-                         source=source)
+                         source=source, cross_validate_first=source is HeldOutSource.CROSS_VALIDATION)
     table = run.table
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
     table.provenance["weights_sha256"] = weights_digest(s.ws)

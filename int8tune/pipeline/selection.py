@@ -25,6 +25,7 @@ NOISE_DRAWS = 2  # jittered copies of the start measured for the noise floor
 class HeldOutSource(str, Enum):
     VALIDATION_LIST = "validation_list"  # the user's --validation_list (or the API's validation_dataloader)
     HELD_BACK = "held_back"  # a share of the data list, kept out of tuning (--holdout)
+    CROSS_VALIDATION = "cross_validation"  # too few to hold back: two folds, each tuned and scored on the other
 
 
 def hold_back(images: Images, fraction: float, least: int = 2) -> tuple[Images, Images] | None:
@@ -54,6 +55,7 @@ class Selection:
     start: str = "start"
     best: str = ""  # the label with the best held-out score (may differ from delivered: within the noise)
     tables: dict[str, CalibrationTable] = field(default_factory=dict, repr=False)
+    folds: list = field(default_factory=list)  # cross-validation: each Fold (scores are then the folds' means)
 
     @property
     def gain(self) -> float:
@@ -80,3 +82,38 @@ def select(val: Tuner, images: Images, source: HeldOutSource, candidates: list[t
             best = label
     delivered = best if metric.gain(base, scores[best]) > noise else start_label
     return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables)
+
+
+def folds(images: Images) -> tuple[Images, Images] | None:
+    """Two halves of the batches (alternating), for cross-validating with a handful of images; None below 2."""
+    n = len(images.batches)
+    if n < 2:
+        return None
+    return (images.take(list(range(0, n, 2)), "of fold 1"), images.take(list(range(1, n, 2)), "of fold 2"))
+
+
+@dataclass
+class Fold:
+    """One fold of the cross-validation: tuned on `tuned_on`, start and tuned tables scored on the other half."""
+
+    tuned_on: Images
+    scored_on: Images
+    start: float
+    tuned: float
+    noise: float
+
+
+def cross_validated(metric, all_images: Images, results: list[Fold], tables: dict[str, CalibrationTable]
+                    ) -> Selection:
+    """The delivered table when every image was tuned on: the tuned one only if tuning beat the start, beyond the
+    noise, on the held-out half of every fold (the same tuning, from the same start, on each half's images)."""
+    gains = [metric.gain(f.start, f.tuned) for f in results]
+    holds = all(g > f.noise for g, f in zip(gains, results))
+    scores = {"start": sum(f.start for f in results) / len(results),
+              "tuned": sum(f.tuned for f in results) / len(results)}
+    noise = max(f.noise for f in results)
+    sel = Selection(all_images, HeldOutSource.CROSS_VALIDATION, metric.name, scores, noise,
+                    "tuned" if holds else "start", "start", "tuned" if metric.better(scores["tuned"], scores["start"])
+                    else "start", tables)
+    sel.folds = results
+    return sel

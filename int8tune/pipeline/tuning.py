@@ -18,14 +18,14 @@ from ..errors import ConfigError
 from ..log import logger
 from ..metrics import METRICS, Metric
 from ..quant.table import CalibrationTable
-from ..tune.restarts import Judge, Restart, RestartPick, RestartsResult, tune_with_restarts
+from ..tune.restarts import Judge, Restart, RestartPick, RestartsResult, restart_start, tune_with_restarts
 from ..tune.search import SearchSettings
 from ..tune.start import best_start
 from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
 from ..tune.tuner import BlobResult, Objective, Tuner, TuneSettings, metric_outputs
 from .calibration import Calibration, calibrate
 from .images import Images
-from .selection import HeldOutSource, Selection, select
+from .selection import HeldOutSource, Selection, cross_validated, select
 from .tables import load_table
 from .workspace import Workspace
 
@@ -327,7 +327,8 @@ class LayerwiseRun:
 def tune_layerwise(s: Session, held_out_images: Images | None = None,
                    on_progress: Callable[[CalibrationTable], None] | None = None,
                    on_restart: Callable[[Restart], None] | None = None,
-                   source: HeldOutSource = HeldOutSource.VALIDATION_LIST) -> LayerwiseRun:
+                   source: HeldOutSource = HeldOutSource.VALIDATION_LIST, cross_validate_first: bool = False
+                   ) -> LayerwiseRun:
     """Tune every blob in net order, `cfg.restarts` times, keep the pick. `on_progress(table)`: the best table so
     far, after each blob of the first restart and after each complete restart (to save it). With held-out images,
     the delivered table is the one they score best among the start, the tuned pick, the restarts and the plain
@@ -343,6 +344,7 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
     if pick is RestartPick.VALIDATION and val is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give --validation_list "
                           "(API: validation_dataloader)")
+    cv = cross_validate(s) if cross_validate_first and val is None else []
     t0 = time.perf_counter()
 
     def blob_done(restart: int, i: int, table: CalibrationTable) -> None:
@@ -378,6 +380,9 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
         candidates += [(f"calibrator {name}", t) for name, t in sorted(s.alternatives.items())]
         logger.info("scoring %d candidate tables on %s", len(candidates), held_out_images.description)
         selection = select(val, held_out_images, source, candidates, order)
+        table = selection.tables[selection.delivered]
+    elif cv and not tuning.interrupted:
+        selection = cross_validated(s.metric, s.images, cv, {"start": start, "tuned": table})
         table = selection.tables[selection.delivered]
     objective = None
     if Objective(cfg.objective).dense and s.metric.name != "square" and tuning.table is not start:
@@ -450,3 +455,30 @@ def tune_strategy(s: Session, held_out_images: Images | None = None,
     if held_out_images is not None:
         run.held_out = held_out(held_out_tuner(s, held_out_images), held_out_images, s.table, run.table, None)
     return run
+
+
+def cross_validate(s: Session) -> list:
+    """Two folds of `s`'s images: for each, the same tuning (one restart) from the same start on that half, and the
+    start and tuned tables scored on the other half, with the noise floor there. What decides, for a handful of
+    images, whether a table tuned on all of them can be trusted (selection.cross_validated)."""
+    from .selection import NOISE_DRAWS, Fold, folds
+
+    halves = folds(s.images)
+    if halves is None:
+        return []
+    out = []
+    for k, (mine, other) in enumerate((halves, halves[::-1])):
+        logger.info("cross-validation, fold %d/2: tuning on %s, scoring on the other half", k + 1, mine.description)
+        cfg = replace(s.cfg, restarts=1, restart_pick="best")
+        fold = Session(cfg, s.ws, mine, s.metric,
+                       Tuner(s.ws.converted, mine.batches, s.metric, replace(s.tuner.settings,
+                                                                              subset=0 if len(mine.batches) < 6
+                                                                              else s.tuner.settings.subset),
+                             labels=mine.labels, names=mine.names), s.table)
+        order = fold.tuner.blobs_in_order(s.table, skip_layers=set(cfg.quant.ignore_layer_names))
+        tuned = tune_with_restarts(fold.tuner, s.table, order, 1).table
+        val = held_out_tuner(fold, other)
+        base = val.difference(s.table)
+        noise = max(abs(val.difference(restart_start(s.table, order, 1000 + j)) - base) for j in range(NOISE_DRAWS))
+        out.append(Fold(mine, other, base, val.difference(tuned), noise))
+    return out

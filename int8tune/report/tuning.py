@@ -245,7 +245,17 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     if run.held_out is not None:
         sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,
                                          picked_words(run, cfg.restart_pick)))
-    if run.selection is not None:
+    if run.selection is not None and run.selection.folds:
+        sel = run.selection
+        rows_cv = tuple((k + 1, f.tuned_on.count, f.scored_on.count, f.start, f.tuned, metric.gain(f.start, f.tuned),
+                         f.noise) for k, f in enumerate(sel.folds))
+        sections.append(Section("cross-validation (too few images to hold some back)", (
+            Paragraph.of("each fold tunes on half of the images (one restart, from the same start) and scores the "
+                         "start and tuned tables on the other half; the table tuned on every image is delivered "
+                         "only if tuning beat the start beyond the noise in both folds"),
+            Table(("fold", "tuned on", "scored on", f"start {metric.name}", f"tuned {metric.name}", "gain",
+                   "noise floor"), rows_cv),)))
+    elif run.selection is not None:
         sel = run.selection
         picks = tuple((label, score, metric.gain(sel.scores[sel.start], score),
                        "delivered" if label == sel.delivered else "") for label, score in sel.scores.items())
@@ -270,7 +280,8 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
     """What tuned/ holds and why, first thing in the report."""
     sel = run.selection
     if sel is not None:
-        where = {"validation_list": "the held-out images", "held_back": "the images held back from tuning"}[
+        where = {"validation_list": "the held-out images", "held_back": "the images held back from tuning",
+                 "cross_validation": "the other half of the images, in both folds of a cross-validation"}[
             sel.source.value]
         scores = sel.scores
         if sel.delivered == sel.start:
