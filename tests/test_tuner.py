@@ -288,3 +288,20 @@ def test_guarded_objective_never_lets_the_metric_get_worse_on_the_tuning_images(
     assert all(b <= a for a, b in zip(guarded, guarded[1:])) and guarded[-1] < guarded[0], guarded
     if subset == 0:
         assert outputs[1] > outputs[0]  # the case the guard is for
+
+
+def test_square_weights_and_selects_outputs_by_metric_params():
+    from int8tune.errors import ConfigError
+    from int8tune.metrics import METRICS
+
+    square = METRICS.get("square")
+    fp32 = {"a": np.ones((2, 3), np.float32), "b": np.full((2, 3), 2.0, np.float32)}
+    int8 = {"a": np.full((2, 3), 1.1, np.float32), "b": np.full((2, 3), 2.0, np.float32) * 1.5}
+    a, b = square({"a": fp32["a"]}, {"a": int8["a"]}), square({"b": fp32["b"]}, {"b": int8["b"]})
+    assert square(fp32, int8) == pytest.approx(a + b)
+    assert square(fp32, int8, {"outputs": ["a"]}) == pytest.approx(a)
+    assert square(fp32, int8, {"outputs": {"a": 2.0, "b": 0.5}}) == pytest.approx(2 * a + 0.5 * b)
+    with pytest.raises(ConfigError, match="not outputs of the model; its outputs: a, b"):
+        square(fp32, int8, {"outputs": ["c"]})
+    with pytest.raises(ConfigError, match="must be a number >= 0"):
+        square(fp32, int8, {"outputs": {"a": -1}})

@@ -18,10 +18,33 @@ from .core import normalised_square, register_metric, squared_error_parts
 @register_metric("square", "lower")
 def square(fp32, int8, params):
     """Normalised squared distance, summed over output blobs:
-    sum over blobs b of  sum((fp32_b - int8_b)^2) / sum(fp32_b^2)
+    sum over blobs b of  w_b * sum((fp32_b - int8_b)^2) / sum(fp32_b^2)
     (a blob that is all zero in fp32 contributes its plain squared error). Scale-free, so layers and models of
-    different magnitude are comparable; 0.01 means the error carries 1 % of the signal's energy."""
-    return sum(normalised_square(*squared_error_parts(ref, int8[name])) for name, ref in fp32.items())
+    different magnitude are comparable; 0.01 means the error carries 1 % of the signal's energy. The weights w_b
+    are 1, or --metric_params {"outputs": {"blob": weight, ...}} (a list of names: those outputs, weight 1):
+    an output left out does not count."""
+    weights = output_weights(params, fp32)
+    return sum(w * normalised_square(*squared_error_parts(fp32[name], int8[name])) for name, w in weights.items())
+
+
+def output_weights(params, outputs) -> dict[str, float]:
+    """{output: weight} from --metric_params "outputs" (every output at weight 1 without it)."""
+    chosen = params.get("outputs")
+    if chosen is None:
+        return {name: 1.0 for name in outputs}
+    if isinstance(chosen, list):
+        chosen = {name: 1.0 for name in chosen}
+    if not isinstance(chosen, dict) or not chosen:
+        raise ConfigError('--metric_params "outputs" must be a list of output names or an object {name: weight}, '
+                          f"found {chosen!r}")
+    unknown = [n for n in chosen if n not in outputs]
+    if unknown:
+        raise ConfigError(f'--metric_params "outputs": {", ".join(map(str, unknown))} are not outputs of the model; '
+                          f"its outputs: {', '.join(outputs)}")
+    bad = [n for n, w in chosen.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
+    if bad:
+        raise ConfigError(f'--metric_params "outputs": the weight of {", ".join(bad)} must be a number >= 0')
+    return {n: float(w) for n, w in chosen.items()}
 
 
 @register_metric("yolo", "lower")
@@ -138,7 +161,7 @@ _PARSED: dict[str, YoloParams] = {}
 
 
 def _yolo_params(params) -> YoloParams:
-    params = {k: v for k, v in params.items() if k not in ("labels", "image_names")}
+    params = {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs")}
     key = repr(sorted(params.items()))
     if key not in _PARSED:
         _PARSED[key] = YoloParams.from_dict(dict(params))

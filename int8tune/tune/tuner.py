@@ -329,7 +329,11 @@ class Tuner:
         if objective is Objective.MODEL:
             return self.metric, self.model_params()
         if objective.dense:
-            return (self.metric, self.model_params()) if self.metric.name == "square" else (_square(), {})
+            if self.metric.name == "square":
+                return self.metric, self.model_params()
+            # the dense square distance, over the outputs --metric_params "outputs" selects or weights (if given)
+            chosen = self.settings.metric_params.get("outputs")
+            return _square(), ({"outputs": chosen} if chosen is not None else {})
         return self.layer_metric, {}
 
     def objective_names(self, table: CalibrationTable, value: str, objective: str | None = None) -> list[str]:
