@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ConfigError, DataError, Int8TuneError
+from .image_params import ImageParams
 from .log import logger
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".txt"})
@@ -180,15 +181,43 @@ def validate_input(array: object, expected_shape: Sequence[int], source: str) ->
     return array
 
 
+def check_params_fit(params: object, input_shape: Sequence[int]) -> None:
+    """Before the first image is prepared: image parameters (an ImageParams) must describe the network input.
+
+    prepare_image returns what `size`, `color_format` and `transpose` say (ImageParams.output_shape); checking
+    that against the network input here turns a typo into an error naming the key, instead of a tensor refused
+    after the image was prepared, or (`size: [100000, 100000]`) gigabytes allocated per image first. Parameters of
+    another type (the API's own objects) are left to validate_input.
+    """
+    if not isinstance(params, ImageParams):
+        return
+    chw = tuple(int(d) for d in input_shape)[-3:]
+    if len(chw) != 3 or tuple(params.output_shape[1:]) == chw:
+        return
+    channels, height, width = chw
+    expected_size = [width, height] if params.transpose else [height, width]
+    problems = []
+    if params.channels != channels:
+        problems.append(f"key 'color_format' is {params.color_format.value!r} ({params.channels} channel(s)) but the "
+                        f"network input has {channels} channel(s)")
+    if list(params.size) != expected_size:
+        problems.append(f"key 'size' is {list(params.size)} but the network input needs {expected_size}"
+                        + (" (transpose: true swaps height and width)" if params.transpose else ""))
+    raise ConfigError(f"{params.source}: {'; '.join(problems)}; the network input has shape "
+                      f"{tuple(int(d) for d in input_shape)}")
+
+
 def iter_batches(items: Iterable[DataItem], prepare: Callable[[Path, object], np.ndarray], params: object,
                  input_shape: Sequence[int], batch_size: int) -> Iterator[tuple[np.ndarray, list[DataItem]]]:
     """Yield (float32 (n, C, H, W), the n items) with n = batch_size, the last batch possibly smaller.
 
     Each item is prepared with `prepare(item.path, params)` and validated; an exception from `prepare` that
-    does not come from int8tune is re-raised as a DataError naming the image and its list line.
+    does not come from int8tune is re-raised as a DataError naming the image and its list line. Image parameters
+    that cannot give the network input are refused before the first image (check_params_fit).
     """
     if batch_size <= 0:
         raise ConfigError(f"batch size must be positive, found {batch_size}")
+    check_params_fit(params, input_shape)
     arrays: list[np.ndarray] = []
     chunk: list[DataItem] = []
     for item in items:

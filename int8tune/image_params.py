@@ -34,7 +34,7 @@ Keys (all but `size` optional; pixel values are in the 0..255 units of the decod
 
 | key            | type                  | default  | meaning                                                   |
 |----------------|-----------------------|----------|-----------------------------------------------------------|
-| size           | [h, w] ints > 0       | required | image size fed to the network (before `transpose`)        |
+| size           | [h, w] ints 1..16384  | required | image size fed to the network (before `transpose`)        |
 | padding        | bool                  | false    | letterbox instead of a plain resize                       |
 | padding_value  | number                | 127.5    | pad pixel value, before mean/scale; 127.5 = darknet's 0.5 |
 | resize         | [h, w] ints or null   | null     | resize to this, then centre-crop to `size`                |
@@ -48,6 +48,10 @@ Keys (all but `size` optional; pixel values are in the 0..255 units of the decod
 | r_scale g_scale b_scale | number > 0 or null | null | per-colour multiplier, e.g. 1/std (unset: 1); `scale` stays 1 |
 | transpose      | bool                  | false    | swap H and W of the final tensor                          |
 | comment        | string or [strings]   | null     | free text (JSON has no comments); ignored                 |
+
+No side in `size`, `resize` or `resize_short` may exceed 16384 (`MAX_SIDE`): a larger one is a typo that would
+allocate gigabytes per image. `size` must also give the network input's shape; every command checks this before
+preparing the first image.
 
 `padding`, `resize` and `resize_short` are mutually exclusive; `resize` must be >= `size` in both axes and
 `resize_short` >= both sides of `size`, or the centre crop could not be taken.
@@ -90,6 +94,10 @@ FLIP_CODES = (1, 0, -1)
 
 # darknet fills the letterbox with 0.5 on images scaled to [0, 1]; on 0..255 pixels that is 127.5.
 DARKNET_PADDING_VALUE = 127.5
+
+# Largest image side accepted in `size`, `resize` and `resize_short` (pixels). A bigger one is a typo, not a
+# network input: one 100000 x 100000 BGR image alone would need 30 GB before it is even resized.
+MAX_SIDE = 16384
 
 
 @dataclass(frozen=True)
@@ -215,12 +223,16 @@ def load_image_params(path: str | Path) -> ImageParams:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM written by Windows editors
     except FileNotFoundError as e:
         raise ConfigError(f"image parameters file {path}: no such file") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"image parameters file {path}: is a directory, not a file") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"image parameters file {path}: cannot be read as UTF-8 text ({e})") from e
     try:
         data = json.loads(text, object_pairs_hook=_refuse_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: invalid JSON: nested too deeply") from e
     except _DuplicateKey as e:
         # json keeps the last of two equal keys silently; a file that says "scale" twice is a mistake.
         raise ConfigError(f"{path}: key {e.args[0]!r} appears more than once") from e
@@ -268,8 +280,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _hw(value: Any, key: str, source: str) -> tuple[int, int]:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
-        raise _error(key, source, "[height, width], two integers > 0", value)
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and 0 < v <= MAX_SIDE for v in value)):
+        raise _error(key, source, f"[height, width], two integers > 0 and at most {MAX_SIDE}", value)
     return (value[0], value[1])
 
 
@@ -277,11 +289,11 @@ def _optional_hw(value: Any, key: str, source: str) -> tuple[int, int] | None:
     return None if value is None else _hw(value, key, source)
 
 
-def _optional_positive_int(value: Any, key: str, source: str) -> int | None:
+def _optional_side(value: Any, key: str, source: str) -> int | None:
     if value is None:
         return None
-    if not (_is_int(value) and value > 0):
-        raise _error(key, source, "an integer > 0 or null", value)
+    if not (_is_int(value) and 0 < value <= MAX_SIDE):
+        raise _error(key, source, f"an integer > 0 or null (at most {MAX_SIDE})", value)
     return value
 
 
@@ -335,7 +347,7 @@ _PARSERS = {
     "padding": _bool,
     "padding_value": _number,
     "resize": _optional_hw,
-    "resize_short": _optional_positive_int,
+    "resize_short": _optional_side,
     "interpolation": _enum(Interpolation),
     "mirror": _mirror,
     "color_format": _enum(ColorFormat),

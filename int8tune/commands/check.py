@@ -60,10 +60,13 @@ def format_report(report: CheckReport) -> str:
     worst = report.worst()
     lines.append("")
     if worst is not None:
-        lines.append(f"worst: {worst.value} ({worst.layer_type}) relative {worst.rel:.3g}, max abs {worst.max_abs:.3g}")
+        lines.append(f"worst: {worst.value} ({worst.layer_type}) relative {worst.rel:.3g}, max abs {worst.max_abs:.3g}"
+                     + (f"; {worst.nonfinite}" if worst.nonfinite else ""))
     skipped = len(report.diffs) - len(report.compared)
-    lines.append(f"{len(report.compared)} blobs compared, {len(report.failures)} above tolerance, {skipped} not "
-                 f"comparable; int8tune {report.seconds_ours:.3f}s vs OpenCV {report.seconds_opencv:.3f}s")
+    nonfinite = sum(1 for d in report.failures if d.nonfinite)
+    failed = f"{len(report.failures)} above tolerance" + (f" ({nonfinite} with NaN/inf)" if nonfinite else "")
+    lines.append(f"{len(report.compared)} blobs compared, {failed}, {skipped} not comparable; int8tune "
+                 f"{report.seconds_ours:.3f}s vs OpenCV {report.seconds_opencv:.3f}s")
     lines.append("PASS" if report.passed else "FAIL")
     return "\n".join(lines)
 
@@ -76,7 +79,7 @@ def _row(d, tolerance: float, width: int) -> str:
     label = _label(d)
     if d.note.startswith("not compared"):
         return f"  {label:<{width}} {d.layer_type:<16} {'':<20} {'':>11} {'':>10}  skipped: {d.note[15:]}"
-    status = "ok" if d.rel <= tolerance else "ABOVE TOLERANCE"
-    extra = f"  {d.note}" if d.note else ""
+    status = "ok" if d.passed(tolerance) else "NaN/INF" if d.nonfinite else "ABOVE TOLERANCE"
+    extra = "".join(f"  {n}" for n in (d.nonfinite, d.note) if n)
     return (f"  {label:<{width}} {d.layer_type:<16} {str(d.shape):<20} {d.max_abs:>11.3g} {d.rel:>10.3g}  "
             f"{status}{extra}")

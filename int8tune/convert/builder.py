@@ -105,6 +105,11 @@ class LayerContext:
             raise ModelError(f"{self.layer.describe()}: needs {what} (blob {index}) but the caffemodel holds "
                              f"{len(blobs)} blob(s) for it")
         array = blobs[index]
+        if not np.isfinite(array).all():
+            # The loader refuses such a caffemodel; this catches what folding or equalization computed from it.
+            raise ModelError(f"{self.layer.describe()}: {what} (blob {index}) hold "
+                             f"{int(np.count_nonzero(~np.isfinite(array)))} NaN/inf value(s) of {array.size} (after "
+                             f"BatchNorm/Scale folding or equalization, if any: check those layers' weights)")
         if shape is None or tuple(array.shape) == tuple(shape):
             return array
         if array.size == int(np.prod(shape)) and _legacy_compatible(array.shape, shape):

@@ -53,6 +53,10 @@ def convert_net(net: CaffeNet) -> ConvertedModel:
             raise UnsupportedLayerError(
                 f"{layer.describe()} in {net.proto_path or net.name}: layer type {layer.type!r} is not supported; "
                 f"supported types: {', '.join(LAYER_CONVERTERS.names())}") from None
+        if not layer.bottoms or not layer.tops:  # every supported type reads and writes at least one blob
+            raise ModelError(f"{layer.describe()} in {net.proto_path or net.name}: has "
+                             f"{len(layer.bottoms)} bottom(s) and {len(layer.tops)} top(s); a {layer.type} layer "
+                             f"reads at least one blob and writes at least one")
         shapes = convert(ctx)
         _check_shapes(ctx, shapes)
         numpy_inputs = [b for b in layer.bottoms if b in builder.numpy_values]

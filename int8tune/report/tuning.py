@@ -238,10 +238,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                                 f" (restart 1, {len(run.tuning.restarts[0].results) if run.tuning.restarts else 0} "
                                 f"of {len(run.order)} blobs)")))
     result += _detections(run.detections, kind="tuning ")
-    sections = [Section("", tuple(setup))]
-    if s.calibration is not None:
-        sections += calibration_sections(s.calibration, s.ws)[1:2]  # the calibration's difference check
-    sections.append(Section("tuning", tuple(result)))
+    sections = [Section("", tuple(setup)), Section("tuning", tuple(result))]
     if run.held_out is not None:
         sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,
                                          picked_words(run, cfg.restart_pick)))
@@ -270,6 +267,8 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                         title="every int8 layer (threshold of its input; its own output's square difference)",
                         digits=4, csv=files_named(files, "layers.csv"))
     sections.append(Section("layers", (layer_table, *figures)))
+    if s.calibration is not None:  # the calibration's own difference check, per layer (calibration/ has the rest)
+        sections += calibration_sections(s.calibration, s.ws)[1:2]
     sections.append(delivery_section(tuned, "deployed model (tuned/)"))
     summary = _delivered(run, metric) + [Fact("total time", f"{seconds:.1f}s")]
     return Document(_title(s, "auto"), tuple(sections), tuple(tuned.files.values()) + tuple(start.files.values())

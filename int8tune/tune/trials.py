@@ -8,9 +8,11 @@ setting and its old and new value ("settings.quant.equalize: false -> true").
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +35,54 @@ class Trial:
 
     def key(self) -> tuple:
         return (self.layer, self.blob, round(self.multiplier, 9), self.note, self.restart)
+
+    @classmethod
+    def from_json(cls, value: Any) -> Trial:
+        """A trial from one parsed log line; a field of the wrong type is a ValueError naming the field (a log
+        edited by hand or by another tool must not crash the replay, nor replay a wrong decision)."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name not in value and f.name not in ("note", "extra", "restart")]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        for name, check, expected in _FIELD_TYPES:
+            if name in value and not check(value[name]):
+                raise ValueError(f"field {name!r}: expected {expected}, found {json.dumps(value[name])[:40]}")
+        for key in _NUMERIC_EXTRA:
+            if key in value.get("extra", {}) and not (value["extra"][key] is None or _is_number(value["extra"][key])):
+                raise ValueError(f"field 'extra.{key}': expected a number or null, found "
+                                 f"{json.dumps(value['extra'][key])[:40]}")
+        return cls(**value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A JSON number (json.dumps writes NaN and Infinity for non-finite floats, and reads them back)."""
+    return _is_int(v) or isinstance(v, float)
+
+
+# (field, check, what it must be): what Trial's writers (tuner.py, driver.py) put in the log.
+_FIELD_TYPES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("index", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("layer", lambda v: isinstance(v, str), "a string"),
+    ("blob", lambda v: isinstance(v, str), "a string"),
+    ("multiplier", lambda v: _is_number(v) and math.isfinite(v), "a finite number"),
+    ("threshold", _is_number, "a number"),
+    ("difference", _is_number, "a number"),
+    ("seconds", _is_number, "a number"),
+    ("note", lambda v: isinstance(v, str), "a string"),
+    ("extra", lambda v: isinstance(v, dict), "a JSON object"),
+    ("restart", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+)
+# Keys of `extra` that a replay compares as numbers (tuner.py's guarded objective and subset search).
+_NUMERIC_EXTRA = ("subset", "metric", "metric_subset", "int8_layers")
 
 
 # What a fingerprint's top-level hashes stand for, in the refusal message.
@@ -79,17 +129,42 @@ def refuse_other_inputs(path: Path, old: dict[str, Any], new: dict[str, Any]) ->
 
 def read_header(path: Path) -> dict[str, Any]:
     """The fingerprint in a trial log's first line."""
+    refuse_symlink(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
+        with open(path, "rb") as f:  # bytes: a text reader would decode (and choke on) the lines after it too
+            first = f.readline().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}:1: not a trial log (not UTF-8 text: {e}); delete it to start afresh") from e
     if not first.strip():
         raise ConfigError(f"trial log {path} is empty; delete it to start afresh")
     try:
-        return json.loads(first).get("fingerprint", {})
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ConfigError(f"{path}:1: not a trial log header ({e})") from e
+        fingerprint = json.loads(first).get("fingerprint", {})
+    except (json.JSONDecodeError, AttributeError, RecursionError) as e:
+        raise ConfigError(f"{path}:1: not a trial log header ({type(e).__name__}: {e})") from e
+    if not isinstance(fingerprint, dict):
+        raise ConfigError(f"{path}:1: not a trial log header (its fingerprint is not a JSON object)")
+    return fingerprint
+
+
+def refuse_symlink(path: Path) -> None:
+    """The trial log is written in place (appended to, rewritten on resume): a symlink there would make the run
+    overwrite whatever file it points to, outside the output folder."""
+    if path.is_symlink():
+        raise ConfigError(f"trial log {path} is a symbolic link (to {os.readlink(path)}); refusing to write "
+                          f"through it. Remove the link, or use another --output_path")
+
+
+def _open_for_writing(path: Path, append: bool):
+    """open(path, "a"/"w") that never follows a symlink (O_NOFOLLOW where the platform has it)."""
+    refuse_symlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # the link appeared after the check above
+            refuse_symlink(path)
+        raise
+    return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
 
 
 class TrialLog:
@@ -104,33 +179,48 @@ class TrialLog:
         self._comparable = comparable or (lambda fp: fp)
         self.trials: list[Trial] = []
         self._replay: dict[tuple, Trial] = {}
+        refuse_symlink(self.path)
         if self.path.exists() and resume:
             self._load()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8") as f:
+            with _open_for_writing(self.path, append=False) as f:
                 f.write(json.dumps({"header": True, "fingerprint": fingerprint}) + "\n")
 
     def _load(self) -> None:
         old, new = self._comparable(read_header(self.path)), self._comparable(self.fingerprint)
         if old != new:
             raise refuse_other_inputs(self.path, old, new)
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        data = self.path.read_bytes()
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            lineno = data[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{self.path}:{lineno}: not UTF-8 text ({e.reason}); delete the log to start "
+                              f"afresh") from e
         good = 1
         for lineno, line in enumerate(lines[1:], 2):
             try:
-                trial = Trial(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as e:
+                parsed = json.loads(line)
+            except RecursionError as e:
+                raise ConfigError(f"{self.path}:{lineno}: unreadable trial (nested too deeply)") from e
+            except json.JSONDecodeError as e:
                 # A run killed mid-write leaves at most one partial last line; anything else is corruption.
                 if lineno == len(lines):
                     logger.warning("%s:%d: incomplete last line dropped (the run was killed while writing it)",
                                    self.path, lineno)
                     break
                 raise ConfigError(f"{self.path}:{lineno}: unreadable trial ({e})") from e
+            try:
+                # A complete line of the wrong shape was not cut by a kill: it is refused wherever it is.
+                trial = Trial.from_json(parsed)
+            except ValueError as e:
+                raise ConfigError(f"{self.path}:{lineno}: unreadable trial ({e}); delete the log to start "
+                                  f"afresh") from e
             self._replay[trial.key()] = trial
             good = lineno
         # Rewrite without a partial tail so appends start on a clean line.
-        with open(self.path, "w", encoding="utf-8") as f:
+        with _open_for_writing(self.path, append=False) as f:
             f.write("\n".join(lines[:good]) + "\n")
         logger.info("resuming: %d trial(s) replayed from %s", len(self._replay), self.path)
 
@@ -141,7 +231,7 @@ class TrialLog:
         self.trials.append(trial)
         if trial.key() in self._replay:
             return  # already on disk
-        with open(self.path, "a", encoding="utf-8") as f:
+        with _open_for_writing(self.path, append=True) as f:
             f.write(json.dumps(asdict(trial)) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from ...errors import ModelError
 from ..builder import LayerContext, Shape
 from ..registry import converter
 from ._common import channel_shape
@@ -142,7 +143,7 @@ def exp(ctx: LayerContext) -> list[Shape]:
     x, y, shape = _unary(ctx)
     p = ctx.param.exp_param
     # base^(shift + scale*x) = exp(ln(base) * (shift + scale*x))
-    log_base = 1.0 if p.base == -1.0 else math.log(p.base)
+    log_base = 1.0 if p.base == -1.0 else math.log(_positive_base(ctx, p.base, "exp_param"))
     ctx.node("Exp", [_affine(ctx, x, float(p.scale) * log_base, float(p.shift) * log_base)], [y])
     return [shape]
 
@@ -155,8 +156,18 @@ def log(ctx: LayerContext) -> list[Shape]:
     if p.base == -1.0:
         ctx.identity(ln, y)
     else:
-        ctx.node("Mul", [ln, ctx.const("inv_log_base", 1.0 / math.log(p.base))], [y])
+        base = _positive_base(ctx, p.base, "log_param")
+        if base == 1.0:  # Caffe: CHECK(!isinf(1 / log(base)))
+            raise ModelError(f"{ctx.layer.describe()}: log_param.base 1 has no logarithm (1 / ln(1) is infinite)")
+        ctx.node("Mul", [ln, ctx.const("inv_log_base", 1.0 / math.log(base))], [y])
     return [shape]
+
+
+def _positive_base(ctx: LayerContext, base: float, field: str) -> float:
+    """Caffe's ExpLayer/LogLayer: CHECK_GT(base, 0) unless base is -1 (e)."""
+    if not (base > 0 and math.isfinite(base)):
+        raise ModelError(f"{ctx.layer.describe()}: {field}.base must be -1 (e) or a finite number > 0, found {base}")
+    return float(base)
 
 
 @converter("Dropout")

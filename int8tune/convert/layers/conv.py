@@ -30,6 +30,11 @@ def _geometry(ctx: LayerContext):
     dilation = [int(d) for d in p.dilation] or [1]
     if len(dilation) == 1:
         dilation = dilation * n_spatial
+    if len(dilation) != n_spatial:
+        raise ModelError(f"{ctx.layer.describe()}: dilation has {len(dilation)} values for {n_spatial} spatial axes")
+    for what, values in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
+        if any(v <= 0 for v in values):  # Caffe's BaseConvolutionLayer::LayerSetUp: CHECK_GT(..., 0)
+            raise ModelError(f"{ctx.layer.describe()}: {what} {values} must be positive in every spatial axis")
     group = int(p.group)
     channels = shape[1]
     if p.num_output <= 0:

@@ -47,6 +47,10 @@ def interp(ctx: LayerContext) -> list[Shape]:
     if p.pad_beg != 0 or p.pad_end != 0:
         raise ctx.fail("interp_param pad_beg/pad_end other than 0 are not supported")
     h, w = shape[2], shape[3]
+    for factor in ("shrink_factor", "zoom_factor"):
+        if len(ctx.inputs) == 1 and p.HasField(factor) and getattr(p, factor) < 1:  # Caffe: CHECK_GE(factor, 1)
+            raise ModelError(f"{ctx.layer.describe()}: interp_param.{factor} must be at least 1, found "
+                             f"{getattr(p, factor)}")
     if len(ctx.inputs) == 2:
         oh, ow = ctx.shapes[1][2], ctx.shapes[1][3]
     elif p.HasField("shrink_factor") and p.HasField("zoom_factor"):
