@@ -45,7 +45,8 @@ class ModelConfig(ConfigBase):
         for key in ("proto", "model"):
             path = getattr(self, key)
             if not path.is_file():
-                raise ConfigError(f"--{key} {path}: no such file")
+                raise ConfigError(f"--{key} {path}: " + ("is a directory, expected a file" if path.is_dir()
+                                                          else "no such file"))
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class DataConfig(ConfigBase):
         if not self.data_list.exists():
             raise ConfigError(f"--data_list {self.data_list}: no such file or folder")
         if not self.image_params.is_file():
-            raise ConfigError(f"--image_params {self.image_params}: no such file")
+            raise ConfigError(f"--image_params {self.image_params}: " + (
+                "is a directory, expected a file" if self.image_params.is_dir() else "no such file"))
         if self.data_limit is not None and self.data_limit <= 0:
             raise ConfigError(f"--data_limit must be positive, found {self.data_limit}")
         if self.batch_size <= 0:
@@ -191,7 +193,8 @@ class TuneConfig(ConfigBase):
         for key in ("calibration_model", "calibration_proto", "metric_module"):
             path = getattr(self, key)
             if path is not None and not path.is_file():
-                raise ConfigError(f"--{key} {path}: no such file")
+                raise ConfigError(f"--{key} {path}: " + ("is a directory, expected a file" if path.is_dir()
+                                                          else "no such file"))
         if self.step_ratio <= 0 or self.steps <= 0 or self.patience <= 0:
             raise ConfigError("--step_ratio, --steps and --patience must be positive")
         if any(m <= 0 for m in self.multipliers):
