@@ -283,3 +283,52 @@ def test_refusals_are_the_documented_types(tmp_path):
     path.write_text(json.dumps({**PARAMS, "size": [100000, 100000]}))
     with pytest.raises(ConfigError):
         load_image_params(path)
+
+
+# --- calibration table ------------------------------------------------------------------------------------
+
+def test_fuzz_calibration_table(tmp_path):
+    """A calibration table (.pbtxt) mutated line by line: read_table_pb loads it or refuses it, and what it loads
+    has finite, positive thresholds (a table is user input too: edited by hand, or written by another tool)."""
+    from test_simulate import make_table
+
+    from int8tune.quant.formats import read_table_pb, write_table_pb
+    from int8tune.quant.spec import QuantSpec
+
+    original = tmp_path / "table.pbtxt"
+    write_table_pb(make_table(QuantSpec()), original)
+    lines = original.read_text().splitlines()
+    rng = random.Random(SEED + 3)
+    counts: Counter = Counter()
+    crashes: list[str] = []
+    path = tmp_path / "mutated.pbtxt"
+    for case in range(300):
+        mutated = list(lines)
+        kind, i = rng.choice(["delete", "duplicate", "number", "swap"]), rng.randrange(len(lines))
+        if kind == "delete":
+            del mutated[i]
+        elif kind == "duplicate":
+            mutated.insert(i, mutated[i])
+        elif kind == "swap":
+            j = min(i + 1, len(mutated) - 1)
+            mutated[i], mutated[j] = mutated[j], mutated[i]
+        else:
+            spots = [(k, m) for k, line in enumerate(mutated) for m in re.finditer(r"-?\d+(\.\d+)?(e-?\d+)?", line)]
+            k, m = rng.choice(spots)
+            mutated[k] = mutated[k][:m.start()] + rng.choice(["0", "-1", "nan", "inf", "1e400", "3"]) + \
+                mutated[k][m.end():]
+        path.write_text("\n".join(mutated) + "\n")
+
+        def load():
+            table = read_table_pb(path)
+            for e in table.blobs.values():
+                assert np.isfinite(e.threshold) and e.threshold > 0, (e.blob, e.threshold)
+            for e in table.layers.values():
+                if e.weight_thresholds is not None:
+                    w = np.asarray(e.weight_thresholds)
+                    assert np.isfinite(w).all() and (w > 0).all(), (e.layer, w)
+
+        counts[outcome(load, f"table case {case} ({kind} at line {i + 1})", crashes)] += 1
+    print(dict(counts))
+    assert not crashes, "\n".join(crashes[:10])
+    assert counts["ok"] > 0 and counts["refused"] > 0, counts

@@ -9,6 +9,7 @@ that are not JSON types come back as JSON turned them (tuples as lists, other ob
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ def table_from_message(msg, where: str) -> CalibrationTable:
             raise ConfigError(f"{where}: blobs[{i}] needs a value and a threshold, found value={b.value!r}")
         if b.value in table.blobs:
             raise ConfigError(f"{where}: blob value {b.value!r} appears twice")
+        _positive(where, f"blob {b.value!r} threshold", [b.threshold, *b.channel_thresholds])
         table.blobs[b.value] = BlobEntry(
             value=b.value, blob=b.blob or b.value, threshold=b.threshold,
             channel_thresholds=np.array(b.channel_thresholds, dtype=np.float64) if b.channel_thresholds else None,
@@ -107,11 +109,21 @@ def table_from_message(msg, where: str) -> CalibrationTable:
         missing = [v for v in (m.input_value, *m.extra_inputs) if v not in table.blobs]
         if missing:
             raise ConfigError(f"{where}: layer {m.layer!r} reads {missing} but the file has no blob entry for it")
+        _positive(where, f"layer {m.layer!r} weight threshold", m.weight_thresholds)
         table.layers[m.layer] = LayerEntry(
             layer=m.layer, type=m.type, input_value=m.input_value, extra_inputs=tuple(m.extra_inputs),
             weight_thresholds=np.array(m.weight_thresholds, dtype=np.float64) if m.weight_thresholds else None,
             weight_method=m.weight_method, int8=m.int8, note=m.note)
     return table
+
+
+def _positive(where: str, what: str, values) -> None:
+    """Thresholds are scales: a zero, negative, NaN or infinite one would quantize everything to nothing (or to
+    NaN) without a word, so the file is refused naming the entry."""
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ConfigError(f"{where}: {what} must be finite and positive, found {bad[0]!r}"
+                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
 
 
 def _target(s, where: str) -> Target:
