@@ -404,3 +404,29 @@ def test_res10_batch_of_two(res10):
     alone = [run_converted(conv, {"data": b})["detection_out"][0, 0] for b in blobs]
     assert both[:, 0].tolist() == [0.0] * len(alone[0]) + [1.0] * len(alone[1])
     np.testing.assert_allclose(both[:, 1:], np.concatenate(alone)[:, 1:], rtol=0, atol=1e-5)
+
+
+def test_ssd_map_metric_on_the_real_face_detector(assets):
+    """ssd_map runs the net's own DetectionOutput on fp32 and int8 outputs: identical outputs agree fully, and an
+    int8 table measured on real photos agrees with fp32 almost fully."""
+    from int8tune.metrics import METRICS
+    from int8tune.pipeline.images import Images
+    from int8tune.pipeline.workspace import load_workspace
+    from int8tune.tune.tuner import Tuner, TuneSettings
+
+    d = assets / "models" / "res10_ssd_face"
+    ws = load_workspace(d / "deploy.prototxt", d / "res10_300x300_ssd_iter_140000.caffemodel")
+    photos = sorted((assets / "images" / "natural").glob("*.png"))[:3]
+    import test_utils
+    from int8tune.image_params import load_image_params
+
+    params = load_image_params(Path(__file__).resolve().parents[1] / "examples" / "image_params" / "res10_ssd_face.json")
+    batches = [test_utils.prepare_image(p, params) for p in photos]
+    metric = METRICS.get("ssd_map")
+    tuner = Tuner(ws.converted, batches, metric, TuneSettings(metric_params={"conf_threshold": 0.3}))
+    assert tuner.fp32_score() == 1.0
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline.calibration import calibrate
+
+    cal = calibrate(ws, Images("photos", len(batches), _batches=batches), QuantConfig(method="minmax"), measure=None)
+    assert 0.5 <= tuner.difference(cal.table) <= 1.0

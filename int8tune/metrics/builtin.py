@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..yolo import YoloParams, detections_of, mean_average_precision, yolo_difference
+from ..yolo import Detection, YoloParams, detections_of, mean_average_precision, yolo_difference
 from .core import normalised_square, register_metric, squared_error_parts
 
 
@@ -161,8 +161,37 @@ _PARSED: dict[str, YoloParams] = {}
 
 
 def _yolo_params(params) -> YoloParams:
-    params = {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs")}
+    params = {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs", "post_steps")}
     key = repr(sorted(params.items()))
     if key not in _PARSED:
         _PARSED[key] = YoloParams.from_dict(dict(params))
     return _PARSED[key]
+
+
+@register_metric("ssd_map", "higher")
+def ssd_map(fp32, int8, params):
+    """Detection agreement of an SSD-style net (its DetectionOutput run after the graph): mAP@0.5 of the int8
+    detections with the fp32 detections as ground truth, detections above --metric_params conf_threshold
+    (default 0.5). No parameters needed: the net's own DetectionOutput (priors, NMS, top-k) decodes both."""
+    threshold = float(params.get("conf_threshold", 0.5))
+    return mean_average_precision(ssd_detections(fp32, params, threshold), ssd_detections(int8, params, threshold),
+                                  0.5)
+
+
+def ssd_detections(outputs, params, threshold: float) -> list[list[Detection]]:
+    """Per image, the rows [image, label, score, box] the net's DetectionOutput writes, above `threshold`."""
+    steps = params.get("post_steps") or []
+    if not steps:
+        raise ConfigError("ssd_map needs a net ending in DetectionOutput (an SSD-style detector); this one has none: "
+                          "use square, or yolo/yolo_map for YOLO heads")
+    values = dict(outputs)
+    for step in steps:
+        for name, array in zip(step.outputs, step.fn([values[i] for i in step.inputs])):
+            values[name] = array
+    rows = np.asarray(values[steps[-1].outputs[0]]).reshape(-1, 7)
+    images = len(next(iter(outputs.values())))
+    out: list[list[Detection]] = [[] for _ in range(images)]
+    for image, label, score, *box in rows:
+        if score > threshold and 0 <= int(image) < images:
+            out[int(image)].append(Detection(int(label), float(score), tuple(float(b) for b in box)))
+    return out

@@ -167,7 +167,7 @@ def detections(tuner: Tuner, metric: Metric, tables: list[tuple[str, Calibration
     params = tuner.model_params()
     outputs = metric_outputs(tuner.converted)
     return Detections(tuner.references(outputs), [(label, tuner.run_int8(t, outputs)) for label, t in tables],
-                      {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs")},
+                      {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs", "post_steps")},
                       list(params.get("image_names") or []))
 
 

@@ -189,6 +189,8 @@ class Tuner:
             params["labels"] = np.concatenate([self.labels[i] for i in picked])
         if self.names is not None:
             params["image_names"] = [n for i in picked for n in self.names[i]]
+        if self.converted.post_steps:  # what follows the graph (DetectionOutput): detection metrics run it
+            params["post_steps"] = self.converted.post_steps
         return params
 
     def difference(self, table: CalibrationTable, names: Sequence[str] | None = None) -> float:
