@@ -420,7 +420,8 @@ def test_ssd_map_metric_on_the_real_face_detector(assets):
     import test_utils
     from int8tune.image_params import load_image_params
 
-    params = load_image_params(Path(__file__).resolve().parents[1] / "examples" / "image_params" / "res10_ssd_face.json")
+    repo = Path(__file__).resolve().parents[1]
+    params = load_image_params(repo / "examples" / "image_params" / "res10_ssd_face.json")
     batches = [test_utils.prepare_image(p, params) for p in photos]
     metric = METRICS.get("ssd_map")
     tuner = Tuner(ws.converted, batches, metric, TuneSettings(metric_params={"conf_threshold": 0.3}))
