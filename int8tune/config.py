@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .quant.spec import DEFAULT_QUANTIZE_TYPES
 
 
 def _jsonable(value: Any) -> Any:
@@ -93,7 +94,7 @@ class QuantConfig(ConfigBase):
     unsigned: bool = False
     target: str = "onnxruntime"  # quant/spec.py Target: the engine whose integer arithmetic is simulated
     equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
-    quantize_types: tuple[str, ...] = ("Convolution", "Deconvolution", "InnerProduct")
+    quantize_types: tuple[str, ...] = DEFAULT_QUANTIZE_TYPES
     ignore_layer_names: tuple[str, ...] = ()
     ignore_layer_types: tuple[str, ...] = ()
     percentile: float = 99.99

@@ -21,8 +21,9 @@ from enum import Enum
 
 DEFAULT_QUANTIZE_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
 # Types whose weights are quantized (the others in quantize_types only get their input quantized).
-WEIGHTED_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution",
-                            "ConvolutionDepthwise"})
+CONVOLUTION_TYPES = frozenset({"Convolution", "Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise"})
+DEPTHWISE_TYPES = frozenset({"DepthwiseConvolution", "ConvolutionDepthwise"})  # forks: one group per channel
+WEIGHTED_TYPES = CONVOLUTION_TYPES | {"InnerProduct"}
 
 
 class Granularity(str, Enum):

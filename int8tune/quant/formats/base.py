@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import ConfigError, ModelError
 from ...log import logger
 from ...registry import Registry
+from ..spec import CONVOLUTION_TYPES, DEPTHWISE_TYPES
 from ..table import BlobEntry, CalibrationTable
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 # Relative difference above which two imported thresholds for the same blob are reported as a conflict.
 CONFLICT_RTOL = 1e-6
-WEIGHTED_LAYER_KINDS = ("Convolution", "Deconvolution", "DepthwiseConvolution", "ConvolutionDepthwise")
 
 
 @dataclass
@@ -155,10 +155,10 @@ def layer_shapes(net_param) -> dict[str, LayerShape]:
     """num_output and group of each Convolution-like and InnerProduct layer of a NetParameter."""
     out: dict[str, LayerShape] = {}
     for lp in net_param.layer:
-        if lp.type in WEIGHTED_LAYER_KINDS:
+        if lp.type in CONVOLUTION_TYPES:
             p = lp.convolution_param
             # The depthwise forks have one group per input channel; deploy nets use multiplier 1 (= num_output).
-            group = p.num_output if lp.type in ("DepthwiseConvolution", "ConvolutionDepthwise") else p.group
+            group = p.num_output if lp.type in DEPTHWISE_TYPES else p.group
             out[lp.name] = LayerShape(int(p.num_output), max(int(group), 1))
         elif lp.type == "InnerProduct":
             out[lp.name] = LayerShape(int(lp.inner_product_param.num_output), 1)
