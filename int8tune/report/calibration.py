@@ -9,7 +9,7 @@ from ..pipeline.delivery import Delivery
 from ..pipeline.workspace import Workspace
 from ..tune.tuner import metric_outputs
 from .document import Document, Fact, Item, Section, Table
-from .sections import delivery_section, equalization_items
+from .sections import delivery_section, equalization_items, verdict
 
 
 def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None = None) -> list[Section]:
@@ -48,10 +48,11 @@ def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None
 def calibration_document(cal: Calibration, ws: Workspace, delivery: Delivery, seconds: float,
                          equalized: Path | None, extra_files: list[Path]) -> Document:
     sections = calibration_sections(cal, ws, equalized)
-    sections.insert(2, delivery_section(delivery))
+    deployed = delivery_section(delivery)
+    sections.insert(2, deployed)
     return Document(f"int8tune calibrate: {ws.proto} + {ws.model}", tuple(sections),
                     files=tuple(delivery.files.values()) + tuple(extra_files),
-                    summary=(Fact("total time", f"{seconds:.1f}s"),))
+                    summary=(*verdict(deployed), Fact("total time", f"{seconds:.1f}s")))
 
 
 def _weight_method(cal: Calibration) -> str:

@@ -34,6 +34,11 @@ def delivery_section(d: Delivery, title: str = "deployed model") -> Section:
     return Section(title, tuple(items))
 
 
+def verdict(section: Section) -> list[Item]:
+    """The deployed-model check's verdict of a delivery section (for a report's summary), if it has one."""
+    return [i for i in section.items if isinstance(i, Notice) and i.level is not Level.INFO][:1]
+
+
 def equalization_items(ws: Workspace, written: Path | None) -> list[Item]:
     """With --equalize: which weights the tables belong to; without: a hint when the net has pairs to equalize."""
     if ws.equalization is None:

@@ -23,7 +23,7 @@ from ..tune.tuner import metric_outputs
 from .calibration import calibration_sections
 from .detections import detection_lines
 from .document import Document, Fact, Figure, Item, Level, Notice, Paragraph, Section, Table
-from .sections import delivery_section, equalization_items
+from .sections import delivery_section, equalization_items, verdict
 
 OBJECTIVE_WORDS = {"model": "the metric on the model outputs", "outputs": "the square distance of the model outputs",
                    "layer": "the square distance of the layer output",
@@ -269,8 +269,9 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     sections.append(Section("layers", (layer_table, *figures)))
     if s.calibration is not None:  # the calibration's own difference check, per layer (calibration/ has the rest)
         sections += calibration_sections(s.calibration, s.ws)[1:2]
-    sections.append(delivery_section(tuned, "deployed model (tuned/)"))
-    summary = _delivered(run, metric) + [Fact("total time", f"{seconds:.1f}s")]
+    deployed = delivery_section(tuned, "deployed model (tuned/)")
+    sections.append(deployed)
+    summary = _delivered(run, metric) + verdict(deployed) + [Fact("total time", f"{seconds:.1f}s")]
     return Document(_title(s, "auto"), tuple(sections), tuple(tuned.files.values()) + tuple(start.files.values())
                     + tuple(files), tuple(summary))
 
