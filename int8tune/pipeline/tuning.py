@@ -4,7 +4,6 @@ accuracy-driven strategy, and the held-out check. Each returns a result; report/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -110,7 +109,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
             session.table, session.start_scores, session.start_choice = session.alternatives[name], scores, name
     log = None
     if fp is not None:
-        fp["table"] = table_hash(session.table)
+        fp["table"] = session.table.digest()
         log = TrialLog(log_path, fp, resume=cfg.resume, comparable=_comparable)
     session.tuner = Tuner(ws.converted, images.batches, metric, settings, log, labels=images.labels,
                           names=images.names)
@@ -135,17 +134,6 @@ def _refuse_early(path: Path, fp: dict) -> None:
     old.pop("table", None)
     if old != new:
         raise refuse_other_inputs(path, old, new)
-
-
-def table_hash(table: CalibrationTable) -> str:
-    h = hashlib.sha256()
-    for v, e in sorted(table.blobs.items()):
-        h.update(f"{v}:{e.threshold!r}:{e.unsigned}".encode())
-    for name, e in table.layers.items():
-        h.update(f"{name}:{e.int8}".encode())
-        if e.weight_thresholds is not None:
-            h.update(np.asarray(e.weight_thresholds, dtype=np.float64).tobytes())
-    return h.hexdigest()
 
 
 # --- what the tables do on the images ------------------------------------------------------------------------

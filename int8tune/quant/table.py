@@ -86,6 +86,27 @@ class CalibrationTable:
         return {v: e.threshold for v, e in self.blobs.items()}
 
     # -- edits (return new tables; tuning keeps every candidate) --------------------------------------
+    def structure_key(self) -> tuple:
+        """Equal for two tables whose int8 graphs have the same structure (which layers are int8, their weight
+        thresholds, which blobs are per-channel or unsigned, the spec); the blob thresholds are the graph's feeds."""
+        return (tuple(e.layer for e in self.quantized_layers()),
+                tuple(None if e.weight_thresholds is None else np.asarray(e.weight_thresholds).tobytes()
+                      for e in self.quantized_layers()),
+                tuple(v for v, b in self.blobs.items() if b.channel_thresholds is not None),
+                tuple(v for v, b in self.blobs.items() if b.unsigned), self.spec)
+
+    def fingerprint(self) -> tuple:
+        """Equal for two tables exactly when their int8 models compute the same thing."""
+        return self.structure_key() + (tuple(
+            (v, b.threshold, None if b.channel_thresholds is None else np.asarray(b.channel_thresholds).tobytes())
+            for v, b in self.blobs.items()),)
+
+    def digest(self) -> str:
+        """sha256 of the fingerprint, for files (the trial log's fingerprint names the starting table by it)."""
+        import hashlib
+
+        return hashlib.sha256(repr(self.fingerprint()).encode()).hexdigest()
+
     def copy(self) -> "CalibrationTable":
         return copy.deepcopy(self)
 

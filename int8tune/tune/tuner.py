@@ -151,7 +151,7 @@ class Tuner:
     def int8(self, table: CalibrationTable) -> tuple[Int8Graph, Engine]:
         """The int8 graph and engine for this table's structure (rebuilt only when the structure changes:
         which layers are int8, weight thresholds, unsigned/per-channel blobs; thresholds are feeds)."""
-        key = _structure_key(table)
+        key = table.structure_key()
         if key != self._graph_key or self._graph is None or self._engine is None:
             self._graph = build_int8_graph(self.converted, table)
             self._graph_key = key
@@ -173,11 +173,11 @@ class Tuner:
         return concat_outputs(per_batch, names)
 
     def _remember(self, table: CalibrationTable, per_batch: list[dict[str, np.ndarray]] | None) -> None:
-        self._state = (table_fingerprint(table), per_batch) if per_batch is not None and self.carry_state else None
+        self._state = (table.fingerprint(), per_batch) if per_batch is not None and self.carry_state else None
 
     def known_tensors(self, table: CalibrationTable) -> list[dict[str, np.ndarray]] | None:
         """Per batch, the tensors known under exactly this table (None when the last state was another table)."""
-        if self._state is None or self._state[0] != table_fingerprint(table):
+        if self._state is None or self._state[0] != table.fingerprint():
             return None
         return self._state[1]
 
@@ -543,18 +543,3 @@ def _square() -> Metric:
 
 def _readers(table: CalibrationTable, value: str) -> list[str]:
     return [e.layer for e in table.quantized_layers() if value in (e.input_value, *e.extra_inputs)]
-
-
-def table_fingerprint(table: CalibrationTable) -> tuple:
-    """Equal for two tables exactly when their int8 models compute the same thing."""
-    return _structure_key(table) + (tuple(
-        (v, b.threshold, None if b.channel_thresholds is None else np.asarray(b.channel_thresholds).tobytes())
-        for v, b in table.blobs.items()),)
-
-
-def _structure_key(table: CalibrationTable):
-    return (tuple(e.layer for e in table.quantized_layers()),
-            tuple(None if e.weight_thresholds is None else e.weight_thresholds.tobytes()
-                  for e in table.quantized_layers()),
-            tuple(v for v, b in table.blobs.items() if b.channel_thresholds is not None),
-            tuple(v for v, b in table.blobs.items() if b.unsigned), table.spec)
