@@ -19,25 +19,28 @@ def _images(n: int) -> Images:
 
 
 def test_hold_back_spreads_over_the_list_and_keeps_enough_to_tune():
-    tune, held = hold_back(_images(12), 0.25)
-    assert [n[0] for n in held.names] == ["img3.png", "img7.png", "img11.png"]
-    assert len(tune.batches) == 9 and not set(map(tuple, tune.names)) & set(map(tuple, held.names))
-    assert hold_back(_images(5), 0.25) is None  # too few: nothing is held back
-    assert hold_back(_images(12), 0.0) is None
-    tune, held = hold_back(_images(6), 0.25)  # every 4th would hold one: at least two are held back
-    assert held.count == 2 and tune.count == 4
+    tune, held = hold_back(_images(24), 0.25)
+    assert [n[0] for n in held.names] == [f"img{i}.png" for i in (3, 7, 11, 15, 19, 23)]
+    assert len(tune.batches) == 18 and not set(map(tuple, tune.names)) & set(map(tuple, held.names))
+    assert hold_back(_images(19), 0.25) is None  # a handful: cross-validated instead
+    assert hold_back(_images(24), 0.0) is None
 
 
 class _Judge:
-    """A stand-in for the held-out Tuner: a table's score is its `blob x` threshold, offset by `noise` for a
-    table nobody named (the jittered copies of the start)."""
+    """A stand-in for the held-out Tuner over four images: a table's score is what `scores` says (by id), offset
+    by `noise` for a table nobody named (the jittered copies of the start); its per-image scores are the score
+    plus `spread` * (-1.5, -0.5, 0.5, 1.5) for the candidates (the start's are flat)."""
 
-    def __init__(self, scores: dict[int, float], noise: float):
+    def __init__(self, scores: dict[int, float], noise: float, spread: dict[int, float] | None = None):
         self.metric = METRICS.get("square")
-        self.scores, self.noise = scores, noise
+        self.scores, self.noise, self.spread = scores, noise, spread or {}
 
     def difference(self, table: CalibrationTable) -> float:
         return self.scores.get(id(table), self.scores[0] + self.noise)
+
+    def image_differences(self, table: CalibrationTable) -> list[tuple[str, float]]:
+        s, w = self.difference(table), self.spread.get(id(table), 0.0)
+        return [(f"img{i}", s + w * d) for i, d in enumerate((-1.5, -0.5, 0.5, 1.5))]
 
 
 def _table(t: float) -> CalibrationTable:
@@ -58,3 +61,14 @@ def test_the_start_is_left_only_for_a_gain_beyond_the_noise(tuned_score, noise, 
                                                                ("calibrator kl", other)], ["x"])
     assert sel.delivered == delivered and sel.noise == pytest.approx(noise)
     assert sel.scores == {"start": 1.0, "tuned": tuned_score, "calibrator kl": 1.1}
+
+
+def test_a_gain_carried_by_one_image_is_not_taken():
+    """The same mean gain, once spread evenly and once carried by one image: only the consistent one is taken."""
+    start, tuned = _table(1.0), _table(2.0)
+    even = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 0.8}, 0.01, {id(tuned): 0.01})
+    assert select(even, _images(4), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned)], ["x"]
+                  ).delivered == "tuned"
+    lopsided = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 0.8}, 0.01, {id(tuned): 0.5})
+    sel = select(lopsided, _images(4), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned)], ["x"])
+    assert sel.delivered == "start" and sel.gains["tuned"].mean == pytest.approx(0.2)

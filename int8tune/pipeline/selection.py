@@ -1,25 +1,39 @@
 """Which table a run delivers, decided on images it did not tune on.
 
 Tuning lowers its objective on its own images by construction; only other images show whether the int8 model
-really got closer to fp32. So main.sh holds images back (the user's --validation_list, or a share of the data
-list, --holdout), scores every table it could deliver on them (the start, the tuned pick, each complete restart,
-each calibrator's plain table) and delivers the best, but moves away from the start only when the gain is larger
-than the noise floor: the largest change of the held-out score that moving every threshold of the start by a
-relative 1e-6 causes (another rounding realisation of the same table, which no tuning decision should be
-credited for).
+really got closer to fp32. So main.sh scores the tables it could deliver on images it did not tune on, and
+leaves the start table only for a gain that is real:
+
+- the user's --validation_list (or the API's validation_dataloader), or, with at least MIN_HOLD_BACK_BATCHES
+  batches, a share of the data list held back from calibration and tuning (--holdout);
+- with fewer, cross-validation: two folds, each tuned on one half and scored on the other, decide whether the
+  table tuned on every image is delivered (holding back a quarter of a handful of images costs the tuning more
+  than it tells: measured in docs/tuning.md, "Held-back delivery").
+
+A candidate beats the start when (1) its gain on the held-out images is larger than the noise floor (the change
+that moving every threshold of the start by a relative 1e-6, another rounding realisation of the same table,
+causes), and (2) the gain is consistent over the images: the mean of the per-image gains is more than
+CONSISTENCY standard errors above zero. Picking the best of several candidates on a few images otherwise
+delivers the luckiest one. When --metric is coarse on few images (top-1 agreement is 0 or 1 per image) and no
+candidate beats the start on it, the dense square distance of the outputs decides, on the same two conditions,
+among the candidates the metric does not find worse.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..metrics import METRICS
 from ..quant.table import CalibrationTable
 from ..tune.restarts import restart_start
 from ..tune.tuner import Tuner
 from .images import Images
 
 NOISE_DRAWS = 2  # jittered copies of the start measured for the noise floor
+MIN_HOLD_BACK_BATCHES = 20  # below this, cross-validate instead of holding images back
+CONSISTENCY = 2.0  # standard errors of the per-image gains the mean gain must clear
 
 
 class HeldOutSource(str, Enum):
@@ -28,18 +42,38 @@ class HeldOutSource(str, Enum):
     CROSS_VALIDATION = "cross_validation"  # too few to hold back: two folds, each tuned and scored on the other
 
 
-def hold_back(images: Images, fraction: float, least: int = 2) -> tuple[Images, Images] | None:
+def hold_back(images: Images, fraction: float, least: int = MIN_HOLD_BACK_BATCHES) -> tuple[Images, Images] | None:
     """(tuning images, held-back images): every k-th batch held back (k = round(1 / fraction)), spread over the
-    list rather than its tail. None when too few batches remain to hold `least` back and tune on twice as many."""
+    list rather than its tail. None below `least` batches (or fraction 0): cross-validate instead."""
     n = len(images.batches)
-    if fraction <= 0 or n < 3 * least:
+    if fraction <= 0 or n < least:
         return None
     k = max(2, round(1 / fraction))
     held = [i for i in range(n) if i % k == k - 1]
-    if len(held) < least:
-        held = list(range(n))[-least:]
     kept = [i for i in range(n) if i not in held]
     return images.take(kept, "tuning"), images.take(held, "held back from tuning")
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A candidate against the start on held-out images: the gain of the aggregate metric, and the mean and
+    standard error of the per-image gains (positive: better than the start)."""
+
+    total: float
+    mean: float
+    stderr: float
+
+    def beats(self, noise: float) -> bool:
+        return self.total > noise and self.mean > CONSISTENCY * self.stderr
+
+
+def paired_gain(metric, start: float, candidate: float, start_images: list[float],
+                candidate_images: list[float]) -> Gain:
+    gains = [metric.gain(a, b) for a, b in zip(start_images, candidate_images)]
+    n = len(gains)
+    mean = sum(gains) / n if n else 0.0
+    stderr = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1) / n) if n > 1 else math.inf
+    return Gain(metric.gain(start, candidate), mean, stderr)
 
 
 @dataclass
@@ -53,9 +87,11 @@ class Selection:
     noise: float  # the noise floor (see the module docstring), in the metric's units
     delivered: str  # the label of the delivered table
     start: str = "start"
-    best: str = ""  # the label with the best held-out score (may differ from delivered: within the noise)
+    best: str = ""  # the label with the best held-out score (may differ from delivered: not a real gain)
     tables: dict[str, CalibrationTable] = field(default_factory=dict, repr=False)
     folds: list = field(default_factory=list)  # cross-validation: each Fold (scores are then the folds' means)
+    gains: dict[str, Gain] = field(default_factory=dict)  # label -> its gain over the start on --metric
+    decided_by: str = ""  # the metric that decided ("square" when --metric could not tell)
 
     @property
     def gain(self) -> float:
@@ -63,25 +99,52 @@ class Selection:
         return abs(self.scores[self.delivered] - self.scores[self.start])
 
 
+def _noise(val: Tuner, start: CalibrationTable, blobs: list[str]) -> float:
+    base = val.difference(start)
+    return max((abs(val.difference(restart_start(start, blobs, 1000 + k)) - base) for k in range(NOISE_DRAWS)),
+               default=0.0)
+
+
+def _dense(val: Tuner) -> Tuner:
+    """The same held-out images under the square distance of the outputs."""
+    return Tuner(val.converted, val.batches, METRICS.get("square"), val.settings, labels=val.labels,
+                 names=val.names, **({"executor": val.executor} if hasattr(val, "executor") else {}))
+
+
 def select(val: Tuner, images: Images, source: HeldOutSource, candidates: list[tuple[str, CalibrationTable]],
            blobs: list[str]) -> Selection:
     """Score `candidates` (label, table; the first is the start) on `val`'s images and pick the delivered one."""
     metric = val.metric
-    scores: dict[str, float] = {}
-    tables: dict[str, CalibrationTable] = {}
-    for label, table in candidates:
-        if label not in scores:
-            scores[label], tables[label] = val.difference(table), table
-    start_label, start = candidates[0]
-    base = scores[start_label]
-    noise = max((abs(val.difference(restart_start(start, blobs, 1000 + k)) - base) for k in range(NOISE_DRAWS)),
-                default=0.0)
+    tables = dict(candidates)
+    start_label = candidates[0][0]
+    scores = {label: val.difference(t) for label, t in tables.items()}
+    per_image = {label: [d for _, d in val.image_differences(t)] for label, t in tables.items()}
+    noise = _noise(val, tables[start_label], blobs)
+    gains = {label: paired_gain(metric, scores[start_label], scores[label], per_image[start_label], per_image[label])
+             for label in tables if label != start_label}
     best = start_label
     for label, score in scores.items():
         if metric.better(score, scores[best]):
             best = label
-    delivered = best if metric.gain(base, scores[best]) > noise else start_label
-    return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables)
+    passing = [label for label, g in gains.items() if g.beats(noise)]
+    decided_by = metric.name
+    if not passing and metric.name != "square":
+        dense = _dense(val)
+        d_scores = {label: dense.difference(t) for label, t in tables.items()}
+        d_images = {label: [d for _, d in dense.image_differences(t)] for label, t in tables.items()}
+        d_noise = _noise(dense, tables[start_label], blobs)
+        not_worse = [label for label, g in gains.items() if g.total >= -noise]
+        d_gains = {label: paired_gain(dense.metric, d_scores[start_label], d_scores[label], d_images[start_label],
+                                      d_images[label]) for label in not_worse}
+        passing = [label for label, g in d_gains.items() if g.beats(d_noise)]
+        if passing:
+            decided_by = "square"
+            delivered = max(passing, key=lambda label: d_gains[label].total)
+            return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables,
+                             gains=gains, decided_by=decided_by)
+    delivered = max(passing, key=lambda label: gains[label].total) if passing else start_label
+    return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables, gains=gains,
+                     decided_by=decided_by)
 
 
 def folds(images: Images) -> tuple[Images, Images] | None:
@@ -101,19 +164,23 @@ class Fold:
     start: float
     tuned: float
     noise: float
+    start_images: list[float] = field(default_factory=list)  # per image of `scored_on`
+    tuned_images: list[float] = field(default_factory=list)
 
 
 def cross_validated(metric, all_images: Images, results: list[Fold], tables: dict[str, CalibrationTable]
                     ) -> Selection:
-    """The delivered table when every image was tuned on: the tuned one only if tuning beat the start, beyond the
-    noise, on the held-out half of every fold (the same tuning, from the same start, on each half's images)."""
-    gains = [metric.gain(f.start, f.tuned) for f in results]
-    holds = all(g > f.noise for g, f in zip(gains, results))
+    """The delivered table when every image was tuned on: the tuned one only if tuning beat the start on the
+    held-out half of every fold beyond the noise, and consistently over the images of both halves."""
+    pooled = paired_gain(metric, 0.0, 0.0, [x for f in results for x in f.start_images],
+                         [x for f in results for x in f.tuned_images])
+    holds = all(metric.gain(f.start, f.tuned) > f.noise for f in results) and pooled.mean > CONSISTENCY * pooled.stderr
     scores = {"start": sum(f.start for f in results) / len(results),
               "tuned": sum(f.tuned for f in results) / len(results)}
-    noise = max(f.noise for f in results)
-    sel = Selection(all_images, HeldOutSource.CROSS_VALIDATION, metric.name, scores, noise,
-                    "tuned" if holds else "start", "start", "tuned" if metric.better(scores["tuned"], scores["start"])
-                    else "start", tables)
+    gain = Gain(metric.gain(scores["start"], scores["tuned"]), pooled.mean, pooled.stderr)
+    sel = Selection(all_images, HeldOutSource.CROSS_VALIDATION, metric.name, scores, max(f.noise for f in results),
+                    "tuned" if holds else "start", "start",
+                    "tuned" if metric.better(scores["tuned"], scores["start"]) else "start", tables,
+                    gains={"tuned": gain}, decided_by=metric.name)
     sel.folds = results
     return sel

@@ -468,5 +468,7 @@ def cross_validate(s: Session) -> list:
         val = held_out_tuner(fold, other)
         base = val.difference(s.table)
         noise = max(abs(val.difference(restart_start(s.table, order, 1000 + j)) - base) for j in range(NOISE_DRAWS))
-        out.append(Fold(mine, other, base, val.difference(tuned), noise))
+        out.append(Fold(mine, other, base, val.difference(tuned), noise,
+                        [d for _, d in val.image_differences(s.table)],
+                        [d for _, d in val.image_differences(tuned)]))
     return out

@@ -255,9 +255,11 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     elif run.selection is not None:
         sel = run.selection
         picks = tuple((label, score, metric.gain(sel.scores[sel.start], score),
+                       sel.gains[label].mean if label in sel.gains else None,
+                       sel.gains[label].stderr if label in sel.gains else None,
                        "delivered" if label == sel.delivered else "") for label, score in sel.scores.items())
         sections.append(Section(f"the delivered table, chosen on {sel.images.description}", (
-            Table(("table", metric.name, "gain over start", ""), picks,
+            Table(("table", metric.name, "gain over start", "mean gain per image", "its std. error", ""), picks,
                   title=f"every table it could deliver, on images it did not tune on (noise floor {sel.noise:.3g}: "
                         f"the start moved by a relative 1e-6)", sort_by=metric.name,
                   descending=metric.higher_is_better),)))
@@ -285,11 +287,17 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
             sel.source.value]
         scores = sel.scores
         if sel.delivered == sel.start:
-            why = (f"no table beat it on {where} by more than the noise floor {sel.noise:.3g} (best: {sel.best} "
-                   f"{scores[sel.best]:.6g}, start {scores[sel.start]:.6g})")
+            why = (f"no table beat it on {where} beyond the noise floor {sel.noise:.3g} and consistently over the "
+                   f"images (best: {sel.best} {scores[sel.best]:.6g}, start {scores[sel.start]:.6g})")
+        elif sel.decided_by != metric.name:
+            why = (f"{metric.name} could not tell the tables apart on {where}; the square distance of the outputs "
+                   f"did, consistently over the images ({metric.name}: {scores[sel.delivered]:.6g}, start "
+                   f"{scores[sel.start]:.6g})")
         else:
+            g = sel.gains[sel.delivered]
             why = (f"the best {metric.name} on {where}: {scores[sel.delivered]:.6g} against the start's "
-                   f"{scores[sel.start]:.6g}, a gain larger than the noise floor {sel.noise:.3g}")
+                   f"{scores[sel.start]:.6g}, beyond the noise floor {sel.noise:.3g}, per image {g.mean:+.3g} "
+                   f"+- {g.stderr:.2g}")
         what = picked_words(run) if sel.delivered == "tuned" else f"the {sel.delivered} table"
         return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
