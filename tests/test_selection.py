@@ -72,3 +72,17 @@ def test_a_gain_carried_by_one_image_is_not_taken():
     lopsided = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 0.8}, 0.01, {id(tuned): 0.5})
     sel = select(lopsided, _images(4), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned)], ["x"])
     assert sel.delivered == "start" and sel.gains["tuned"].mean == pytest.approx(0.2)
+
+
+def test_cross_validation_falls_back_on_the_dense_distance_when_the_metric_is_flat():
+    """top-1 agreement 1 everywhere (it cannot tell the tables apart): the square distance decides, if it improved
+    in both folds, consistently; and a metric that got worse vetoes whatever the square distance says."""
+    from int8tune.pipeline.selection import Fold, cross_validated
+
+    top1, square = METRICS.get("top1_agreement"), METRICS.get("square")
+    dense = Fold(None, None, 0.010, 0.008, 1e-5, [0.010, 0.011, 0.009], [0.008, 0.0085, 0.0072])
+    flat = [Fold(None, None, 1.0, 1.0, 0.0, [1, 1, 1], [1, 1, 1], dense) for _ in range(2)]
+    assert cross_validated(top1, _images(6), flat, {}).delivered == "tuned"
+    worse = [Fold(None, None, 1.0, 0.66, 0.0, [1, 1, 1], [1, 0, 1], dense) for _ in range(2)]
+    assert cross_validated(top1, _images(6), worse, {}).delivered == "start"
+    assert square.better(0.008, 0.010)

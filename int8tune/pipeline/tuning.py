@@ -449,7 +449,7 @@ def cross_validate(s: Session) -> list:
     """Two folds of `s`'s images: for each, the same tuning (one restart) from the same start on that half, and the
     start and tuned tables scored on the other half, with the noise floor there. What decides, for a handful of
     images, whether a table tuned on all of them can be trusted (selection.cross_validated)."""
-    from .selection import NOISE_DRAWS, Fold, folds
+    from .selection import NOISE_DRAWS, Fold, dense_tuner, fold_scores, folds
 
     halves = folds(s.images)
     if halves is None:
@@ -468,7 +468,10 @@ def cross_validate(s: Session) -> list:
         val = held_out_tuner(fold, other)
         base = val.difference(s.table)
         noise = max(abs(val.difference(restart_start(s.table, order, 1000 + j)) - base) for j in range(NOISE_DRAWS))
-        out.append(Fold(mine, other, base, val.difference(tuned), noise,
-                        [d for _, d in val.image_differences(s.table)],
-                        [d for _, d in val.image_differences(tuned)]))
+        fold_result = Fold(mine, other, base, val.difference(tuned), noise,
+                           [d for _, d in val.image_differences(s.table)],
+                           [d for _, d in val.image_differences(tuned)])
+        if s.metric.name != "square":  # the dense distance too, for when --metric cannot tell them apart
+            fold_result.dense = fold_scores(dense_tuner(val), s.table, tuned, order)
+        out.append(fold_result)
     return out
