@@ -244,14 +244,16 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                                          picked_words(run, cfg.restart_pick)))
     if run.selection is not None and run.selection.folds:
         sel = run.selection
+        dense = all(getattr(f, "dense", None) is not None for f in sel.folds)
         rows_cv = tuple((k + 1, f.tuned_on.count, f.scored_on.count, f.start, f.tuned, metric.gain(f.start, f.tuned),
-                         f.noise) for k, f in enumerate(sel.folds))
+                         f.noise, *((f.dense.start, f.dense.tuned, f.dense.noise) if dense else ()))
+                        for k, f in enumerate(sel.folds))
         sections.append(Section("cross-validation (too few images to hold some back)", (
             Paragraph.of("each fold tunes on half of the images (one restart, from the same start) and scores the "
                          "start and tuned tables on the other half; the table tuned on every image is delivered "
                          "only if tuning beat the start beyond the noise in both folds"),
             Table(("fold", "tuned on", "scored on", f"start {metric.name}", f"tuned {metric.name}", "gain",
-                   "noise floor"), rows_cv),)))
+                   "noise floor", *(("start square", "tuned square", "square noise") if dense else ())), rows_cv),)))
     elif run.selection is not None:
         sel = run.selection
         picks = tuple((label, score, metric.gain(sel.scores[sel.start], score),
