@@ -50,11 +50,11 @@ def _table(t: float) -> CalibrationTable:
 
 
 @pytest.mark.parametrize("tuned_score, noise, delivered", [
-    (0.8, 0.05, "tuned"),  # a gain of 0.2, beyond the noise: the tuned table
-    (0.98, 0.05, "start"),  # a gain of 0.02, within the noise: the start stays
-    (1.3, 0.0, "start"),  # worse on the held-out images: never delivered
+    (0.8, 0.05, "tuned"),  # better: the tuned table
+    (0.98, 0.05, "tuned"),  # level within the noise: what tuning did stands
+    (1.3, 0.0, "start"),  # worse on every held-out image, beyond the noise: the start
 ])
-def test_the_start_is_left_only_for_a_gain_beyond_the_noise(tuned_score, noise, delivered):
+def test_the_tuned_table_is_replaced_only_on_evidence(tuned_score, noise, delivered):
     start, tuned, other = _table(1.0), _table(2.0), _table(3.0)
     judge = _Judge({id(start): 1.0, 0: 1.0, id(tuned): tuned_score, id(other): 1.1}, noise)
     sel = select(judge, _images(2), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned),
@@ -64,25 +64,31 @@ def test_the_start_is_left_only_for_a_gain_beyond_the_noise(tuned_score, noise, 
 
 
 def test_a_gain_carried_by_one_image_is_not_taken():
-    """The same mean gain, once spread evenly and once carried by one image: only the consistent one is taken."""
-    start, tuned = _table(1.0), _table(2.0)
-    even = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 0.8}, 0.01, {id(tuned): 0.01})
-    assert select(even, _images(4), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned)], ["x"]
-                  ).delivered == "tuned"
-    lopsided = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 0.8}, 0.01, {id(tuned): 0.5})
-    sel = select(lopsided, _images(4), HeldOutSource.HELD_BACK, [("start", start), ("tuned", tuned)], ["x"])
-    assert sel.delivered == "start" and sel.gains["tuned"].mean == pytest.approx(0.2)
+    """Another table (a calibrator's) with the same mean gain over the tuned one, once spread evenly over the
+    images and once carried by one image: only the consistent one replaces the tuned table."""
+    start, tuned, other = _table(1.0), _table(2.0), _table(3.0)
+    even = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 1.0, id(other): 0.8}, 0.01, {id(other): 0.01})
+    cands = [("start", start), ("tuned", tuned), ("calibrator kl", other)]
+    assert select(even, _images(4), HeldOutSource.HELD_BACK, cands, ["x"]).delivered == "calibrator kl"
+    lopsided = _Judge({id(start): 1.0, 0: 1.0, id(tuned): 1.0, id(other): 0.8}, 0.01, {id(other): 0.5})
+    sel = select(lopsided, _images(4), HeldOutSource.HELD_BACK, cands, ["x"])
+    assert sel.delivered == "tuned" and sel.gains["calibrator kl"].mean == pytest.approx(0.2)
 
 
-def test_cross_validation_falls_back_on_the_dense_distance_when_the_metric_is_flat():
-    """top-1 agreement 1 everywhere (it cannot tell the tables apart): the square distance decides, if it improved
-    in both folds, consistently; and a metric that got worse vetoes whatever the square distance says."""
+def test_cross_validation_keeps_the_tuned_table_unless_tuning_hurt():
+    """The tuned table stands unless both folds show a loss beyond the noise, consistently; with top-1 agreement 1
+    everywhere (it cannot tell), the square distance is asked the same question."""
     from int8tune.pipeline.selection import Fold, cross_validated
 
-    top1, square = METRICS.get("top1_agreement"), METRICS.get("square")
-    dense = Fold(None, None, 0.010, 0.008, 1e-5, [0.010, 0.011, 0.009], [0.008, 0.0085, 0.0072])
-    flat = [Fold(None, None, 1.0, 1.0, 0.0, [1, 1, 1], [1, 1, 1], dense) for _ in range(2)]
+    top1 = METRICS.get("top1_agreement")
+    better = Fold(None, None, 0.010, 0.008, 1e-5, [0.010, 0.011, 0.009], [0.008, 0.0085, 0.0072])
+    worse = Fold(None, None, 0.008, 0.010, 1e-5, [0.008, 0.0085, 0.0072], [0.010, 0.011, 0.009])
+    flat = [Fold(None, None, 1.0, 1.0, 0.0, [1, 1, 1], [1, 1, 1], better) for _ in range(2)]
     assert cross_validated(top1, _images(6), flat, {}).delivered == "tuned"
-    worse = [Fold(None, None, 1.0, 0.66, 0.0, [1, 1, 1], [1, 0, 1], dense) for _ in range(2)]
-    assert cross_validated(top1, _images(6), worse, {}).delivered == "start"
-    assert square.better(0.008, 0.010)
+    flat_dense_worse = [Fold(None, None, 1.0, 1.0, 0.0, [1, 1, 1], [1, 1, 1], worse) for _ in range(2)]
+    sel = cross_validated(top1, _images(6), flat_dense_worse, {})
+    assert sel.delivered == "start" and sel.decided_by == "square"
+    lost = [Fold(None, None, 1.0, 0.5, 0.0, [1, 1, 1, 1], [1, 0, 0, 1]) for _ in range(2)]
+    assert cross_validated(top1, _images(8), lost, {}).delivered == "start"
+    one_image = [Fold(None, None, 1.0, 0.75, 0.0, [1, 1, 1, 1], [1, 0, 1, 1]) for _ in range(2)]
+    assert cross_validated(top1, _images(8), one_image, {}).delivered == "tuned"  # two images of eight: no evidence

@@ -6,17 +6,18 @@ leaves the start table only for a gain that is real:
 
 - the user's --validation_list (or the API's validation_dataloader), or, with at least MIN_HOLD_BACK_BATCHES
   batches, a share of the data list held back from calibration and tuning (--holdout);
-- with fewer, cross-validation: two folds, each tuned on one half and scored on the other, decide whether the
-  table tuned on every image is delivered (holding back a quarter of a handful of images costs the tuning more
-  than it tells: measured in docs/tuning.md, "Held-back delivery").
+- with fewer, cross-validation: two folds, each tuned on one half and scored on the other; the table tuned on
+  every image is delivered unless the folds show that tuning hurt (holding back a quarter of a handful of images
+  costs the tuning more than it tells: measured in docs/tuning.md, "Held-back delivery").
 
-A candidate beats the start when (1) its gain on the held-out images is larger than the noise floor (the change
-that moving every threshold of the start by a relative 1e-6, another rounding realisation of the same table,
-causes), and (2) the gain is consistent over the images: the mean of the per-image gains is more than
-CONSISTENCY standard errors above zero. Picking the best of several candidates on a few images otherwise
-delivers the luckiest one. When --metric is coarse on few images (top-1 agreement is 0 or 1 per image) and no
-candidate beats the start on it, the dense square distance of the outputs decides, on the same two conditions,
-among the candidates the metric does not find worse.
+The tuned table is delivered unless the held-out images show, for real, that another is better (the start, a
+restart, a calibrator's table): (1) a gain over the tuned table larger than the noise floor (the change that
+moving every threshold of the start by a relative 1e-6, another rounding realisation of the same table, causes),
+and (2) consistent over the images: the mean of the per-image gains more than CONSISTENCY standard errors above
+zero. Picking the best of several candidates on a few images otherwise delivers the luckiest one; and a bench
+(docs/tuning.md, "Held-back delivery") found tuning's table better on unseen images than the start on all three
+shared models while a few held-back images could not show it. When --metric is coarse on few images (top-1
+agreement is 0 or 1 per image) and decides nothing, the dense square distance of the outputs is asked the same.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Selection:
     folds: list = field(default_factory=list)  # cross-validation: each Fold (scores are then the folds' means)
     gains: dict[str, Gain] = field(default_factory=dict)  # label -> its gain over the start on --metric
     decided_by: str = ""  # the metric that decided ("square" when --metric could not tell)
+    default: str = "tuned"  # what is delivered unless the held-out images show a better table for real
 
     @property
     def gain(self) -> float:
@@ -113,10 +115,13 @@ def dense_tuner(val: Tuner) -> Tuner:
 
 def select(val: Tuner, images: Images, source: HeldOutSource, candidates: list[tuple[str, CalibrationTable]],
            blobs: list[str]) -> Selection:
-    """Score `candidates` (label, table; the first is the start) on `val`'s images and pick the delivered one."""
+    """Score `candidates` (label, table; the first is the start) on `val`'s images and pick the delivered one: the
+    tuned table (or the start when nothing was tuned) unless another candidate beats it for real (see the module
+    docstring): evidence against what tuning did, not a lucky score, is what replaces it."""
     metric = val.metric
     tables = dict(candidates)
     start_label = candidates[0][0]
+    base = "tuned" if "tuned" in tables else start_label
     scores = {label: val.difference(t) for label, t in tables.items()}
     per_image = {label: [d for _, d in val.image_differences(t)] for label, t in tables.items()}
     noise = _noise(val, tables[start_label], blobs)
@@ -126,25 +131,27 @@ def select(val: Tuner, images: Images, source: HeldOutSource, candidates: list[t
     for label, score in scores.items():
         if metric.better(score, scores[best]):
             best = label
-    passing = [label for label, g in gains.items() if g.beats(noise)]
+    over_base = {label: paired_gain(metric, scores[base], scores[label], per_image[base], per_image[label])
+                 for label in tables if label != base}
+    passing = [label for label, g in over_base.items() if g.beats(noise)]
     decided_by = metric.name
-    if not passing and metric.name != "square":
-        dense = dense_tuner(val)
-        d_scores = {label: dense.difference(t) for label, t in tables.items()}
-        d_images = {label: [d for _, d in dense.image_differences(t)] for label, t in tables.items()}
-        d_noise = _noise(dense, tables[start_label], blobs)
-        not_worse = [label for label, g in gains.items() if g.total >= -noise]
-        d_gains = {label: paired_gain(dense.metric, d_scores[start_label], d_scores[label], d_images[start_label],
-                                      d_images[label]) for label in not_worse}
-        passing = [label for label, g in d_gains.items() if g.beats(d_noise)]
-        if passing:
-            decided_by = "square"
-            delivered = max(passing, key=lambda label: d_gains[label].total)
-            return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables,
-                             gains=gains, decided_by=decided_by)
-    delivered = max(passing, key=lambda label: gains[label].total) if passing else start_label
+    if passing:
+        delivered = max(passing, key=lambda label: over_base[label].total)
+    else:
+        delivered = base
+        if metric.name != "square":  # --metric could not tell: the dense distance, among those it finds level
+            dense = dense_tuner(val)
+            d_scores = {label: dense.difference(t) for label, t in tables.items()}
+            d_images = {label: [d for _, d in dense.image_differences(t)] for label, t in tables.items()}
+            d_noise = _noise(dense, tables[start_label], blobs)
+            level = [label for label, g in over_base.items() if g.total >= -noise]
+            d_gains = {label: paired_gain(dense.metric, d_scores[base], d_scores[label], d_images[base],
+                                          d_images[label]) for label in level}
+            d_passing = [label for label, g in d_gains.items() if g.beats(d_noise)]
+            if d_passing:
+                delivered, decided_by = max(d_passing, key=lambda label: d_gains[label].total), "square"
     return Selection(images, source, metric.name, scores, noise, delivered, start_label, best, tables, gains=gains,
-                     decided_by=decided_by)
+                     decided_by=decided_by, default=base)
 
 
 def folds(images: Images) -> tuple[Images, Images] | None:
@@ -177,29 +184,31 @@ def fold_scores(val: Tuner, start: CalibrationTable, tuned: CalibrationTable, bl
 
 def cross_validated(metric, all_images: Images, results: list[Fold], tables: dict[str, CalibrationTable]
                     ) -> Selection:
-    """The delivered table when every image was tuned on: the tuned one only if tuning beat the start on the
-    held-out half of every fold beyond the noise, and consistently over the images of both halves."""
-    holds, pooled = _fold_gain(metric, results)
+    """The delivered table when every image was tuned on: the tuned one, unless the folds show that tuning hurt:
+    the start better than the tuned table on the held-out half of every fold beyond the noise, and consistently
+    over the images of both halves (a fold tuned on half the images with one restart is a weaker tuning than the
+    final one, so its failure to gain is no evidence; a loss is). When --metric sees no change in either fold, the
+    dense square distance is asked the same question."""
+    hurt, pooled = _fold_loss(metric, results)
     decided_by = metric.name
-    if not holds and all(f.dense is not None for f in results) \
-            and all(metric.gain(f.start, f.tuned) >= -f.noise for f in results):
-        # --metric saw no real gain and no loss (top-1 agreement on a few images): the dense distance decides
-        holds, _ = _fold_gain(METRICS.get("square"), [f.dense for f in results])
-        decided_by = "square" if holds else metric.name
+    flat = all(abs(metric.gain(f.start, f.tuned)) <= f.noise for f in results)
+    if not hurt and flat and all(getattr(f, "dense", None) is not None for f in results):
+        hurt, _ = _fold_loss(METRICS.get("square"), [f.dense for f in results])
+        decided_by = "square"
     scores = {"start": sum(f.start for f in results) / len(results),
               "tuned": sum(f.tuned for f in results) / len(results)}
     gain = Gain(metric.gain(scores["start"], scores["tuned"]), pooled.mean, pooled.stderr)
     sel = Selection(all_images, HeldOutSource.CROSS_VALIDATION, metric.name, scores, max(f.noise for f in results),
-                    "tuned" if holds else "start", "start",
+                    "start" if hurt else "tuned", "start",
                     "tuned" if metric.better(scores["tuned"], scores["start"]) else "start", tables,
-                    gains={"tuned": gain}, decided_by=decided_by)
+                    gains={"tuned": gain}, decided_by=decided_by, default="tuned")
     sel.folds = results
     return sel
 
 
-def _fold_gain(metric, results: list[Fold]) -> tuple[bool, Gain]:
-    """Whether tuning beat the start in every fold beyond its noise and consistently over the pooled images."""
+def _fold_loss(metric, results: list[Fold]) -> tuple[bool, Gain]:
+    """Whether tuning lost to the start in every fold beyond its noise and consistently over the pooled images."""
     pooled = paired_gain(metric, 0.0, 0.0, [x for f in results for x in f.start_images],
                          [x for f in results for x in f.tuned_images])
-    holds = all(metric.gain(f.start, f.tuned) > f.noise for f in results) and pooled.mean > CONSISTENCY * pooled.stderr
-    return holds, pooled
+    hurt = all(metric.gain(f.start, f.tuned) < -f.noise for f in results) and pooled.mean < -CONSISTENCY * pooled.stderr
+    return hurt, pooled

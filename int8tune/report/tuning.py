@@ -251,7 +251,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
         sections.append(Section("cross-validation (too few images to hold some back)", (
             Paragraph.of("each fold tunes on half of the images (one restart, from the same start) and scores the "
                          "start and tuned tables on the other half; the table tuned on every image is delivered "
-                         "only if tuning beat the start beyond the noise in both folds"),
+                         "unless tuning lost to the start beyond the noise in both folds, consistently"),
             Table(("fold", "tuned on", "scored on", f"start {metric.name}", f"tuned {metric.name}", "gain",
                    "noise floor", *(("start square", "tuned square", "square noise") if dense else ())), rows_cv),)))
     elif run.selection is not None:
@@ -288,18 +288,21 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
                  "cross_validation": "the other half of the images, in both folds of a cross-validation"}[
             sel.source.value]
         scores = sel.scores
-        if sel.delivered == sel.start:
-            why = (f"no table beat it on {where} beyond the noise floor {sel.noise:.3g} and consistently over the "
-                   f"images (best: {sel.best} {scores[sel.best]:.6g}, start {scores[sel.start]:.6g})")
+        if sel.delivered == sel.default:
+            why = (f"on {where} no other table was better beyond the noise floor {sel.noise:.3g} and consistently "
+                   f"over the images ({metric.name}: start {scores[sel.start]:.6g}, tuned "
+                   f"{scores.get('tuned', scores[sel.start]):.6g})")
         elif sel.decided_by != metric.name:
             why = (f"{metric.name} could not tell the tables apart on {where}; the square distance of the outputs "
                    f"did, consistently over the images ({metric.name}: {scores[sel.delivered]:.6g}, start "
                    f"{scores[sel.start]:.6g})")
+        elif sel.source.value == "cross_validation":
+            why = (f"on {where} the tuned table lost to the start beyond the noise and consistently: tuning did not "
+                   f"hold ({metric.name}: start {scores['start']:.6g}, tuned {scores['tuned']:.6g})")
         else:
-            g = sel.gains[sel.delivered]
-            why = (f"the best {metric.name} on {where}: {scores[sel.delivered]:.6g} against the start's "
-                   f"{scores[sel.start]:.6g}, beyond the noise floor {sel.noise:.3g}, per image {g.mean:+.3g} "
-                   f"+- {g.stderr:.2g}")
+            why = (f"on {where} it beat the tuned table beyond the noise floor {sel.noise:.3g} and consistently over "
+                   f"the images ({metric.name}: {scores[sel.delivered]:.6g}, tuned "
+                   f"{scores.get('tuned', scores[sel.start]):.6g}, start {scores[sel.start]:.6g})")
         what = picked_words(run) if sel.delivered == "tuned" else f"the {sel.delivered} table"
         return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
