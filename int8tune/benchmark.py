@@ -48,3 +48,36 @@ def time_model(name: str, model: onnx.ModelProto, input_name: str, input_shape: 
         session.run(outputs, {input_name: x})
         samples.append(time.perf_counter() - t0)
     return Timing(name, batch, 1000.0 * statistics.median(samples))
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    """fp32 and the int8 file at one batch size; `int8_x64_ms` with onnxruntime's exact U8U8 kernels."""
+
+    batch: int
+    fp32_ms: float
+    int8_ms: float
+    int8_x64_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.int8_ms
+
+    @property
+    def speedup_x64(self) -> float:
+        return self.fp32_ms / self.int8_x64_ms
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """What `benchmark` measured: the host, what onnxruntime runs (census lines), the timings, and the deployed
+    check's lines when one ran."""
+
+    proto: str
+    host: str
+    threads: int
+    repeat: int
+    target: str | None  # the table's target, when the int8 model was exported from a table
+    census: tuple[str, ...]
+    rows: tuple[SpeedRow, ...]
+    deployed_check: tuple[str, ...] = ()

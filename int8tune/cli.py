@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tolerance", type=float, default=1e-4,
                        help="largest allowed max|ours - opencv| / max|opencv| per blob (default: 1e-4)")
     check.add_argument("--json", dest="json_path", type=Path, default=None, help="also write the report as JSON")
+    check.add_argument("--output_path", type=Path, default=None,
+                       help="folder for report.log and report.html (the per-blob table, sortable)")
 
     cal = sub.add_parser(
         "calibrate", help="collect statistics, choose thresholds, write the int8 model (table + int8 prototxt)",
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (default 30)")
     bench.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     bench.add_argument("--json", dest="json_path", type=Path, default=None, help="also write the figures as JSON")
+    bench.add_argument("--output_path", type=Path, default=None, help="folder for report.log and report.html")
     bench.add_argument("--data_list", default=None,
                        help="images for the deployed-vs-simulated check (with --calibration_proto)")
     bench.add_argument("--image_params", type=Path, default=None, help="preprocessing of --data_list images")

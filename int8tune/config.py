@@ -76,6 +76,7 @@ class CheckConfig(ConfigBase):
     data: DataConfig
     tolerance: float = 1e-4
     json_path: Path | None = None
+    output_path: Path | None = None  # report.log + report.html
 
     def __post_init__(self) -> None:
         if not self.tolerance > 0:

@@ -172,7 +172,7 @@ def test_nonfinite_on_both_sides_fails(tmp_path, value):
     for d in failed.values():
         assert "NaN/inf" in d.nonfinite and "both" in d.nonfinite, d.nonfinite
     text = format_report(report)
-    assert "FAIL" in text.splitlines()[-1]
+    assert text.splitlines()[1].startswith("WARNING: FAIL: ")  # the verdict comes first
     assert "NaN/inf found in both" in text
 
 

@@ -4,11 +4,12 @@ onnxruntime runs in int8 and in float; the exact-kernel session option's price; 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 import onnx
 
-from ..benchmark import time_model
+from ..benchmark import BenchmarkResult, SpeedRow, time_model
 from ..errors import ConfigError
 from ..hostcpu import describe_host
 from ..outputs import atomic_write_json
@@ -16,6 +17,9 @@ from ..pipeline.workspace import load_workspace
 from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
 from ..quant.qdq import export_qdq
+from ..report.benchmark import benchmark_document
+from ..report.text import render_text
+from ..report.write import REPORT_HTML, REPORT_LOG, write_report
 from .parse import default_threads, input_shape, split_list
 
 
@@ -34,31 +38,32 @@ def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:
     input_name = next(iter(ws.net.inputs))
     threads = default_threads(args.threads)
     batches = [int(b) for b in split_list(args.batch_sizes)]
-    print(f"int8tune benchmark: {ws.proto}; threads {threads}; median of {args.repeat} runs, one session at a time")
-    print(f"host: {describe_host()}")
-    if table is not None:
-        print(f"table target: {table.spec.target.value}")
-    print("what onnxruntime runs (default session, optimised graph):")
-    print("\n".join("  " + line for line in render_census(c)))
-    print("int8 x64: the same file with session.x64quantprecision=1 (exact U8U8 kernels on x86 without VNNI; "
-          "on VNNI CPUs it only slows the model)")
-    print(f"  {'batch':>5} {'fp32 ms':>9} {'int8 ms':>9} {'int8 x64':>9} {'fp32/int8':>9} {'fp32/x64':>9}")
+    print(f"int8tune benchmark: {ws.proto}; timing fp32, int8 and int8 x64 at batch {', '.join(map(str, batches))}, "
+          f"{args.repeat} runs each ...", flush=True)
     rows = []
     for b in batches:
         t32 = time_model("fp32", fp32, input_name, ws.input_shape, b, args.repeat, threads=threads)
         t8 = time_model("int8", qdq, input_name, ws.input_shape, b, args.repeat, threads=threads)
         tx = time_model("int8 x64", qdq, input_name, ws.input_shape, b, args.repeat, threads=threads, x64_exact=True)
-        rows.append({"batch": b, "fp32_ms": t32.median_ms, "int8_ms": t8.median_ms, "int8_x64_ms": tx.median_ms,
-                     "speedup": t32.median_ms / t8.median_ms, "speedup_x64": t32.median_ms / tx.median_ms})
-        print(f"  {b:>5} {t32.median_ms:>9.2f} {t8.median_ms:>9.2f} {tx.median_ms:>9.2f} "
-              f"{t32.median_ms / t8.median_ms:>9.2f} {t32.median_ms / tx.median_ms:>9.2f}")
-    check_lines = _deployed_check(args, ws, table, qdq, prepare_image)
-    if check_lines:
-        print("\n".join(check_lines))
+        rows.append(SpeedRow(b, t32.median_ms, t8.median_ms, tx.median_ms))
+    result = BenchmarkResult(str(ws.proto), describe_host(), threads, args.repeat,
+                             table.spec.target.value if table is not None else None, tuple(render_census(c)),
+                             tuple(rows), tuple(_deployed_check(args, ws, table, qdq, prepare_image)))
+    files: list[Path] = []
     if args.json_path:
-        atomic_write_json(args.json_path, {"host": describe_host(), "int8_kernels": c.int8, "ops": c.ops,
-                                           "float_islands": [i.__dict__ for i in c.float_islands], "rows": rows,
-                                           "deployed_check": check_lines})
+        atomic_write_json(args.json_path, {
+            "host": result.host, "int8_kernels": c.int8, "ops": c.ops,
+            "float_islands": [i.__dict__ for i in c.float_islands],
+            "rows": [{**asdict(r), "speedup": r.speedup, "speedup_x64": r.speedup_x64} for r in rows],
+            "deployed_check": list(result.deployed_check)})
+        files.append(args.json_path)
+    if args.output_path is not None:
+        args.output_path.mkdir(parents=True, exist_ok=True)
+        files += [args.output_path / REPORT_LOG, args.output_path / REPORT_HTML]
+        text, _ = write_report(benchmark_document(result, tuple(files)), args.output_path)
+    else:
+        text = render_text(benchmark_document(result, tuple(files)))
+    print(text, end="")
     return 0
 
 
