@@ -170,6 +170,7 @@ class TuneConfig(ConfigBase):
     multipliers: tuple[float, ...] = ()
     search_subset: int = -1
     min_gain: float = 0.01
+    output_veto: float = 2.0  # refuse a move that multiplies one model output's distance by more (0: off)
     restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
     restart_pick: str = "best"  # which restart's table is kept: best (objective), mean (of the moves), validation
     validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)
@@ -201,6 +202,8 @@ class TuneConfig(ConfigBase):
             raise ConfigError("--step_ratio, --steps and --patience must be positive")
         if any(m <= 0 for m in self.multipliers):
             raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
+        if self.output_veto != 0 and self.output_veto <= 1:
+            raise ConfigError(f"--output_veto is a factor above 1 (or 0 for off), found {self.output_veto}")
         if self.restarts <= 0:
             raise ConfigError(f"--restarts must be positive, found {self.restarts}")
         if self.restart_pick not in ("best", "mean", "validation"):

@@ -172,10 +172,26 @@ def layer_rows(s: Session, run: LayerwiseRun) -> list[dict]:
             "objective_before": r.difference_before if r else np.nan,
             "objective_after": r.difference_after if r else np.nan,
             "candidates": sum(b.candidates for b in mine), "seconds": sum(b.seconds for b in mine),
+            "vetoed_by": " ".join(sorted({o for b in mine for o in b.vetoed_by})),
             **({f"multiplier_restart_{k + 1}": m.get(e.input_value, np.nan) for m, k in per_restart}
                if len(per_restart) > 1 else {}),
         })
     return rows
+
+
+def _veto_items(s: Session, run: LayerwiseRun) -> list[Item]:
+    """Where --output_veto refused a move: the blob and the output that would have got much worse."""
+    vetoes: dict[str, set[str]] = {}
+    for r in run.tuning.restarts:
+        for b in r.results:
+            vetoes.setdefault(b.blob, set()).update(b.vetoed_by)
+    vetoes = {v: outs for v, outs in vetoes.items() if outs}
+    if not vetoes:
+        return []
+    named = "; ".join(f"{run.table.blobs[v].blob} ({', '.join(sorted(outs))})" for v, outs in vetoes.items())
+    return [Paragraph.of(f"moves refused at {len(vetoes)} blob(s) because they lowered the summed distance but made "
+                         f"one output more than {s.cfg.output_veto:g}x worse (--output_veto; the output in "
+                         f"brackets): {named}")]
 
 
 def _restart_items(s: Session, run: LayerwiseRun) -> list[Item]:
@@ -226,6 +242,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                                                 f"with test.sh on them (or give --validation_list), or tune with "
                                                 f"--objective model"))
     result += _outputs_table(run.before_outputs, run.after_outputs)
+    result += _veto_items(s, run)
     result += _restart_items(s, run)
     result.append(Paragraph.of(
         f"tuned {len(run.order)} blob(s) x {len(run.tuning.restarts)} restart(s) in {run.seconds:.1f}s; "

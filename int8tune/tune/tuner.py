@@ -29,6 +29,7 @@ from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
 from ..log import logger
 from ..metrics import Metric, normalised_square, squared_error_parts
+from ..metrics.builtin import output_weights
 from ..progress import Progress
 from ..quant.simulate import Int8Graph, build_int8_graph
 from ..quant.table import CalibrationTable
@@ -64,6 +65,11 @@ OBJECTIVES = tuple(o.value for o in Objective)
 MODEL_OUTPUT_OBJECTIVES = tuple(o for o in Objective if o.on_model_outputs)
 
 
+# An output whose distance grows by less than this share of the summed baseline distance is never vetoed: a tiny
+# distance doubling is noise, not a loss.
+OUTPUT_VETO_FLOOR = 0.01
+
+
 @dataclass(frozen=True)
 class TuneSettings:
     objective: Objective = Objective.OUTPUTS
@@ -77,6 +83,10 @@ class TuneSettings:
     # Keep a new threshold only when it improves the objective on all batches by more than this fraction: a
     # smaller gain on a handful of images is as likely noise as signal (it did not carry over to held-out images).
     min_gain: float = 0.0
+    # A move that lowers the summed square distance of several model outputs is refused when it multiplies one
+    # output's own distance by more than this (and that output's increase is at least OUTPUT_VETO_FLOOR of the
+    # sum): a sum can fall while the one output that matters (MTCNN's face score) gets much worse. 0: off.
+    output_veto: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -95,6 +105,8 @@ class BlobResult:
     difference_after: float
     candidates: int
     seconds: float
+    # outputs that vetoed a move here (--output_veto): the move improved the sum but made this output worse
+    vetoed_by: tuple[str, ...] = ()
 
     @property
     def multiplier(self) -> float:
@@ -414,6 +426,13 @@ class Tuner:
             evaluator = make_evaluator()
         # the metric that vetoes a move (objective "guarded"; with --metric square it is the objective itself)
         guard = self.settings.objective is Objective.GUARDED and metric is not self.metric
+        watched = self.veto_outputs(names, metric, params)
+        vetoed_by: list[str] = []
+
+        def per_output(indices: list[int], multiplier: float) -> dict[str, float]:
+            refs = self._references_of(watched, indices)
+            got = concat_outputs([outputs[(multiplier, i)] for i in indices], watched)
+            return {o: normalised_square(*squared_error_parts(refs[o], got[o])) for o in watched}
 
         def guard_score(indices: list[int], multiplier: float) -> float:
             refs = self._references_of(names, indices)
@@ -449,6 +468,11 @@ class Tuner:
                     extra["metric"] = guard_score(list(range(n)), multiplier)
                 if searched is not None and rest:
                     extra["metric_subset"] = guard_score(subset, multiplier)
+            if watched:  # each output's own distance, for the output veto (and kept for a replay)
+                if full is not None:
+                    extra["outputs"] = per_output(list(range(n)), multiplier)
+                if searched is not None and rest:
+                    extra["outputs_subset"] = per_output(subset, multiplier)
             trial = Trial(self.trial_count, first, value, multiplier, start * multiplier,
                           full if full is not None else searched, time.perf_counter() - t, note, extra,
                           self.restart)
@@ -461,8 +485,22 @@ class Tuner:
         searched_key = "metric_subset" if rest else "metric"
 
         def vetoed(trial: Trial, key: str) -> bool:
-            """The metric does not improve on the baseline's where the objective did (objective guarded)."""
-            return guard and not self.metric.better(trial.extra[key], base_trial.extra[key])
+            """The metric does not improve on the baseline's where the objective did (objective guarded), or one
+            model output got much worse (--output_veto)."""
+            if guard and not self.metric.better(trial.extra[key], base_trial.extra[key]):
+                return True
+            okey = "outputs_subset" if key == "metric_subset" else "outputs"
+            worse = worsened_output(trial.extra.get(okey), base_trial.extra.get(okey), self.settings.output_veto)
+            if worse is not None:
+                if worse not in vetoed_by:
+                    vetoed_by.append(worse)
+                logger.info("blob %s: x%.3f improves the summed distance (%.6g) but multiplies output %s's by %.3g: "
+                            "not taken (--output_veto %g)", table.blobs[value].blob, trial.multiplier,
+                            trial.difference, worse, trial.extra[okey][worse] / max(base_trial.extra[okey][worse],
+                                                                                     1e-30),
+                            self.settings.output_veto)
+                return True
+            return False
 
         best_m, best = 1.0, baseline
         search = SEARCHES.get(self.settings.search)(self.settings.search_settings, metric.better, baseline)
@@ -499,11 +537,24 @@ class Tuner:
                        [{**evaluator.base[i], **outputs[(best_m, i)]} for i in range(n)])
         before = baseline_full
         result = BlobResult(value, layers, start, start * best_m, before, final, count + 1,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, tuple(vetoed_by))
         logger.info("blob %s (%s): threshold %.5g -> %.5g (x%.3f), difference %.6g -> %.6g, %d candidates",
                     table.blobs[value].blob, ", ".join(layers), start, start * best_m, best_m, before, final,
                     count + 1)
         return tuned, result
+
+    def veto_outputs(self, names: Sequence[str], metric: Metric, params: Mapping) -> list[str]:
+        """The model outputs whose own distance may veto a move: with --output_veto, when the objective is the
+        square distance summed over two or more model outputs (a metric of its own, such as yolo or top-1, is
+        the judge of its outputs), those that count (weight > 0 in --metric_params "outputs")."""
+        if self.settings.output_veto <= 0 or metric.name != "square":
+            return []
+        model_outputs = metric_outputs(self.converted)
+        if not set(names) <= set(model_outputs):
+            return []  # a layer's own output (objective layer)
+        weights = output_weights(params, model_outputs)
+        counted = [o for o in names if weights.get(o, 0.0) > 0]
+        return counted if len(counted) >= 2 else []
 
     def _record(self, trial: Trial, on_trial) -> None:
         trial.index = self.trial_count
@@ -533,6 +584,24 @@ class Tuner:
                 if v not in order:
                     order.append(v)
         return order
+
+
+def worsened_output(candidate: Mapping[str, float] | None, baseline: Mapping[str, float] | None,
+                    factor: float) -> str | None:
+    """The output a candidate makes much worse than the baseline (its distance times more than `factor`, by more
+    than OUTPUT_VETO_FLOOR of the summed baseline), worst first; None when there is none or nothing to compare."""
+    if factor <= 0 or not candidate or not baseline:
+        return None
+    floor = OUTPUT_VETO_FLOOR * sum(baseline.values())
+    worst, ratio = None, factor
+    for name, before in baseline.items():
+        after = candidate.get(name)
+        if after is None or after - before <= floor:
+            continue
+        r = after / before if before > 0 else float("inf")
+        if r > ratio:
+            worst, ratio = name, r
+    return worst
 
 
 def _square() -> Metric:
