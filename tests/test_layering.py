@@ -21,10 +21,10 @@ LAYERS = [
     {"quant"},  # calibrate, simulate, export
     {"config"},  # typed settings (validates against quant's enums)
     {"tune"},  # measure and search thresholds
-    {"pipeline"},  # the runs, returning results
+    {"pipeline", "check"},  # the runs, returning results (check: the fp32 conversion against OpenCV)
     {"report"},  # rendering results
     {"workflow"},  # main.sh's loop over pipeline + report
-    {"commands", "api", "check", "cli"},  # the front ends
+    {"commands", "api", "cli"},  # the front ends
 ]
 LAYER_OF = {unit: k for k, units in enumerate(LAYERS) for unit in units}
 

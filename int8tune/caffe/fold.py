@@ -27,6 +27,11 @@ FOLD_TARGETS = frozenset({"Convolution", "InnerProduct", "DepthwiseConvolution",
 class FoldResult:
     net: CaffeNet
     folded: dict[str, list[str]] = field(default_factory=dict)  # conv layer -> BN/Scale layers merged into it
+    # Eltwise SUM -> the BN/Scale layers after it merged into the convolutions that feed it (fold_through_sums)
+    through_sums: dict[str, list[str]] = field(default_factory=dict)
+    # convolution -> the per-output-channel factor a sum's BN/Scale multiplied its weights by: engines that do
+    # not fold through sums (ncnn, TensorRT, Intel Caffe) need the weight thresholds of the unscaled weights
+    sum_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -94,6 +99,70 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
         skip.update(l.name for l in chain)
     new_net = replace(net, layers=out)
     return FoldResult(new_net, folded)
+
+
+def fold_through_sums(result: FoldResult) -> FoldResult:
+    """Merge a BatchNorm/Scale chain that follows an Eltwise SUM into the convolutions that feed the sum.
+
+    Pre-activation ResNets (res10's SSD face detector) run sum -> BatchNorm -> Scale -> ReLU: left as they are, the
+    BatchNorm and Scale run in float between a dequantize and a quantize in onnxruntime. As y = a*(k1*x1 + k2*x2)
+    + c = k1*(a*x1 + c/k1) + k2*(a*x2), the chain folds into the producers x1, x2 when each is a convolution
+    whose output only the sum reads; the sum then writes the chain's last value and stays an int8 Add (its ReLU
+    folded into its output quantizer). The net computes the same function to fp32 rounding. Run after
+    fold_batchnorm_scale (a convolution's own BatchNorm is merged first)."""
+    net = result.net
+    consumers = net.consumers()
+    producer = net.producer()
+    replaced: dict[str, Layer] = {}
+    drop: set[str] = set()
+    through: dict[str, list[str]] = {}
+    scales: dict[str, np.ndarray] = dict(result.sum_scales)
+    new_sums: dict[str, Layer] = {}
+    for layer in net.layers:
+        if layer.type != "Eltwise" or len(layer.tops) != 1 or len(set(layer.bottoms)) != len(layer.bottoms):
+            continue
+        p = layer.param.eltwise_param
+        if p.operation != caffe_pb2.EltwiseParameter.SUM:
+            continue
+        coeffs = list(p.coeff) or [1.0] * len(layer.bottoms)
+        if len(coeffs) != len(layer.bottoms) or coeffs[0] == 0:
+            continue
+        feeders = [producer.get(b) for b in layer.bottoms]
+        if not all(f is not None and _foldable_target(f) and f.name not in replaced and len(f.tops) == 1
+                   and consumers.get(b, []) == [layer] and b not in net.outputs
+                   for f, b in zip(feeders, layer.bottoms)):
+            continue
+        channels = _num_output(feeders[0])
+        if any(_num_output(f) != channels for f in feeders):
+            continue
+        a_total, c_total, top, chain = np.ones(channels), np.zeros(channels), layer.tops[0], []
+        while True:
+            readers = consumers.get(top, [])
+            if len(readers) != 1 or top in net.outputs:
+                break
+            nxt = readers[0]
+            if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,):
+                break
+            affine = _affine_of(nxt, channels)
+            if affine is None:
+                break
+            a, c = affine
+            a_total, c_total = a_total * a, c_total * a + c
+            chain.append(nxt)
+            top = nxt.tops[0]
+        if not chain or not np.all(np.isfinite(a_total) & (a_total != 0)) or not np.all(np.isfinite(c_total)):
+            continue  # a zero scale would make the engines' unfolded weight thresholds infinite
+        for k, f in enumerate(feeders):
+            replaced[f.name] = _merged(f, a_total, c_total / coeffs[0] if k == 0 else np.zeros(channels), f.tops[0])
+            scales[f.name] = scales.get(f.name, np.ones(channels)) * a_total
+        user_top = chain[-1].user_tops[0] if chain[-1].user_tops else layer.user_tops[0]
+        new_sums[layer.name] = replace(layer, tops=(top,), user_tops=(user_top,))
+        through[layer.name] = [l.name for l in chain]
+        drop.update(l.name for l in chain)
+    if not through:
+        return result
+    layers = [new_sums.get(l.name, replaced.get(l.name, l)) for l in net.layers if l.name not in drop]
+    return FoldResult(replace(net, layers=layers), result.folded, {**result.through_sums, **through}, scales)
 
 
 def _num_output(layer: Layer) -> int:

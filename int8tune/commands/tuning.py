@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..outputs import atomic_write_text
 from ..pipeline.tuning import measure, measure_layer, open_session, sweep
 from ..pipeline.workspace import load_workspace
-from ..quant.formats import write_int8_prototxt, write_table_pb
+from ..quant.formats import unscale_weights, write_int8_prototxt, write_table_pb
 from ..report.csvs import write_csv
 from ..report.tuning import layer_test_document, sweep_document, test_document
 from ..report.write import write_report
@@ -58,7 +58,8 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
         names.append(name)
         candidate = s.table.with_threshold(sw.value, t.threshold) if t.multiplier != 1.0 else s.table
         write_table_pb(candidate, cfg.output_path / name / "calibration_table.pb")
-        write_int8_prototxt(candidate, s.ws.proto, cfg.output_path / name / "int8.prototxt")
+        write_int8_prototxt(unscale_weights(candidate, s.ws.fold.sum_scales), s.ws.proto,
+                            cfg.output_path / name / "int8.prototxt")
     atomic_write_text(cfg.output_path / "best_candidate.txt", names[sw.trials.index(sw.best)] + "\n")
     return _finish(sweep_document(s, sw, names, cfg.output_path), cfg.output_path)
 

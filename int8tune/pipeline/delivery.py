@@ -52,7 +52,7 @@ def deliver(ws: Workspace, table: CalibrationTable, folder: Path, check_on: Imag
         out.folder = final
         out.files = {k: final / p.name for k, p in out.files.items()}
         return out
-    out = Delivery(Path(folder), table, dict(write_all(table, ws.proto, folder)))
+    out = Delivery(Path(folder), table, dict(write_all(table, ws.proto, folder, sum_scales=ws.fold.sum_scales)))
     if not qdq:
         return out
     try:

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..log import logger
 from ..outputs import sha256_file
 from ..quant.calibrate import output_values, plan_quantization, with_target_weights
-from ..quant.formats import apply_imported, read_int8_prototxt, read_table_pb
+from ..quant.formats import apply_imported, read_int8_prototxt, read_table_pb, rescale_imported
 from ..quant.placement import nonnegative_values
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
@@ -42,7 +42,7 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
         from_pb = read_table_pb(cfg.calibration_proto)
         _check_table_fits(from_pb, ws, str(cfg.calibration_proto))
     if cfg.calibration_model is not None:
-        imported = read_int8_prototxt(cfg.calibration_model)
+        imported = rescale_imported(read_int8_prototxt(cfg.calibration_model), ws.fold.sum_scales)
         base = from_pb if from_pb is not None else _weighted_template(ws, cfg.quant)
         if from_pb is None:  # the file says which layer inputs are u8 (is_negative_input: false)
             for layer, unsigned in imported.input_unsigned.items():

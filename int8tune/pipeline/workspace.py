@@ -1,5 +1,6 @@
 """The model as every run sees it: the Caffe net as written, folded (BatchNorm/Scale merged into convolutions, as
-int8 engines do), equalized when asked, and converted to ONNX."""
+int8 engines do, and through Eltwise sums into the convolutions feeding them), equalized when asked, and
+converted to ONNX."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..caffe.equalize import Equalization, equalizable_pairs, equalize_net, write_equalized_caffemodel
-from ..caffe.fold import FoldResult, fold_batchnorm_scale
+from ..caffe.fold import FoldResult, fold_batchnorm_scale, fold_through_sums
 from ..caffe.loader import load_net
 from ..caffe.net import CaffeNet
 from ..convert.converter import ConvertedModel, convert_net
@@ -42,10 +43,14 @@ def load_workspace(proto: Path, model: Path, equalize: bool = False,
         net = equalization.net
         logger.info("equalized %d Conv -> ReLU/PReLU -> Conv pair(s) (%d layer(s) rescaled; fp32 unchanged)",
                     len(equalization.pairs), len(equalization.changed))
-    fold = fold_batchnorm_scale(net)
+    fold = fold_through_sums(fold_batchnorm_scale(net))
     if fold.folded:
         logger.info("folded %d BatchNorm/Scale layer(s) into %d convolution(s), as int8 engines do",
                     sum(len(v) for v in fold.folded.values()), len(fold.folded))
+    if fold.through_sums:
+        logger.info("folded %d BatchNorm/Scale layer(s) after %d Eltwise sum(s) into the convolutions feeding them "
+                    "(the sums stay int8 in onnxruntime)", sum(len(v) for v in fold.through_sums.values()),
+                    len(fold.through_sums))
     return Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
 
 

@@ -22,6 +22,10 @@ def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None
         Fact("int8 layers", f"{int8} of {planned} of types {', '.join(spec.quantize_types)}"
              + (f"; ignored: {', '.join(cal.ignored)}" if cal.ignored else "")),
         Fact("folded BatchNorm/Scale into", ", ".join(ws.fold.folded) or "none"),
+        *([Fact("folded BatchNorm/Scale through Eltwise sums", ", ".join(
+            f"{s} ({' + '.join(ws.fold.through_sums[s])})" for s in ws.fold.through_sums)
+            + "; into the convolutions feeding each sum, which stays an int8 Add (ncnn.table and int8.prototxt "
+              "hold the weight thresholds of the unfolded weights)")] if ws.fold.through_sums else []),
         Fact("activation calibrator", f"{cal.method}; weights: {_weight_method(cal)}; granularity "
              f"{spec.granularity.value}; rounding {spec.rounding.value}; bias {spec.bias.value}; target "
              f"{spec.target.value}{'; unsigned for non-negative blobs' if spec.unsigned_blobs else ''}"),

@@ -16,9 +16,9 @@ fallen-back layer would make it quantize there again. They are 8-bit signed form
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, MutableMapping
 
 import numpy as np
 
@@ -83,6 +83,10 @@ class TableFormat:
     write: Callable[[CalibrationTable, Path, Path | None], Path]  # (table, path, fp32 prototxt or None)
     read: Callable[[Path], ImportedThresholds]
     needs_prototxt: bool = False  # the writer cannot work without the fp32 prototxt
+    # The file is read by an engine that runs the Caffe net's own weights: it folds a convolution's BatchNorm but
+    # not a BatchNorm after an Eltwise sum (caffe/fold.py fold_through_sums), so weight thresholds are written
+    # for the weights before that fold, and read back onto them.
+    unfolded_weights: bool = False
 
 
 TABLE_FORMATS: Registry[TableFormat] = Registry("table format")
@@ -91,6 +95,35 @@ TABLE_FORMATS: Registry[TableFormat] = Registry("table format")
 def register_format(fmt: TableFormat) -> TableFormat:
     TABLE_FORMATS.add(fmt.name, fmt)
     return fmt
+
+
+# --- weights folded through sums --------------------------------------------------------------------------
+
+def unscale_weights(table: CalibrationTable, sum_scales: Mapping[str, np.ndarray]) -> CalibrationTable:
+    """`table` for an engine that runs the weights before fold_through_sums: each such convolution's weights were
+    multiplied by a per-output-channel a, so T_c / |a_c| (per channel; a per-tensor threshold spreads over the
+    channels) quantizes the engine's weights to the same integers. Other layers are shared, not copied."""
+    if not sum_scales:
+        return table
+    layers = dict(table.layers)
+    for name, a in sum_scales.items():
+        entry = layers.get(name)
+        if entry is None or entry.weight_thresholds is None:
+            continue
+        t = np.asarray(entry.weight_thresholds, dtype=np.float64).reshape(-1)
+        layers[name] = replace(entry, weight_thresholds=np.broadcast_to(t, a.shape) / np.abs(a))
+    return replace(table, layers=layers)
+
+
+def rescale_imported(imported: ImportedThresholds, sum_scales: Mapping[str, np.ndarray]) -> ImportedThresholds:
+    """The reverse of unscale_weights for a file read back: its weight thresholds onto the folded weights."""
+    for name, a in sum_scales.items():
+        w = imported.weight_thresholds.get(name)
+        if w is not None:
+            w = np.asarray(w, dtype=np.float64).reshape(-1)
+            if w.size in (1, a.size):
+                imported.weight_thresholds[name] = np.broadcast_to(w, a.shape) * np.abs(a)
+    return imported
 
 
 # --- shared helpers for writers ---------------------------------------------------------------------------

@@ -222,7 +222,7 @@ register_format(TableFormat(
     name=FORMAT, file_name="int8.prototxt",
     description="int8 Caffe prototxt with Intel Caffe quantization_param on each int8 layer",
     write=lambda table, path, prototxt: write_int8_prototxt(table, _need(prototxt), path),
-    read=read_int8_prototxt, needs_prototxt=True))
+    read=read_int8_prototxt, needs_prototxt=True, unfolded_weights=True))
 
 
 def _need(prototxt: Path | None) -> Path:

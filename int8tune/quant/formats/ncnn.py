@@ -141,4 +141,4 @@ def _write(table: CalibrationTable, path: Path, prototxt: Path | None) -> Path:
 register_format(TableFormat(
     name=FORMAT, file_name="ncnn.table",
     description="ncnn int8 table (ncnn2table: '<layer>_param_0' weight scales, '<layer>' input scales)",
-    write=_write, read=read_ncnn_table))
+    write=_write, read=read_ncnn_table, unfolded_weights=True))
