@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +432,27 @@ def test_ssd_map_metric_on_the_real_face_detector(assets):
 
     cal = calibrate(ws, Images("photos", len(batches), _batches=batches), QuantConfig(method="minmax"), measure=None)
     assert 0.5 <= tuner.difference(cal.table) <= 1.0
+    # report.log's detection agreement lines decode with the same DetectionOutput
+    from int8tune.pipeline.tuning import detections
+    from int8tune.report.detections import detection_lines
+
+    lines = detection_lines(detections(tuner, metric, [("this table", cal.table)]), kind="tuning ")
+    assert "the net's own DetectionOutput" in lines[1] and "on 3 tuning image(s)" in lines[1]
+    m = re.search(r"this table: mAP@0.5 ([0-9.]+); finds (\d+) of (\d+)", "\n".join(lines))
+    assert m and float(m.group(1)) == pytest.approx(tuner.difference(cal.table), abs=1e-4)
+    assert int(m.group(3)) > 0 and int(m.group(2)) <= int(m.group(3))
+
+
+def test_box_map_agreement_lines_count_what_int8_finds_and_misses():
+    from test_box_map import outputs
+
+    from int8tune.pipeline.tuning import Detections
+    from int8tune.report.detections import detection_lines
+
+    ref = outputs()
+    lost = {k: v.copy() for k, v in ref.items()}
+    lost["scores"][0, 17] = (0.7, 0.3)
+    lines = detection_lines(Detections(ref, [("tuned", lost)], {}, ["a.png", "b.png"], "box_map"))
+    text = "\n".join(lines)
+    assert "score > 0.5, NMS 0.45" in text and "makes 6 detection(s) on 2 image(s)" in text
+    assert "tuned: mAP@0.5" in text and "finds 5 of 6, misses 1, 0 extra" in text and "a.png: finds 2 of 3" in text

@@ -35,6 +35,8 @@ SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list"
                                  "output_path")  # a moved or copied output folder resumes
 
 YOLO_METRICS = ("yolo", "yolo_map")  # metrics whose parameters describe YOLO heads: detection agreement reported
+# every metric whose parameters say how to decode detections: the report gives their agreement line by line
+DETECTION_METRICS = YOLO_METRICS + ("ssd_map", "box_map")
 
 
 @dataclass
@@ -140,23 +142,26 @@ def _refuse_early(path: Path, fp: dict) -> None:
 
 @dataclass
 class Detections:
-    """The model outputs behind detection agreement (YOLO metrics): fp32's and each labelled table's, on the
+    """The model outputs behind detection agreement (DETECTION_METRICS): fp32's and each labelled table's, on the
     images named. Decoding and matching are the report's (pure arithmetic on these arrays)."""
 
     fp32: dict[str, np.ndarray]
     tested: list[tuple[str, dict[str, np.ndarray]]]
     params: dict
     names: list[str]
+    metric: str = "yolo"  # which decoding the params are for
 
 
 def detections(tuner: Tuner, metric: Metric, tables: list[tuple[str, CalibrationTable]]) -> Detections | None:
-    if metric.name not in YOLO_METRICS:
+    if metric.name not in DETECTION_METRICS:
         return None
     params = tuner.model_params()
     outputs = metric_outputs(tuner.converted)
+    # ssd_map decodes with the net's own DetectionOutput (post_steps); the others from their parameters alone
+    dropped = ("labels", "image_names", "outputs") + (() if metric.name == "ssd_map" else ("post_steps",))
     return Detections(tuner.references(outputs), [(label, tuner.run_int8(t, outputs)) for label, t in tables],
-                      {k: v for k, v in params.items() if k not in ("labels", "image_names", "outputs", "post_steps")},
-                      list(params.get("image_names") or []))
+                      {k: v for k, v in params.items() if k not in dropped},
+                      list(params.get("image_names") or []), metric.name)
 
 
 def output_differences(tuner: Tuner, table: CalibrationTable) -> dict[str, float]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..pipeline.delivery import Delivery
 from ..pipeline.tuning import (
-    YOLO_METRICS,
+    DETECTION_METRICS,
     HeldOut,
     LayerMeasurement,
     LayerwiseRun,
@@ -144,7 +144,7 @@ def held_out_section(h: HeldOut, cfg, csv: Path, restart_pick: str, picked: str 
     if h.worse:
         hint = (": for detectors of small, sparse objects (faces) --objective model can beat the dense default on "
                 "held-out photos; compare both on these images (docs/tuning.md)"
-                if name in YOLO_METRICS and cfg.objective in ("outputs", "guarded") else "")
+                if name in DETECTION_METRICS and cfg.objective in ("outputs", "guarded") else "")
         items.append(Notice(Level.WARNING, f"on these images the delivered table is worse than the start ({name} "
                                            f"{h.start:.6g} -> {h.tuned:.6g}); start/ holds the start table{hint}"))
     items += _detections(h.detections, kind="held-out ")
