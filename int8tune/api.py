@@ -39,8 +39,8 @@ from .workflow import AutoResult
 # Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "output_veto", "restarts", "restart_pick", "threads",
-             "bayesian_trials", "tiebreak"}
+             "multipliers", "search_subset", "min_gain", "output_veto", "confirm", "restarts", "restart_pick",
+             "threads", "bayesian_trials", "tiebreak"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 

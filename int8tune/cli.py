@@ -224,6 +224,9 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
     s.add_argument("--output_veto", type=float, default=2.0,
                    help="with several model outputs and the square distance: refuse a move that lowers the sum but "
                         "multiplies one output's own distance by more than this (default 2; 0: off)")
+    s.add_argument("--confirm", choices=("unseen", "all"), default="all",
+                   help="with --search_subset: a move must improve the objective on the batches the search did not "
+                        "see, by more than --min_gain (unseen), or on every batch (all, default)")
     s.add_argument("--search_subset", type=int, default=-1,
                    help="search each threshold on the N batches with the largest difference, then confirm on all "
                         "(default -1: half of the batches when there are at least 6; 0: always all)")

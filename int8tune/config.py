@@ -171,6 +171,7 @@ class TuneConfig(ConfigBase):
     search_subset: int = -1
     min_gain: float = 0.01
     output_veto: float = 2.0  # refuse a move that multiplies one model output's distance by more (0: off)
+    confirm: str = "all"  # tune/tuner.py Confirm: where a move found on the searched batches must prove itself
     restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
     restart_pick: str = "best"  # which restart's table is kept: best (objective), mean (of the moves), validation
     validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)

@@ -123,6 +123,38 @@ def test_subset_search_confirms_on_every_batch(converted, tmp_path):
     assert again.thresholds() == table.thresholds()
 
 
+def test_unseen_confirmation_judges_a_move_on_the_batches_the_search_did_not_see(converted, tmp_path):
+    """--confirm unseen: a kept move improves the objective on the unseen batches by more than --min_gain there,
+    a refused one did not; the decision is recorded (replayable) and the result still reports all batches."""
+    bad = make_table(QuantSpec(), t_data=0.3, t_pool=0.2)
+    settings = TuneSettings(search_settings=SearchSettings(step_ratio=0.25, steps=10), subset=1, confirm="unseen",
+                            min_gain=0.01)
+    log = TrialLog(tmp_path / "t.jsonl", {"k": 1})
+    tuner = Tuner(converted, batches(), METRICS.get("square"), settings, log)
+    table = bad
+    for value in tuner.blobs_in_order(bad):
+        table, result = tuner.tune_blob(table, value)
+        trials = [t for t in log.trials if t.blob == value]
+        base = next(t for t in trials if t.note == "baseline")
+        confirm = [t for t in trials if t.note == "confirm"]
+        assert "unseen" in base.extra
+        if result.threshold_after != result.threshold_before:
+            (c,) = confirm
+            assert c.extra["unseen"] < base.extra["unseen"] * (1 - 0.01)
+        for c in confirm:
+            if c.extra["unseen"] >= base.extra["unseen"] * (1 - 0.01):
+                assert result.threshold_after == result.threshold_before
+        assert tuner.difference(table) == pytest.approx(result.difference_after, rel=1e-6)
+    assert table.thresholds() != bad.thresholds()  # the tight thresholds do move
+    replay = Tuner(converted, batches(), METRICS.get("square"), settings, TrialLog(tmp_path / "t.jsonl", {"k": 1}))
+    again = bad
+    for value in replay.blobs_in_order(bad):
+        again, _ = replay.tune_blob(again, value)
+    assert again.thresholds() == table.thresholds() and replay.evaluations == 0
+    with pytest.raises(ConfigError, match="--confirm must be one of unseen, all"):
+        TuneSettings(confirm="maybe")
+
+
 def _tune_trials(converted, table, batches_, carry: bool, blobs=None, metric="square", settings=None):
     tuner = Tuner(converted, batches_, METRICS.get(metric),
                   settings or TuneSettings(search_settings=SearchSettings(step_ratio=0.25, steps=10)))

@@ -130,6 +130,7 @@ def tune_config(args) -> TuneConfig:
         patience=getattr(args, "patience", 2), multipliers=multipliers,
         search_subset=getattr(args, "search_subset", -1), min_gain=getattr(args, "min_gain", 0.01),
         output_veto=getattr(args, "output_veto", TuneConfig.output_veto),
+        confirm=getattr(args, "confirm", TuneConfig.confirm),
         restarts=getattr(args, "restarts", TuneConfig.restarts),
         restart_pick=getattr(args, "restart_pick", TuneConfig.restart_pick),
         validation_list=getattr(args, "validation_list", None),

@@ -61,6 +61,7 @@ def tune_settings(cfg: TuneConfig, batches: int, full_search: bool = False) -> T
         subset = 0  # one blob: every candidate is scored on every image
     return TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
                         min_gain=0.0 if full_search else cfg.min_gain, output_veto=cfg.output_veto,
+                        confirm=cfg.confirm,
                         search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
                                                        patience=cfg.patience, multipliers=cfg.multipliers),
                         metric_params=cfg.metric_params)

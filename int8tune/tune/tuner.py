@@ -65,6 +65,15 @@ OBJECTIVES = tuple(o.value for o in Objective)
 MODEL_OUTPUT_OBJECTIVES = tuple(o for o in Objective if o.on_model_outputs)
 
 
+class Confirm(str, Enum):
+    """Where a move found on the searched batches must prove itself (with --search_subset): on the batches the
+    search did not see (its score there is free of the search's selection bias: the best of many candidates on
+    the same images looks better there than it is), or on every batch (the searched ones included)."""
+
+    UNSEEN = "unseen"
+    ALL = "all"
+
+
 # An output whose distance grows by less than this share of the summed baseline distance is never vetoed: a tiny
 # distance doubling is noise, not a loss.
 OUTPUT_VETO_FLOOR = 0.01
@@ -87,11 +96,16 @@ class TuneSettings:
     # output's own distance by more than this (and that output's increase is at least OUTPUT_VETO_FLOOR of the
     # sum): a sum can fall while the one output that matters (MTCNN's face score) gets much worse. 0: off.
     output_veto: float = 0.0
+    confirm: Confirm = Confirm.ALL
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, found {self.objective!r}")
         object.__setattr__(self, "objective", Objective(self.objective))
+        if self.confirm not in {c.value for c in Confirm}:
+            raise ConfigError(f"--confirm must be one of {', '.join(c.value for c in Confirm)}, found "
+                              f"{self.confirm!r}")
+        object.__setattr__(self, "confirm", Confirm(self.confirm))
         SEARCHES.get(self.search)
 
 
@@ -463,6 +477,8 @@ class Tuner:
             full = score(list(range(n)), multiplier) if len(indices) == n else None
             searched = score(subset, multiplier) if all((multiplier, i) in outputs for i in subset) else None
             extra = {"subset": searched} if rest else {}
+            if rest and all((multiplier, i) in outputs for i in rest):  # the batches the search did not see
+                extra["unseen"] = score(rest, multiplier)
             if guard:  # kept in the trial log, so that a replay takes the same decision
                 if full is not None:
                     extra["metric"] = guard_score(list(range(n)), multiplier)
@@ -517,18 +533,25 @@ class Tuner:
         except StopIteration:
             pass
         final = best
-        if rest and best_m != 1.0:  # confirm on every batch; keep the old threshold unless it really helps
+        unseen = rest and self.settings.confirm is Confirm.UNSEEN
+        if rest and best_m != 1.0:  # confirm; keep the old threshold unless it really helps
             confirm = evaluate(best_m, "confirm", list(range(n)))
             confirmed = confirm.difference
-            if metric.better(confirmed, baseline_full) and not vetoed(confirm, "metric"):
+            # on the unseen batches alone, by more than --min_gain there; or on every batch
+            before_c, after_c = ((base_trial.extra["unseen"], confirm.extra["unseen"]) if unseen
+                                 else (baseline_full, confirmed))
+            helped = metric.better(after_c, before_c) and (
+                not unseen or metric.gain(before_c, after_c) > self.settings.min_gain * abs(before_c))
+            if helped and not vetoed(confirm, "metric"):
                 final = confirmed
             else:
-                logger.info("blob %s: x%.3f helped on the searched batches but not on all of them; the threshold "
-                            "stays where it was", table.blobs[value].blob, best_m)
+                logger.info("blob %s: x%.3f helped on the searched batches but not on %s; the threshold stays "
+                            "where it was", table.blobs[value].blob, best_m,
+                            "the others" if unseen else "all of them")
                 best_m, final = 1.0, baseline_full
         elif rest:
             final = baseline_full
-        if best_m != 1.0 and self.settings.min_gain > 0:
+        if best_m != 1.0 and self.settings.min_gain > 0 and not unseen:
             gain = metric.gain(baseline_full, final)
             if gain <= self.settings.min_gain * abs(baseline_full):
                 best_m, final = 1.0, baseline_full
