@@ -395,3 +395,16 @@ def test_intel_quantization_param_field_numbers():
                       "scale_params": 22, "is_negative_input": 23}
     q = caffe_pb2.QuantizationParameter()
     assert (q.bw_layer_in, q.is_negative_input, q.precision) == (32, False, q.DYNAMIC_FIXED_POINT)
+
+
+def test_a_warning_about_a_table_is_logged_once_however_many_times_it_is_written(caplog):
+    """main.sh writes the same table's ncnn.table under calibration/, start/ and tuned/: one warning, not three."""
+    from int8tune.log import warn_once
+
+    with caplog.at_level("WARNING", logger="int8tune"):
+        for _ in range(3):
+            warn_once("ncnn: layer(s) %s not quantized", "sum_test_once")
+        warn_once("ncnn: layer(s) %s not quantized", "another_layer")
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts.count("ncnn: layer(s) sum_test_once not quantized") == 1
+    assert "ncnn: layer(s) another_layer not quantized" in texts

@@ -30,7 +30,7 @@ from typing import Mapping
 import numpy as np
 
 from ...errors import ConfigError
-from ...log import logger
+from ...log import warn_once
 from ...outputs import atomic_write_text
 from ..table import CalibrationTable, LayerEntry
 from .base import (
@@ -74,8 +74,8 @@ def ncnn_weight_thresholds(entry: LayerEntry, shape: LayerShape | None) -> np.nd
     if 1 < g < c:
         if c % g:
             raise ConfigError(f"layer {entry.layer!r}: num_output {c} is not a multiple of group {g}")
-        logger.warning("ncnn: layer %r is a grouped convolution (group %d); ncnn takes one weight scale per "
-                       "group, using the largest threshold of each group's %d channels", entry.layer, g, c // g)
+        warn_once("ncnn: layer %r is a grouped convolution (group %d); ncnn takes one weight scale per group, using "
+                  "the largest threshold of each group's %d channels", entry.layer, g, c // g)
         w = w.reshape(g, c // g).max(axis=1)
     return w
 
@@ -87,12 +87,12 @@ def write_ncnn_table(table: CalibrationTable, path: str | Path,
     layers = table.quantized_layers()
     odd = [e.layer for e in layers if e.type not in NCNN_INT8_TYPES]
     if odd:
-        logger.warning("ncnn: ncnn2int8 does not quantize layer(s) %s (types it has no int8 kernel for); their "
-                       "lines are written but ncnn runs them in fp32", ", ".join(odd[:10]))
+        warn_once("ncnn: ncnn2int8 does not quantize layer(s) %s (types it has no int8 kernel for); their lines are "
+                  "written but ncnn runs them in fp32", ", ".join(odd[:10]))
     clash = [e.layer for e in layers if "_param_" in e.layer]
     if clash:
-        logger.warning("ncnn: layer name(s) %s contain '_param_'; ncnn2int8 reads such a key as weight scales, so "
-                       "their input scales will not be found", ", ".join(clash[:10]))
+        warn_once("ncnn: layer name(s) %s contain '_param_'; ncnn2int8 reads such a key as weight scales, so their "
+                  "input scales will not be found", ", ".join(clash[:10]))
     lines = []
     for e in layers:
         if e.weight_thresholds is not None:
