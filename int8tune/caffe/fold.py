@@ -55,6 +55,25 @@ def _affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | N
     return None
 
 
+def chain_affine(chain: list[Layer], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of a chain of foldable BatchNorm/Scale layers, y = a*x + c per channel, in the float64 arithmetic
+    and order of the fold (caffe/unfold.py inverts it and must meet the same numbers)."""
+    a_total = np.ones(channels)
+    c_total = np.zeros(channels)
+    for layer in chain:
+        affine = _affine_of(layer, channels)
+        if affine is None:
+            raise ValueError(f"{layer.describe()} is not a foldable affine")
+        a, c = affine
+        a_total, c_total = a_total * a, c_total * a + c
+    return a_total, c_total
+
+
+def affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a, c) with y = a*x + c per channel for a foldable BatchNorm/Scale, else None."""
+    return _affine_of(layer, channels)
+
+
 def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
     consumers = net.consumers()
     layers = list(net.layers)
@@ -68,8 +87,6 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
             out.append(layer)
             continue
         channels = _num_output(layer)
-        a_total = np.ones(channels)
-        c_total = np.zeros(channels)
         top = layer.tops[0]
         chain: list[Layer] = []
         while True:
@@ -79,16 +96,14 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
             nxt = readers[0]
             if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,):
                 break
-            affine = _affine_of(nxt, channels)
-            if affine is None:
+            if _affine_of(nxt, channels) is None:
                 break
-            a, c = affine
-            a_total, c_total = a_total * a, c_total * a + c
             chain.append(nxt)
             top = nxt.tops[0]
         if not chain:
             out.append(layer)
             continue
+        a_total, c_total = chain_affine(chain, channels)
         out.append(_merged(layer, a_total, c_total, top))
         folded[layer.name] = [l.name for l in chain]
         skip.update(l.name for l in chain)
