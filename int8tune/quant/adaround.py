@@ -210,38 +210,58 @@ def _losses(e: np.ndarray, gram: np.ndarray, groups: int) -> np.ndarray:
 def _optimize(x: np.ndarray, low: np.ndarray, step: np.ndarray, nearest: np.ndarray, gram: np.ndarray, groups: int,
               options: AdaRoundOptions) -> np.ndarray:
     """h in {0, 1} per weight (level = low + h * step), learned as in the module docstring. x: (M, K) the weights
-    in levels; step 0 where the level is fixed (at the clip)."""
+    in levels; step 0 where the level is fixed (at the clip). float32 throughout, in place where it matters: the
+    element-wise steps, not the (M, K) x (K, K) product, are most of an iteration."""
+    m, k = x.shape
     g32 = gram.astype(np.float32)
     r = (x - low).astype(np.float32)
-    base_e = (nearest - x).astype(np.float32)
-    norm = np.maximum(_losses(base_e.astype(np.float64), gram, groups), 1e-30).astype(np.float32)[:, None]
-    free = step > 0
+    norm = np.maximum(_losses(nearest - x, gram, groups), 1e-30)[:, None]
+    stepf = step.astype(np.float32)
+    coef = (2.0 * step / norm).astype(np.float32)  # d(e G e^T / norm)/de times de/dh
+    reg_coef = (options.regularization * 2.0 * step).astype(np.float32)  # only where the rounding is free
+    fixed_part = (low - x).astype(np.float32)
     p = np.clip((np.clip(r, 0, 1) - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
     v = np.log(p / (1 - p)).astype(np.float32)
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
+    sig, h, e, grad = (np.empty_like(v) for _ in range(4))
     b1, b2, eps = 0.9, 0.999, 1e-8
-    m, k = x.shape
-    fixed_part = (low - x).astype(np.float32)
-    stepf = step.astype(np.float32)
     start = int(options.warmup * options.iterations)
+    stretch = np.float32(ZETA - GAMMA)
     for it in range(options.iterations):
-        sig = 1.0 / (1.0 + np.exp(-v))
-        raw = sig * (ZETA - GAMMA) + GAMMA
-        h = np.clip(raw, 0.0, 1.0)
-        e = fixed_part + h * stepf
-        grad_h = 2.0 * np.matmul(e.reshape(groups, m // groups, k), g32).reshape(m, k) / norm * stepf
+        np.negative(v, out=sig)
+        np.exp(sig, out=sig)
+        sig += 1.0
+        np.reciprocal(sig, out=sig)  # sigmoid(v)
+        np.multiply(sig, stretch, out=h)
+        h += np.float32(GAMMA)
+        inside = (h > 0) & (h < 1)
+        np.clip(h, 0.0, 1.0, out=h)
+        np.multiply(h, stepf, out=e)
+        e += fixed_part
+        np.matmul(e.reshape(groups, m // groups, k), g32, out=grad.reshape(groups, m // groups, k))
+        grad *= coef
         if it >= start and options.regularization > 0:
             t = (it - start) / max(1, options.iterations - start)
-            beta = options.beta[0] + (options.beta[1] - options.beta[0]) * t  # linear, as the paper
-            d = 2.0 * h - 1.0
-            grad_h = grad_h - options.regularization * 2.0 * beta * np.sign(d) * np.abs(d) ** (beta - 1) * free
-        grad_v = grad_h * (ZETA - GAMMA) * sig * (1.0 - sig) * ((raw > 0) & (raw < 1))
-        m1 = b1 * m1 + (1 - b1) * grad_v
-        m2 = b2 * m2 + (1 - b2) * grad_v * grad_v
-        lr = options.learning_rate * np.sqrt(1 - b2 ** (it + 1)) / (1 - b1 ** (it + 1))
-        v = v - lr * m1 / (np.sqrt(m2) + eps)
+            beta = np.float32(options.beta[0] + (options.beta[1] - options.beta[0]) * t)  # linear, as the paper
+            d = 2.0 * h - 1.0  # d/dh of 1 - |2h - 1|^beta is -2 beta sign(d) |d|^(beta - 1)
+            np.abs(d, out=e)
+            np.power(e, beta - 1, out=e)
+            e *= np.sign(d)
+            e *= reg_coef * beta
+            grad -= e
+        grad *= stretch * sig * (1.0 - sig) * inside  # dh/dv
+        m1 *= b1
+        m1 += (1 - b1) * grad
+        m2 *= b2
+        m2 += (1 - b2) * grad * grad
+        lr = float(options.learning_rate * np.sqrt(1 - b2 ** (it + 1)) / (1 - b1 ** (it + 1)))
+        np.sqrt(m2, out=e)
+        e += eps
+        np.divide(m1, e, out=e)
+        e *= lr
+        v -= e
     h = np.clip((1.0 / (1.0 + np.exp(-v))) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-    return (h >= 0.5) & free
+    return (h >= 0.5) & (step > 0)
 
 
 def _keep_scale(q: np.ndarray, x: np.ndarray, nearest: np.ndarray, widened: np.ndarray, pair_safe: bool,
