@@ -306,3 +306,18 @@ def test_the_levers_are_settings_of_the_yaml_file_and_the_api(tmp_path):
     config.write_text("adaround: true\nbias_correction: true\n")
     argv = with_config_file(["calibrate", "--config", str(config), "--proto", "p"], build_parser())
     assert "--adaround" in argv and "--bias_correction" in argv
+
+
+def test_main_sh_calibrates_with_the_levers_tunes_and_delivers_the_corrected_weights(project, tmp_path):
+    root, base, model = project
+    out = tmp_path / "run"
+    assert entry.main(["auto", *base, "--model", str(model), "--adaround", "--bias_correction", "--restarts", "1",
+                       "--holdout", "0", "--steps", "2", "--output_path", str(out)]) == 0
+    assert (out / "corrected.caffemodel").is_file() and (out / "calibration" / "corrected.caffemodel").is_file()
+    assert (out / "corrected.caffemodel").read_bytes() == (out / "calibration" / "corrected.caffemodel").read_bytes()
+    report = (out / "report.log").read_text()
+    assert "AdaRound:" in report and "bias correction:" in report
+    # the tuned table runs on the corrected weights, measured against the original
+    assert entry.main(["test", *base, "--model", str(model), "--corrected_model", str(out / "corrected.caffemodel"),
+                       "--calibration_proto", str(out / "tuned" / "calibration_table.pb"),
+                       "--output_path", str(tmp_path / "t")]) == 0
