@@ -23,7 +23,7 @@ from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_s
 from .pipeline.workspace import Workspace, save_corrected, save_equalized, weights_digest
 from .quant.formats import write_table_pb
 from .quant.table import CalibrationTable
-from .report.csvs import write_csv, write_statistics
+from .report.csvs import write_csv, write_levers, write_statistics
 from .report.figures import layer_figures
 from .report.tuning import auto_document, layer_rows, strategy_document
 from .report.write import write_report
@@ -69,6 +69,7 @@ def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -
     corrected = save_corrected(ws, out)
     if corrected is not None:
         extra["corrected"] = corrected
+        extra["levers"] = write_levers(out / "weight_levers.csv", ws.corrections)
     return delivery, extra
 
 

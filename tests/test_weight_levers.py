@@ -252,6 +252,9 @@ def test_calibrate_writes_the_corrected_weights_and_test_measures_them_against_t
     assert "AdaRound:" in report and "bias correction:" in report and "--corrected_model" in report
     corrected = cal / "corrected.caffemodel"
     assert corrected.is_file() and (cal / "equalized.caffemodel").is_file()
+    levers = (cal / "weight_levers.csv").read_text().splitlines()
+    assert levers[0].startswith("layer,") and len(levers) == 1 + 5  # the five int8 weighted layers
+    assert "too few" in next(l for l in levers if l.startswith("fc,"))
     settings = json.loads((cal / "config.json").read_text())["settings"]["quant"]
     assert settings["adaround"] and settings["bias_correction"] and settings["equalize"]
     assert '"adaround": true' in (cal / "int8.prototxt").read_text().split("\nname", 1)[0]

@@ -7,6 +7,7 @@ Outputs under --output_path:
     model_int8_qdq.onnx             the int8 model as QDQ ONNX (not with --simplified)
     equalized.caffemodel            with --equalize: the equalized weights (fp32 unchanged)
     corrected.caffemodel            with --adaround/--bias_correction: the int8 model's weights (deploy them)
+    weight_levers.csv               with them: per layer, what AdaRound and bias correction did
     statistics.csv                  per blob: range, moments, every calibrator's threshold, the chosen one
     report.log, report.html         what was done, the figures (text, and one self-contained page)
     config.json                     the settings and provenance
