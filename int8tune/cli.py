@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(cal)
     _add_data_args(cal)
     _add_quant_args(cal)
+    _add_lever_args(cal)
     cal.add_argument("--output_path", type=Path, required=True, help="folder for every output")
     cal.add_argument("--config", help="YAML file of settings (option_name: value); command-line options win")
     cal.add_argument("--simplified", action="store_true",
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "plots under --output_path. Interrupted, it keeps the best table so far; run "
                                       "again with the same inputs, it resumes from trials.jsonl.")
     _add_tuning_args(auto)
+    _add_lever_args(auto)
     auto.add_argument("--no_resume", dest="resume", action="store_false",
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
@@ -187,6 +189,9 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
                    help="int8 prototxt to tune (int8.prototxt written by calibrate)")
     p.add_argument("--calibration_proto", type=Path, default=None,
                    help="calibration table .pb/.pbtxt (written by calibrate); with --calibration_model they must agree")
+    p.add_argument("--corrected_model", type=Path, default=None,
+                   help="the corrected.caffemodel written by --adaround/--bias_correction with the table: the int8 "
+                        "model quantizes its weights and is measured against --model (the fp32 original)")
     p.add_argument("--output_path", type=Path, required=True, help="folder for every output")
     _add_data_args(p)
     p.add_argument("--metric", "--metric_name", "--metric_type", dest="metric", default="square",
@@ -276,6 +281,19 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="layer names kept in fp32: comma-separated, or a file with one per line (seed tool's option)")
     g.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's percentile (default 99.99)")
     g.add_argument("--bins", type=int, default=2048, help="histogram bins (default 2048, as ncnn)")
+
+
+def _add_lever_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weight levers (docs/weight_levers.md)")
+    g.add_argument("--adaround", action="store_true",
+                   help="learn each weight's rounding (up or down) per layer so that the layer's output on the "
+                        "calibration images stays closest to fp32 (AdaRound), before the thresholds are calibrated; "
+                        "writes corrected.caffemodel, whose weights quantize back to exactly those integers")
+    g.add_argument("--bias_correction", action="store_true",
+                   help="subtract from each int8 layer's bias the mean of its int8-minus-fp32 output per channel on "
+                        "the calibration images, layer after layer from the input (after --equalize and "
+                        "--adaround); writes corrected.caffemodel: deploy it with the prototxt and the table "
+                        "(test.sh/tune.sh: --model <original> --corrected_model corrected.caffemodel)")
 
 
 def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:

@@ -41,10 +41,15 @@ class ModelConfig(ConfigBase):
     proto: Path
     model: Path
     input_shape: tuple[int, ...] | None = None  # --input_shape: another input size for a fully convolutional net
+    # --corrected_model: the weights written by --adaround/--bias_correction (corrected.caffemodel); the int8
+    # model quantizes them and is measured against --model
+    corrected_model: Path | None = None
 
     def __post_init__(self) -> None:
-        for key in ("proto", "model"):
+        for key in ("proto", "model", "corrected_model"):
             path = getattr(self, key)
+            if path is None and key == "corrected_model":
+                continue
             if not path.is_file():
                 raise ConfigError(f"--{key} {path}: " + ("is a directory, expected a file" if path.is_dir()
                                                           else "no such file"))
@@ -95,6 +100,8 @@ class QuantConfig(ConfigBase):
     unsigned: bool = False
     target: str = "onnxruntime"  # quant/spec.py Target: the engine whose integer arithmetic is simulated
     equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
+    adaround: bool = False  # learn each weight's rounding on the calibration images (quant/adaround.py)
+    bias_correction: bool = False  # subtract each int8 layer's mean error from its bias (quant/bias_correction.py)
     quantize_types: tuple[str, ...] = DEFAULT_QUANTIZE_TYPES
     ignore_layer_names: tuple[str, ...] = ()
     ignore_layer_types: tuple[str, ...] = ()
@@ -119,10 +126,21 @@ class QuantConfig(ConfigBase):
         if Target(self.target).onnxruntime and self.rounding != Rounding.HALF_EVEN.value:
             raise ConfigError(f"--rounding {self.rounding}: onnxruntime's QuantizeLinear rounds half to even; use "
                               f"--rounding half_to_even with --target {self.target}")
+        if self.adaround:
+            from .quant.adaround import refuse_adaround
+
+            why = refuse_adaround(self.spec(), self.weight_method)
+            if why is not None:
+                raise ConfigError(why)
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"--percentile must be in (0, 100], found {self.percentile}")
         if self.bins < 128:
             raise ConfigError(f"--bins must be at least 128 (KL merges into 128 bins), found {self.bins}")
+
+    @property
+    def levers(self) -> tuple[str, ...]:
+        """The weight levers asked for, as their options (for messages)."""
+        return tuple(f"--{k}" for k in ("adaround", "bias_correction") if getattr(self, k))
 
     def spec(self):
         from .quant.spec import BiasMode, Granularity, QuantSpec, Rounding, Target
@@ -194,6 +212,15 @@ class TuneConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.metric_params is None:
             object.__setattr__(self, "metric_params", {})
+        if self.model.corrected_model is not None and self.quant.levers:
+            raise ConfigError(f"--corrected_model {self.model.corrected_model} holds weights the levers already "
+                              f"corrected; {' and '.join(self.quant.levers)} would correct them again: give one or the "
+                              f"other")
+        if self.quant.levers and (self.calibration_proto is not None or self.calibration_model is not None):
+            raise ConfigError(f"{' and '.join(self.quant.levers)} correct the weights while calibrating, for the "
+                              f"table they calibrate; with a given table (--calibration_proto/--calibration_model) "
+                              f"give the weights the run that wrote it corrected, --corrected_model "
+                              f"corrected.caffemodel, instead")
         for key in ("calibration_model", "calibration_proto", "metric_module"):
             path = getattr(self, key)
             if path is not None and not path.is_file():

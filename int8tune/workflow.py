@@ -20,10 +20,10 @@ from .pipeline.delivery import Delivery, deliver
 from .pipeline.images import Images
 from .pipeline.selection import HeldOutSource, hold_back
 from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
-from .pipeline.workspace import Workspace, save_equalized, weights_digest
+from .pipeline.workspace import Workspace, save_corrected, save_equalized, weights_digest
 from .quant.formats import write_table_pb
 from .quant.table import CalibrationTable
-from .report.csvs import write_csv, write_statistics
+from .report.csvs import write_csv, write_levers, write_statistics
 from .report.figures import layer_figures
 from .report.tuning import auto_document, layer_rows, strategy_document
 from .report.write import write_report
@@ -57,7 +57,8 @@ def save_progress(table: CalibrationTable, out: Path) -> None:
 
 def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -> tuple[Delivery, dict[str, Path]]:
     """Every table format, the QDQ model (checked on the measurement images), statistics.csv, config.json and,
-    with --equalize, the equalized weights; returns the delivery and the other files by name."""
+    with --equalize, the equalized weights, with --adaround/--bias_correction the corrected ones; returns the
+    delivery and the other files by name."""
     delivery = deliver(ws, cal.table, out, check_on=cal.measured, images_kind="calibration", threads=threads,
                        qdq=cal.measured is not None)
     extra = {"statistics": write_statistics(out / "statistics.csv", cal, ws.fold.net.blob_of),
@@ -65,6 +66,10 @@ def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -
     equalized = save_equalized(ws, out)
     if equalized is not None:
         extra["equalized"] = equalized
+    corrected = save_corrected(ws, out)
+    if corrected is not None:
+        extra["corrected"] = corrected
+        extra["levers"] = write_levers(out / "weight_levers.csv", ws.corrections)
     return delivery, extra
 
 
@@ -90,14 +95,17 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
                      log_path=log_path or out / TRIALS, metric=metric, adjust=adjust)
     files: list[Path] = []
     if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
-        save_calibration(s.calibration, ws, out / "calibration", cfg.threads)
-    equalized = save_equalized(ws, out)
+        save_calibration(s.calibration, s.ws, out / "calibration", cfg.threads)
+    equalized = save_equalized(s.ws, out)
     if equalized is not None:
         files.append(equalized)
+    corrected = save_corrected(s.ws, out)  # with --adaround/--bias_correction: the weights the tables belong to
+    if corrected is not None:
+        files.append(corrected)
     if cfg.strategy == "layerwise":
-        result = _layerwise(s, held_out_images, files, t_start, equalized, source)
+        result = _layerwise(s, held_out_images, files, t_start, equalized, source, corrected)
     else:
-        result = _strategy(s, held_out_images, files, t_start, equalized, echo)
+        result = _strategy(s, held_out_images, files, t_start, equalized, echo, corrected)
     return result
 
 
@@ -110,7 +118,7 @@ def _held_out_csv(run, out: Path, files: list[Path]) -> None:
 
 
 def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized,
-               source: HeldOutSource) -> AutoResult:
+               source: HeldOutSource, corrected: Path | None = None) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
     start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads, whole=True)
 
@@ -134,14 +142,16 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
     files.append(out / TRIALS)
     figures = layer_figures(s, run, rows, out / "plots")
     files.append(atomic_write_json(out / "config.json", table.provenance))
-    doc = auto_document(s, run, tuned, start, rows, figures, files, time.perf_counter() - t_start, equalized)
+    doc = auto_document(s, run, tuned, start, rows, figures, files, time.perf_counter() - t_start, equalized,
+                        corrected)
     text, _ = write_report(doc, out)
     fp32 = s.tuner.fp32_score()
     return AutoResult(table, run.after_model, fp32, goal_of(s.metric, fp32, cfg)(run.after_model), out, text,
                       run.interrupted, run.held_out.tuned if run.held_out else None, run, s)
 
 
-def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, equalized, echo) -> AutoResult:
+def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, equalized, echo,
+              corrected: Path | None = None) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
     run = tune_strategy(s, held_out_images, on_progress=lambda t: save_progress(t, out), echo=echo)
     run.table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
@@ -152,7 +162,7 @@ def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, eq
     _held_out_csv(run, out, files)
     files.append(out / TRIALS)
     files.append(atomic_write_json(out / "config.json", run.table.provenance))
-    doc = strategy_document(s, run, delivery, files, time.perf_counter() - t_start, equalized)
+    doc = strategy_document(s, run, delivery, files, time.perf_counter() - t_start, equalized, corrected)
     text, _ = write_report(doc, out)
     score = run.best if run.best is not None else float("nan")
     return AutoResult(run.table, score, run.fp32, run.goal_met, out, text, run.interrupted,

@@ -146,3 +146,38 @@ def test_engine_files_hold_the_thresholds_of_the_unfolded_weights_and_read_back(
         np.testing.assert_allclose(np.asarray(back.layers[name].weight_thresholds).reshape(-1),
                                    np.asarray(table.layers[name].weight_thresholds).reshape(-1), rtol=1e-5)
     assert read_int8_prototxt(out / "int8.prototxt").weight_thresholds
+
+
+def test_weight_levers_write_back_through_a_sum_fold(tmp_path):
+    """--adaround and --bias_correction change the folded convolutions feeding a folded sum: corrected.caffemodel
+    (the weights as written, unfolded through the sum's BatchNorm/Scale) folds back to the learned integer
+    weights and the corrected biases."""
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline.calibration import calibrate
+    from int8tune.pipeline.images import Images
+    from int8tune.pipeline.workspace import load_workspace
+    from int8tune.quant.adaround import RoundedLayer
+    from int8tune.quant.calibrate import layer_weight, weight_thresholds
+    from int8tune.quant.calibrators import CalibratorOptions
+    from int8tune.quant.weights import quantize_matrix, to_output_matrix
+    from int8tune.workflow import save_calibration
+
+    proto, model = write_net(tmp_path, net_text(), weights())
+    x = RNG.uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32)
+    images = Images("16 random images", 16, _batches=[x[:8], x[8:]])
+    ws = load_workspace(proto, model)
+    assert set(ws.fold.sum_scales) == {"conv_a", "conv_b"}
+    cal = calibrate(ws, images, QuantConfig(adaround=True, bias_correction=True), measure=images, threads=1)
+    save_calibration(cal, cal.ws, tmp_path / "out", threads=1)
+    again = load_workspace(proto, model, corrected_model=tmp_path / "out" / "corrected.caffemodel")
+    rounded = {r.layer: r for r in cal.ws.corrections.adaround if isinstance(r, RoundedLayer)}
+    assert {"conv_a", "conv_b"} <= set(rounded)
+    spec = cal.table.spec
+    for name in ("conv_a", "conv_b"):
+        weight, op, group = layer_weight(again.converted, name)
+        t = weight_thresholds(weight, op, group, "minmax", spec, CalibratorOptions())
+        levels, _ = quantize_matrix(to_output_matrix(weight, op, group), t, spec.rounding, spec.qmax)
+        np.testing.assert_array_equal(levels, rounded[name].levels)
+        corrected = {l.name: l for l in cal.ws.fold.net.layers}[name].blobs[1]
+        read_back = {l.name: l for l in again.fold.net.layers}[name].blobs[1]
+        np.testing.assert_allclose(read_back, corrected, rtol=1e-5, atol=1e-6 * np.abs(corrected).max())

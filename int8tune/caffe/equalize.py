@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
 from .fold import fold_batchnorm_scale
 from .net import CaffeNet, Layer
 
@@ -167,22 +166,6 @@ def _apply(net: CaffeNet, folded: dict[str, list[str]], out_scale: dict[str, np.
 
 def write_equalized_caffemodel(original: Path, equalization: Equalization, out: Path) -> Path:
     """The original caffemodel with the changed layers' blobs replaced (runs with the original prototxt)."""
-    from ..outputs import atomic_write_bytes
-    from .loader import read_caffemodel
-    from .upgrade import upgrade_v1_net
+    from .unfold import write_caffemodel
 
-    param = read_caffemodel(original)
-    if param.layers and not param.layer:
-        param = upgrade_v1_net(param, str(original))
-    by_name = {lp.name: lp for lp in param.layer}
-    for name, new in equalization.changed.items():
-        lp = by_name.get(name)
-        if lp is None or len(lp.blobs) != len(new):
-            raise ModelError(f"{original}: layer {name!r} has {0 if lp is None else len(lp.blobs)} blob(s), the "
-                             f"equalized net {len(new)}; cannot write the equalized caffemodel")
-        for blob, array in zip(lp.blobs, new):
-            blob.ClearField("double_data")
-            blob.ClearField("data")
-            blob.data.extend(np.asarray(array, dtype=np.float32).ravel().tolist())
-    return atomic_write_bytes(out, param.SerializeToString())
-
+    return write_caffemodel(original, equalization.changed, out)

@@ -32,6 +32,8 @@ class FoldResult:
     # convolution -> the per-output-channel factor a sum's BN/Scale multiplied its weights by: engines that do
     # not fold through sums (ncnn, TensorRT, Intel Caffe) need the weight thresholds of the unscaled weights
     sum_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    # convolution -> what that fold added to its (already scaled) bias: b_f = a * b + offset (caffe/unfold.py)
+    sum_offsets: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -60,6 +62,25 @@ def _affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | N
     return None
 
 
+def chain_affine(chain: list[Layer], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, c) of a chain of foldable BatchNorm/Scale layers, y = a*x + c per channel, in the float64 arithmetic
+    and order of the fold (caffe/unfold.py inverts it and must meet the same numbers)."""
+    a_total = np.ones(channels)
+    c_total = np.zeros(channels)
+    for layer in chain:
+        affine = _affine_of(layer, channels)
+        if affine is None:
+            raise ValueError(f"{layer.describe()} is not a foldable affine")
+        a, c = affine
+        a_total, c_total = a_total * a, c_total * a + c
+    return a_total, c_total
+
+
+def affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a, c) with y = a*x + c per channel for a foldable BatchNorm/Scale, else None."""
+    return _affine_of(layer, channels)
+
+
 def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
     consumers = net.consumers()
     layers = list(net.layers)
@@ -73,8 +94,6 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
             out.append(layer)
             continue
         channels = _num_output(layer)
-        a_total = np.ones(channels)
-        c_total = np.zeros(channels)
         top = layer.tops[0]
         chain: list[Layer] = []
         while True:
@@ -84,16 +103,14 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
             nxt = readers[0]
             if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,):
                 break
-            affine = _affine_of(nxt, channels)
-            if affine is None:
+            if _affine_of(nxt, channels) is None:
                 break
-            a, c = affine
-            a_total, c_total = a_total * a, c_total * a + c
             chain.append(nxt)
             top = nxt.tops[0]
         if not chain:
             out.append(layer)
             continue
+        a_total, c_total = chain_affine(chain, channels)
         out.append(_merged(layer, a_total, c_total, top))
         folded[layer.name] = [l.name for l in chain]
         skip.update(l.name for l in chain)
@@ -117,6 +134,7 @@ def fold_through_sums(result: FoldResult) -> FoldResult:
     drop: set[str] = set()
     through: dict[str, list[str]] = {}
     scales: dict[str, np.ndarray] = dict(result.sum_scales)
+    offsets: dict[str, np.ndarray] = dict(result.sum_offsets)
     new_sums: dict[str, Layer] = {}
     for layer in net.layers:
         if layer.type != "Eltwise" or len(layer.tops) != 1 or len(set(layer.bottoms)) != len(layer.bottoms):
@@ -153,7 +171,9 @@ def fold_through_sums(result: FoldResult) -> FoldResult:
         if not chain or not np.all(np.isfinite(a_total) & (a_total != 0)) or not np.all(np.isfinite(c_total)):
             continue  # a zero scale would make the engines' unfolded weight thresholds infinite
         for k, f in enumerate(feeders):
-            replaced[f.name] = _merged(f, a_total, c_total / coeffs[0] if k == 0 else np.zeros(channels), f.tops[0])
+            offset = c_total / coeffs[0] if k == 0 else np.zeros(channels)
+            replaced[f.name] = _merged(f, a_total, offset, f.tops[0])
+            offsets[f.name] = offsets.get(f.name, np.zeros(channels)) * a_total + offset
             scales[f.name] = scales.get(f.name, np.ones(channels)) * a_total
         user_top = chain[-1].user_tops[0] if chain[-1].user_tops else layer.user_tops[0]
         new_sums[layer.name] = replace(layer, tops=(top,), user_tops=(user_top,))
@@ -162,7 +182,8 @@ def fold_through_sums(result: FoldResult) -> FoldResult:
     if not through:
         return result
     layers = [new_sums.get(l.name, replaced.get(l.name, l)) for l in net.layers if l.name not in drop]
-    return FoldResult(replace(net, layers=layers), result.folded, {**result.through_sums, **through}, scales)
+    return FoldResult(replace(net, layers=layers), result.folded, {**result.through_sums, **through}, scales,
+                      offsets)
 
 
 def _num_output(layer: Layer) -> int:

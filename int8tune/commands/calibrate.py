@@ -5,6 +5,9 @@ Outputs under --output_path:
     int8.prototxt                   fp32 prototxt + quantization_param (the tuning tools' --calibration_model)
     tensorrt_calibration.cache, onnxruntime_calibration.cache, ncnn.table
     model_int8_qdq.onnx             the int8 model as QDQ ONNX (not with --simplified)
+    equalized.caffemodel            with --equalize: the equalized weights (fp32 unchanged)
+    corrected.caffemodel            with --adaround/--bias_correction: the int8 model's weights (deploy them)
+    weight_levers.csv               with them: per layer, what AdaRound and bias correction did
     statistics.csv                  per blob: range, moments, every calibrator's threshold, the chosen one
     report.log, report.html         what was done, the figures (text, and one self-contained page)
     config.json                     the settings and provenance
@@ -30,9 +33,10 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     _, images = images_of(cfg.data, prepare_image, ws)
     cal = calibrate(ws, images, cfg.quant, measure=None if cfg.simplified else images.head(cfg.measure_images),
                     simplified=cfg.simplified, threads=cfg.threads, settings=cfg.to_dict())
+    ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
     delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
     doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),
-                               list(extra.values()))
+                               list(extra.values()), extra.get("corrected"))
     text, _ = write_report(doc, cfg.output_path)
     print(text)
     return 0

@@ -48,7 +48,8 @@ def input_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def model_config(args) -> ModelConfig:
-    return ModelConfig(proto=args.proto, model=args.model, input_shape=input_shape(getattr(args, "input_shape", None)))
+    return ModelConfig(proto=args.proto, model=args.model, input_shape=input_shape(getattr(args, "input_shape", None)),
+                       corrected_model=getattr(args, "corrected_model", None))
 
 
 def data_config(args) -> DataConfig:
@@ -76,7 +77,8 @@ def quant_config(args) -> QuantConfig:
     return QuantConfig(method=arg("method", d.method), weight_method=arg("weight_method", d.weight_method),
                        granularity=arg("granularity", d.granularity), rounding=arg("rounding", d.rounding),
                        bias=arg("bias", d.bias), unsigned=arg("unsigned", d.unsigned), target=arg("target", d.target),
-                       equalize=arg("equalize", d.equalize), quantize_types=tuple(quantize),
+                       equalize=arg("equalize", d.equalize), adaround=arg("adaround", d.adaround),
+                       bias_correction=arg("bias_correction", d.bias_correction), quantize_types=tuple(quantize),
                        ignore_layer_names=tuple(dict.fromkeys(names)), ignore_layer_types=tuple(dict.fromkeys(types)),
                        percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins))
 

@@ -24,7 +24,8 @@ from .common import images_of
 
 
 def _open(cfg: TuneConfig, prepare_image, **kw):
-    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
+    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
+                        cfg.model.corrected_model)
     items, images = images_of(cfg.data, prepare_image, ws)
     return open_session(cfg, ws, images, **kw)
 
@@ -71,7 +72,8 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     if cfg.restart_pick == "validation" and cfg.validation_list is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give "
                           "--validation_list")
-    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
+    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
+                        cfg.model.corrected_model)
     items, images = images_of(cfg.data, prepare_image, ws)
     held_out = None
     if cfg.validation_list is not None:

@@ -39,6 +39,7 @@ class Calibration:
     tuner: Tuner | None = None  # on the measurement images, with their fp32 references
     model_difference: float | None = None  # square, summed over the outputs, on `measured`
     layer_differences: dict[str, float] = field(default_factory=dict)  # int8 layer -> its own output's square
+    ws: Workspace | None = None  # the workspace the table belongs to (with --adaround/--bias_correction: new weights)
 
     def alternatives(self) -> dict[str, CalibrationTable]:
         """The whole table of each calibrator (model-wise candidates for the strategies and the start pick)."""
@@ -51,9 +52,19 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
               simplified: bool = False, threads: int = 2, settings: dict | None = None) -> Calibration:
     """Two streamed passes over `images`, every calibrator's thresholds, the table (method auto: per blob, the
     calibrator that disturbs the reading layers least on `measure`); then the difference on `measure`.
-    `settings`: the run's settings for the table's provenance."""
-    from ..outputs import provenance
+    `settings`: the run's settings for the table's provenance.
 
+    The weight levers run on `measure` (the first calibration images): --adaround before the statistics (the
+    thresholds are those of the rounded weights), --bias_correction after the table (it corrects the mean error
+    the table leaves); the result's `ws` holds the weights the table belongs to."""
+    from ..outputs import provenance
+    from .levers import adaround_workspace, bias_corrected_workspace
+
+    if quant.levers and (simplified or measure is None):
+        raise ConfigError(f"{' and '.join(quant.levers)} learn from the layers' outputs on the calibration images; "
+                          f"--simplified measures nothing: drop one or the other")
+    if quant.adaround:
+        ws = adaround_workspace(ws, measure, quant, threads)
     spec = quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     method = "minmax" if simplified else quant.method
@@ -76,13 +87,19 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
                                        unsigned=v in signs, absmax=stats[v].absmax)
     result = Calibration(table, images, method, stats, per_blob, {}, [p.layer for p in plan if not p.int8])
     if not simplified and measure is not None:
-        tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads))
+        tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
+                      reference=ws.reference)
         if method == "auto":
             table, result.scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
             result.table = table
+        if quant.bias_correction:
+            ws = bias_corrected_workspace(ws, table, measure, threads)
+            tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
+                          reference=ws.reference)
         result.measured, result.tuner = measure, tuner
         result.model_difference = tuner.difference(table)
         result.layer_differences = tuner.layer_differences(table)
     table.provenance = provenance(settings or {}, {"proto": ws.proto, "model": ws.model}, images.paths)
     table.provenance["weights_sha256"] = weights_digest(ws)
+    result.ws = ws
     return result

@@ -80,6 +80,17 @@ def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
     if not record or "equalize" not in record or not record.get("model_sha256"):
         return  # a table from another tool or an older version: nothing recorded to check
     recorded = record.get("weights_sha256")
+    levers = [f"--{k}" for k in ("adaround", "bias_correction") if record.get(k)]
+    if levers and ws.corrections is None:
+        if recorded == weights_digest(ws):
+            raise ConfigError(f"{where} was calibrated with {' and '.join(levers)}, and {ws.model} holds its "
+                              f"corrected weights: give the original caffemodel as --model and this one as "
+                              f"--corrected_model, so that the int8 model is measured against the fp32 one")
+        raise ConfigError(f"{where} was calibrated with {' and '.join(levers)}: its thresholds belong to the "
+                          f"corrected weights written beside it; add --corrected_model <that folder>/"
+                          f"corrected.caffemodel (with --model {ws.model}, the fp32 original)")
+    if recorded and recorded == weights_digest(ws):
+        return  # exactly the weights the thresholds were measured with
     if recorded and recorded != weights_digest(ws):
         same_file = record["model_sha256"] == sha256_file(ws.model)
         if not same_file or bool(record["equalize"]) == (ws.equalization is not None):

@@ -84,6 +84,8 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
 
         fp = {"proto": sha256_file(ws.proto), "model": sha256_file(ws.model), "images": images.digest(),
               "settings": json.dumps(settings_fp, sort_keys=True)}
+        if ws.corrections is not None and ws.corrections.source is not None:  # --corrected_model: its weights too
+            fp["corrected_model"] = sha256_file(ws.corrections.source)
         if cfg.resume and log_path.is_file():
             _refuse_early(log_path, fp)
     calibration = None
@@ -96,6 +98,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         calibration = calibrate(ws, cal_images, cfg.quant, measure=cal_images.head(32), threads=cfg.threads,
                                 settings=cfg.to_dict())
         table = calibration.table
+        ws = calibration.ws or ws  # with --adaround/--bias_correction: the weights the table belongs to
     settings = tune_settings(cfg, len(images.batches), full_search)
     session = Session(cfg, ws, images, metric, None, table, calibration)  # type: ignore[arg-type]
     if adjust is not None:
@@ -107,7 +110,8 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         session.alternatives = calibration.alternatives()
         if not table.spec.granularity.activations_per_channel and cfg.strategy == "layerwise":
             # Model-wise first: every calibrator's whole table against the metric on the tuning images.
-            probe = Tuner(ws.converted, images.batches, metric, settings, labels=images.labels, names=images.names)
+            probe = Tuner(ws.converted, images.batches, metric, settings, labels=images.labels, names=images.names,
+                          reference=ws.reference)
             name, scores = best_start(probe, session.alternatives)
             session.table, session.start_scores, session.start_choice = session.alternatives[name], scores, name
     log = None
@@ -115,7 +119,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         fp["table"] = session.table.digest()
         log = TrialLog(log_path, fp, resume=cfg.resume, comparable=_comparable)
     session.tuner = Tuner(ws.converted, images.batches, metric, settings, log, labels=images.labels,
-                          names=images.names)
+                          names=images.names, reference=ws.reference)
     return session
 
 
@@ -273,7 +277,7 @@ class HeldOut:
 def held_out_tuner(s: Session, images: Images) -> Tuner:
     """A tuner over held-out images (same model, metric and settings, every image scored)."""
     return Tuner(s.ws.converted, images.batches, s.metric, replace(s.tuner.settings, subset=0), labels=images.labels,
-                 names=images.names)
+                 names=images.names, reference=s.ws.reference)
 
 
 def held_out(val: Tuner, images: Images, start: CalibrationTable, table: CalibrationTable,
@@ -468,7 +472,7 @@ def cross_validate(s: Session) -> list:
                        Tuner(s.ws.converted, mine.batches, s.metric, replace(s.tuner.settings,
                                                                               subset=0 if len(mine.batches) < 6
                                                                               else s.tuner.settings.subset),
-                             labels=mine.labels, names=mine.names), s.table)
+                             labels=mine.labels, names=mine.names, reference=s.ws.reference), s.table)
         order = fold.tuner.blobs_in_order(s.table, skip_layers=set(cfg.quant.ignore_layer_names))
         tuned = tune_with_restarts(fold.tuner, s.table, order, 1).table
         val = held_out_tuner(fold, other)

@@ -160,35 +160,50 @@ def unsigned_values(converted: ConvertedModel, spec: QuantSpec, stats: dict[str,
 def layer_weight_thresholds(converted: ConvertedModel, layer: str, weight_method: str, spec: QuantSpec,
                             options: CalibratorOptions) -> np.ndarray:
     """Per-output-channel (or one per-tensor) thresholds of a layer's ONNX weights (BN/Scale already folded)."""
+    weight, op_type, group = layer_weight(converted, layer)
+    return weight_thresholds(weight, op_type, group, weight_method, spec, options)
+
+
+def layer_weight(converted: ConvertedModel, layer: str) -> tuple[np.ndarray, str, int]:
+    """(the ONNX-layout weights, the op type of the node carrying them, its group) of a weighted layer."""
     from onnx import numpy_helper
 
     record = converted.records[layer]
     init = next(t for t in converted.model.graph.initializer if t.name == record.weight)
     node = next(n for n in converted.model.graph.node if n.name == record.main_node)
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    matrix = to_output_matrix(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
+    return numpy_helper.to_array(init), node.op_type, group
+
+
+def weight_thresholds(weight: np.ndarray, op_type: str, group: int, weight_method: str, spec: QuantSpec,
+                      options: CalibratorOptions) -> np.ndarray:
+    """The weight thresholds the export gives these ONNX-layout weights: the weight calibrator per output channel
+    (or one per tensor), then what the target needs (`pair_safe_for_target`). One function, so that what is
+    written as weights (quant/adaround.py) is quantized back exactly as it was rounded."""
+    matrix = to_output_matrix(np.asarray(weight).astype(np.float64), op_type, group)
     if not spec.granularity.weights_per_channel:
         matrix = matrix.reshape(1, -1)
     thresholds = calibrate_weights(weight_method, matrix, _with(options, unsigned=False))
-    return target_weight_thresholds(converted, layer, thresholds, spec)
+    return pair_safe_for_target(weight, op_type, group, thresholds, spec)
 
 
 def target_weight_thresholds(converted: ConvertedModel, layer: str, thresholds: np.ndarray, spec: QuantSpec
                              ) -> np.ndarray:
+    """`thresholds` of a layer's weights as the target can run them (see pair_safe_for_target)."""
+    weight, op_type, group = layer_weight(converted, layer)
+    return pair_safe_for_target(weight, op_type, group, thresholds, spec)
+
+
+def pair_safe_for_target(weight: np.ndarray, op_type: str, group: int, thresholds: np.ndarray, spec: QuantSpec
+                         ) -> np.ndarray:
     """`thresholds` as the target can run them: for --target onnxruntime, widened on the output channels where a
     pair of same-sign weights could overflow the int16 sums of onnxruntime's AVX2 kernels (x86 without VNNI add
     pairs of u8 x s8 products in a saturating int16; quant/saturation.py). Depthwise kernels are exact."""
-    from onnx import numpy_helper
-
-    record = converted.records[layer]
-    node = next(n for n in converted.model.graph.node if n.name == record.main_node)
-    init = next(t for t in converted.model.graph.initializer if t.name == record.weight)
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    if not spec.target.pair_safe_weights or node.op_type not in ("Conv", "Gemm", "MatMul") \
-            or is_depthwise(node.op_type, init.dims, group):
+    if not spec.target.pair_safe_weights or op_type not in ("Conv", "Gemm", "MatMul") \
+            or is_depthwise(op_type, np.shape(weight), group):
         return thresholds
     # rows in the kernel's K order (per-tensor thresholds: the widest any row needs)
-    pairs = kernel_order(numpy_helper.to_array(init).astype(np.float64), node.op_type, group)
+    pairs = kernel_order(np.asarray(weight).astype(np.float64), op_type, group)
     return pair_safe_thresholds(pairs, thresholds, spec.qmax, Pairing.KERNEL)
 
 

@@ -65,7 +65,8 @@ class CalibrationTable:
     # -- queries -------------------------------------------------------------------------------------
     def weights_record(self) -> dict[str, Any]:
         """Which weights the thresholds belong to, from the provenance: {"model_sha256", "equalize"} (with
-        --equalize, the equalized weights of that caffemodel), or {} when the provenance does not say (a table
+        --equalize, the equalized weights of that caffemodel; "adaround"/"bias_correction" when the weights were
+        corrected, then they are the corrected.caffemodel), or {} when the provenance does not say (a table
         of another tool or an older version). The .pb keeps it in its provenance, int8.prototxt in its header."""
         files = self.provenance.get("files") or {}
         model = files.get("model") if isinstance(files, dict) else None
@@ -75,6 +76,9 @@ class CalibrationTable:
                 or "equalize" not in quant:
             return {}
         record = {"model_sha256": model["sha256"], "equalize": bool(quant["equalize"])}
+        for lever in ("adaround", "bias_correction"):  # the weights are the corrected.caffemodel written with it
+            if quant.get(lever):
+                record[lever] = True
         if self.provenance.get("weights_sha256"):  # the weights the thresholds were measured with, as run
             record["weights_sha256"] = self.provenance["weights_sha256"]
         return record

@@ -9,10 +9,11 @@ from ..pipeline.delivery import Delivery
 from ..pipeline.workspace import Workspace
 from ..tune.tuner import metric_outputs
 from .document import Document, Fact, Item, Section, Table
-from .sections import delivery_section, equalization_items, verdict
+from .sections import delivery_section, equalization_items, lever_items, verdict
 
 
-def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None = None) -> list[Section]:
+def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None = None,
+                         corrected: Path | None = None) -> list[Section]:
     """What was calibrated and how, the difference it leaves, and the per-blob choice."""
     spec = cal.table.spec
     planned = len(cal.table.layers)
@@ -29,7 +30,7 @@ def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None
         Fact("activation calibrator", f"{cal.method}; weights: {_weight_method(cal)}; granularity "
              f"{spec.granularity.value}; rounding {spec.rounding.value}; bias {spec.bias.value}; target "
              f"{spec.target.value}{'; unsigned for non-negative blobs' if spec.unsigned_blobs else ''}"),
-        *equalization_items(ws, equalized)]
+        *equalization_items(ws, equalized), *lever_items(ws, corrected)]
     sections = [Section("calibration", tuple(setup))]
     if cal.model_difference is not None and cal.measured is not None:
         worst = sorted(cal.layer_differences.items(), key=lambda kv: -kv[1])
@@ -50,8 +51,8 @@ def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None
 
 
 def calibration_document(cal: Calibration, ws: Workspace, delivery: Delivery, seconds: float,
-                         equalized: Path | None, extra_files: list[Path]) -> Document:
-    sections = calibration_sections(cal, ws, equalized)
+                         equalized: Path | None, extra_files: list[Path], corrected: Path | None = None) -> Document:
+    sections = calibration_sections(cal, ws, equalized, corrected)
     deployed = delivery_section(delivery)
     sections.insert(2, deployed)
     return Document(f"int8tune calibrate: {ws.proto} + {ws.model}", tuple(sections),

@@ -9,6 +9,9 @@ import pandas as pd
 
 from ..outputs import atomic_write_bytes
 from ..pipeline.calibration import Calibration
+from ..pipeline.levers import Corrections
+from ..quant.adaround import RoundedLayer
+from ..quant.bias_correction import CorrectedLayer
 from ..quant.calibrators import ACTIVATION_CALIBRATORS
 
 
@@ -36,3 +39,25 @@ def write_statistics(path: Path, cal: Calibration, blob_of: dict[str, str]) -> P
         row["ratio"] = entry.threshold / s.absmax if entry and s.absmax else np.nan
         rows.append(row)
     return write_csv(path, rows)
+
+
+def write_levers(path: Path, c: Corrections) -> Path:
+    """weight_levers.csv: per int8 weighted layer, what AdaRound and bias correction did (empty cells: not run)."""
+    rows: dict[str, dict] = {}
+    for r in c.adaround:
+        row = rows.setdefault(r.layer, {"layer": r.layer})
+        if isinstance(r, RoundedLayer):
+            row.update(adaround_channels=int(r.rounded.sum()), channels=int(r.rounded.size),
+                       adaround_flipped=r.flipped, adaround_error_nearest=r.error_nearest, adaround_error=r.error,
+                       adaround_ratio=r.error / r.error_nearest if r.error_nearest > 0 else 1.0)
+        else:
+            row["adaround_skipped"] = r.reason
+    for r in c.bias:
+        row = rows.setdefault(r.layer, {"layer": r.layer})
+        if isinstance(r, CorrectedLayer):
+            row.update(bias_shift_max=float(np.abs(r.shift).max()),
+                       bias_residual_max=float(np.abs(r.residual).max()) if r.residual is not None else np.nan,
+                       int32_step_max=float(r.step.max()) if r.step is not None else np.nan)
+        else:
+            row["bias_skipped"] = r.reason
+    return write_csv(path, list(rows.values()))

@@ -1,4 +1,5 @@
-"""Report pieces several commands share: the delivered files (QDQ census and verification), equalization."""
+"""Report pieces several commands share: the delivered files (QDQ census and verification), equalization, the
+weight levers."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 from ..pipeline.delivery import Delivery
 from ..pipeline.workspace import Workspace, equalizable
+from ..quant.adaround import RoundedLayer
+from ..quant.bias_correction import CorrectedLayer
 from ..quant.census import render_census
 from ..quant.verify import render_export_check
-from .document import Item, Level, Notice, Paragraph, Section
+from .document import Fact, Item, Level, Notice, Paragraph, Section
 
 
 def delivery_section(d: Delivery, title: str = "deployed model") -> Section:
@@ -53,4 +56,39 @@ def equalization_items(ws: Workspace, written: Path | None) -> list[Item]:
     lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
     if len(eq.pairs) > 10:
         lines.append(f"  ... and {len(eq.pairs) - 10} more")
+    return [Paragraph(tuple(lines))]
+
+
+def lever_items(ws: Workspace, written: Path | None) -> list[Item]:
+    """With --adaround/--bias_correction: what they did and which weights the tables belong to; with
+    --corrected_model: which weights the int8 model quantizes."""
+    c = ws.corrections
+    if c is None:
+        return []
+    if c.source is not None:
+        return [Fact("int8 weights", f"{c.source} (corrected by the weight levers), measured against the fp32 "
+                                     f"{ws.model}")]
+    lines = []
+    if c.adaround:
+        done = [r for r in c.adaround if isinstance(r, RoundedLayer)]
+        before, after = sum(r.error_nearest for r in done), sum(r.error for r in done)
+        channels = sum(int(r.rounded.sum()) for r in done)
+        lines.append(f"AdaRound: {channels} of {sum(r.rounded.size for r in done)} output channel(s) of "
+                     f"{len(done)} layer(s) rounded as learned, {sum(r.flipped for r in done)} weight(s) the other "
+                     f"way than to nearest; the layers' output error on their calibration inputs x"
+                     f"{after / before if before > 0 else 1.0:.3f} of round-to-nearest's (summed)")
+        lines += [f"  {r.describe()}" for r in done[:8]]
+        lines += [f"  ... and {len(done) - 8} more"] if len(done) > 8 else []
+        lines += [f"  {r.layer}: {r.reason}" for r in c.adaround if not isinstance(r, RoundedLayer)]
+    if c.bias:
+        done = [r for r in c.bias if isinstance(r, CorrectedLayer)]
+        removed = max(float(abs(r.shift).max()) for r in done)
+        left = max((float(abs(r.residual).max()) for r in done if r.residual is not None), default=0.0)
+        lines.append(f"bias correction: {len(done)} layer(s), mean int8 error per channel up to {removed:.3g} removed, "
+                     f"{left:.3g} left (what the int32 bias step allows)")
+        lines += [f"  {r.layer}: {r.reason}" for r in c.bias if not isinstance(r, CorrectedLayer)]
+    lines += [f"  note: {n}" for n in c.notes]
+    lines.append(f"the tables belong to the corrected weights {written}: deploy them with {ws.proto} and the table "
+                 f"(test.sh/tune.sh: --model {ws.model} --corrected_model {written}; differences are measured "
+                 f"against {ws.model})")
     return [Paragraph(tuple(lines))]

@@ -23,7 +23,7 @@ from ..tune.tuner import metric_outputs
 from .calibration import calibration_sections
 from .detections import detection_lines
 from .document import Document, Fact, Figure, Item, Level, Notice, Paragraph, Section, Table
-from .sections import delivery_section, equalization_items, verdict
+from .sections import delivery_section, equalization_items, lever_items, verdict
 
 OBJECTIVE_WORDS = {"model": "the metric on the model outputs", "outputs": "the square distance of the model outputs",
                    "layer": "the square distance of the layer output",
@@ -219,7 +219,8 @@ def picked_words(run: LayerwiseRun, pick: str = "best") -> str:
 
 
 def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Delivery, rows: list[dict],
-                  figures: list[Figure], files: list[Path], seconds: float, equalized: Path | None) -> Document:
+                  figures: list[Figure], files: list[Path], seconds: float, equalized: Path | None,
+                  corrected: Path | None = None) -> Document:
     cfg, metric = s.cfg, s.metric
     setup: list[Item] = header(s) + [
         Fact("objective", f"{cfg.objective}; search {cfg.search} (step ratio {cfg.step_ratio}, up to {cfg.steps} "
@@ -228,7 +229,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                                 + ", ".join(f"{k} {v:.5g}" for k, v in s.start_scores.items())
                                 + f"; started from {s.start_choice}") if s.start_scores else
              ("calibrated in this run" if s.calibration is not None else "given"))]
-    setup += equalization_items(s.ws, equalized)
+    setup += equalization_items(s.ws, equalized) + lever_items(s.ws, corrected)
     result: list[Item] = [Fact(f"model difference ({metric.name})", f"before {run.before_model:.6g}, after "
                                                                      f"{run.after_model:.6g}"
                                + (f" ({run.after_model / run.before_model:.3f}x)" if run.before_model else ""))]
@@ -339,7 +340,7 @@ def files_named(files: list[Path], name: str) -> Path | None:
 # --- accuracy-driven strategies -------------------------------------------------------------------------------------
 
 def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: list[Path], seconds: float,
-                      equalized: Path | None) -> Document:
+                      equalized: Path | None, corrected: Path | None = None) -> Document:
     from ..tune.strategies import int8_share
 
     cfg, metric = s.cfg, s.metric
@@ -358,7 +359,7 @@ def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: l
         items.append(Paragraph.of(f"{run.evaluations} evaluations on {s.images.count} images, {run.seconds:.1f}s"))
     if run.interrupted:
         items.append(Notice(Level.WARNING, "INTERRUPTED: the tables under tuned/ are the best found so far"))
-    items += equalization_items(s.ws, equalized)
+    items += equalization_items(s.ws, equalized) + lever_items(s.ws, corrected)
     sections = [Section("", tuple(items))]
     if run.held_out is not None:
         sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,

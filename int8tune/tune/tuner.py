@@ -140,8 +140,12 @@ def metric_outputs(converted: ConvertedModel) -> list[str]:
 class Tuner:
     def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
                  settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None,
-                 labels: list[np.ndarray] | None = None, names: list[list[str]] | None = None) -> None:
+                 labels: list[np.ndarray] | None = None, names: list[list[str]] | None = None,
+                 reference: ConvertedModel | None = None) -> None:
         self.converted = converted
+        # The fp32 model the int8 one is measured against: `converted` itself, unless the int8 weights were
+        # corrected (--adaround, --bias_correction: pipeline/levers.py) and the fp32 model is the one given.
+        self.reference = reference
         self.batches = batches
         self.labels = labels  # per batch, for task metrics (top1, f1, ...) on a labelled data list
         self.names = names  # per batch, the image files (COCO metrics match them to an annotation file)
@@ -150,7 +154,7 @@ class Tuner:
         self.layer_metric = layer_metric or (metric if metric.name == "square" else _square())
         self.settings = settings
         self.log = log
-        self.fp32 = Engine(converted, threads=settings.threads)
+        self.fp32 = Engine(reference if reference is not None else converted, threads=settings.threads)
         self._refs: dict[str, list[np.ndarray]] = {}
         self._refs_concat: dict[tuple, dict[str, np.ndarray]] = {}
         self._graph: Int8Graph | None = None

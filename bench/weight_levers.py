@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""The weight levers (--bias_correction, --adaround, both), with and without --equalize, on images the calibration
+never saw.
+
+Each configuration is calibrated as `int8tune calibrate` does it (pipeline.calibration.calibrate: default settings,
+--method auto, --target onnxruntime; the levers on the first 32 calibration images, as calibrate runs them), then
+its int8 model (the exact simulation of the exported file) is scored on held-out images against the fp32 model the
+user gave. To save time, "bias correction" reuses the plain run's table and "both" the AdaRound run's: calibrate
+with both options computes exactly that (AdaRound before the statistics, bias correction with the table after).
+
+- squeezenet_v1.0: calibrated on the first 32 images of images/imagenet_dev (file order of labels.txt), scored on
+  the next --held_out (default 200): top-1 against the labels, top-1 agreement with fp32, square distance of the
+  logits.
+- yolov3_nano_voc: calibrated on every other photo of images/detection + natural (sorted by name: 14 of 28), scored
+  on the other 14 photos plus the first --wide (default 150) images of images/imagenet_dev (natural photos, many with
+  VOC objects): box F1 of the int8 detections against the fp32 ones (IoU 0.5, conf 0.5, NMS as the yolo metric),
+  found of the fp32 detections, and the yolo metric (lower is better), pooled over both sets.
+
+With --draws N each table is also scored under N relative 1e-6 moves of all its thresholds (another rounding
+realization, as main.sh's restarts): the min-max over the draws is the spread a difference must beat to mean
+anything. Wall time of every lever is printed.
+
+    python bench/weight_levers.py [--models squeezenet_v1.0 yolov3_nano_voc] [--draws 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ASSETS, REPO, batches_of, labelled, model_paths, params_for, require_assets, top1, yolo_params
+
+from int8tune.config import QuantConfig
+from int8tune.data import DataItem
+from int8tune.metrics import METRICS
+from int8tune.pipeline.calibration import calibrate
+from int8tune.pipeline.images import Images
+from int8tune.pipeline.levers import adaround_workspace, bias_corrected_workspace
+from int8tune.pipeline.workspace import load_workspace
+from int8tune.quant.simulate import build_int8_graph
+from int8tune.runtime import Engine
+from int8tune.tune.restarts import restart_start
+from int8tune.tune.tuner import metric_outputs
+from int8tune.yolo import YoloParams, detection_agreement, detections_of
+
+LEVERS = ("plain", "bias correction", "AdaRound", "AdaRound + bias correction")
+
+
+def photos() -> list[Path]:
+    return sorted((p for folder in ("detection", "natural") for p in (ASSETS / "images" / folder).iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png")), key=lambda p: p.name)
+
+
+def outputs_of(converted, table, batches, names, threads) -> dict[str, np.ndarray]:
+    """The int8 model's outputs (thresholds frozen in, as the tuner's whole-model runs), or fp32's without table."""
+    if table is None:
+        engine = Engine(converted, threads=threads)
+    else:
+        graph = build_int8_graph(converted, table)
+        engine = Engine(dataclasses.replace(graph.converted, model=graph.frozen(table)), threads=threads,
+                        simulation=True)
+    runs = [engine.run_tensors(b, names) for b in batches]
+    return {n: np.concatenate([r[n] for r in runs]) for n in names}
+
+
+def box_f1(truth, predicted) -> tuple[float, int, int]:
+    agreement = detection_agreement(truth, predicted, 0.5)
+    found = sum(a.found for a in agreement)
+    ref = sum(a.reference for a in agreement)
+    pred = sum(a.found + a.extra for a in agreement)
+    return (2 * found / (ref + pred) if ref + pred else 1.0), found, ref
+
+
+def configurations(ws_of, cal_images: Images, threads: int):
+    """(equalize, lever, workspace, table, seconds of the lever) for the 8 configurations of one model."""
+    for equalize in (False, True):
+        ws = ws_of(equalize)
+        measure = cal_images.head(32)
+        plain = calibrate(ws, cal_images, QuantConfig(equalize=equalize), measure=measure, threads=threads)
+        yield equalize, "plain", plain.ws, plain.table, 0.0
+        t = time.perf_counter()
+        bc = bias_corrected_workspace(plain.ws, plain.table, measure, threads)
+        yield equalize, "bias correction", bc, plain.table, time.perf_counter() - t
+        # what calibrate --adaround does: AdaRound, then the statistics and the table on the rounded weights
+        t = time.perf_counter()
+        rounded = adaround_workspace(ws, measure, QuantConfig(equalize=equalize, adaround=True), threads)
+        t_ar = time.perf_counter() - t
+        ar = calibrate(rounded, cal_images, QuantConfig(equalize=equalize), measure=measure, threads=threads)
+        yield equalize, "AdaRound", ar.ws, ar.table, t_ar
+        t = time.perf_counter()
+        both = bias_corrected_workspace(ar.ws, ar.table, measure, threads)
+        yield equalize, "AdaRound + bias correction", both, ar.table, t_ar + time.perf_counter() - t
+
+
+def squeezenet(args) -> list[list[str]]:
+    name = "squeezenet_v1.0"
+    params = params_for(name)
+    items = labelled("imagenet_dev")
+    cal_items, held = items[:32], items[32:32 + args.held_out]
+    ws0 = load_workspace(*model_paths(name))
+    cal_b = batches_of(cal_items, params, ws0.input_shape, 8)
+    held_b = batches_of(held, params, ws0.input_shape, 10)
+    labels = np.array([i.label for i in held])
+    names = metric_outputs(ws0.converted)
+    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
+    fp32_top = fp32[names[0]].reshape(len(held), -1).argmax(axis=1)
+    square = METRICS.get("square")
+    print(f"{name}: calibrated on 32 imagenet_dev images, scored on {len(held)} others; fp32 top-1 "
+          f"{top1(fp32[names[0]], labels):.4f}", flush=True)
+    rows = []
+    cal_images = Images("the first 32 imagenet_dev images", 32, _batches=cal_b)
+    for equalize, lever, ws, table, seconds in configurations(
+            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
+        draws = []
+        for k in range(args.draws + 1):
+            t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
+            out = outputs_of(ws.converted, t, held_b, names, args.threads)
+            logits = out[names[0]].reshape(len(held), -1)
+            draws.append((top1(logits, labels), float((logits.argmax(axis=1) == fp32_top).mean()),
+                          square(fp32, out, {})))
+        rows.append(["yes" if equalize else "no", lever, *_cells(draws, (".4f", ".4f", ".3g")), f"{seconds:.0f}"])
+        print("  " + " | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def yolov3(args) -> list[list[str]]:
+    name = "yolov3_nano_voc"
+    params = params_for(name)
+    all_photos = photos()
+    cal_paths, held_paths = all_photos[0::2], all_photos[1::2]
+    wide = [DataItem(i.path, None, None) for i in labelled("imagenet_dev")[:args.wide]]
+    held = [DataItem(p, None, None) for p in held_paths] + wide
+    ws0 = load_workspace(*model_paths(name))
+    cal_b = batches_of([DataItem(p, None, None) for p in cal_paths], params, ws0.input_shape, 7)
+    held_b = batches_of(held, params, ws0.input_shape, 10)
+    names = metric_outputs(ws0.converted)
+    mparams = yolo_params(name)
+    yp = YoloParams.from_dict(mparams)
+    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
+    truth = detections_of(fp32, yp)
+    yolo = METRICS.get("yolo")
+    print(f"{name}: calibrated on {len(cal_paths)} photos, scored on {len(held_paths)} other photos + {len(wide)} "
+          f"imagenet_dev images; fp32 detections {sum(len(t) for t in truth)}", flush=True)
+    rows = []
+    cal_images = Images(f"{len(cal_paths)} photos", len(cal_paths), _batches=cal_b)
+    for equalize, lever, ws, table, seconds in configurations(
+            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
+        draws = []
+        for k in range(args.draws + 1):
+            t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
+            out = outputs_of(ws.converted, t, held_b, names, args.threads)
+            f1, found, ref = box_f1(truth, detections_of(out, yp))
+            photos_f1 = box_f1(truth[:len(held_paths)], detections_of(out, yp)[:len(held_paths)])[0]
+            draws.append((f1, photos_f1, found, yolo(fp32, out, mparams)))
+        cells = _cells(draws, (".4f", ".4f", ".1f", ".4f"))
+        rows.append(["yes" if equalize else "no", lever, *cells, f"{seconds:.0f}"])
+        print("  " + " | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def _cells(draws, formats) -> list[str]:
+    """The first draw (the table itself), then the range over the draws when there are several."""
+    out = []
+    for k, fmt in enumerate(formats):
+        values = [d[k] for d in draws]
+        text = format(values[0], fmt)
+        if len(values) > 1:
+            text += f" ({format(min(values), fmt)}-{format(max(values), fmt)})"
+        out.append(text)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["squeezenet_v1.0", "yolov3_nano_voc"],
+                    choices=["squeezenet_v1.0", "yolov3_nano_voc"])
+    ap.add_argument("--held_out", type=int, default=200, help="squeezenet: held-out imagenet_dev images (<= 218)")
+    ap.add_argument("--wide", type=int, default=150, help="yolov3: imagenet_dev images added to the held-out photos")
+    ap.add_argument("--draws", type=int, default=2, help="threshold jitter draws per table (the noise floor)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    require_assets()
+    start = time.perf_counter()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    print(f"commit {head}{' with uncommitted changes' if dirty else ''}; draws {args.draws}", flush=True)
+    spread = " (range over the draws)" if args.draws else ""
+    tables = []
+    if "squeezenet_v1.0" in args.models:
+        rows = squeezenet(args)
+        tables.append(("squeezenet_v1.0", ["equalize", "levers", f"top-1{spread}", f"top-1 agreement{spread}",
+                                           "square", "lever s"], rows))
+    if "yolov3_nano_voc" in args.models:
+        rows = yolov3(args)
+        tables.append(("yolov3_nano_voc", ["equalize", "levers", f"box F1, all{spread}", "box F1, 14 photos",
+                                           "fp32 boxes found", "yolo (lower better)", "lever s"], rows))
+    for name, header, rows in tables:
+        print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else "?"
+    print(f"\nwall time {time.perf_counter() - start:.0f}s (load average at the end: {' '.join(load)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
