@@ -18,8 +18,9 @@ class LocalExecutor(Executor):
     kind = ExecutorKind.LOCAL
 
     def __init__(self, settings: ExecutorSettings | None = None) -> None:
-        # sessions come from the objects the caller shares (their --threads); nothing to override here
-        self.context = WorkerContext(lambda handle: handle, threads=None)
+        # A shared object is the caller's own, sessions included: nothing to keep here (keeping would hold the
+        # sessions of every recent candidate table alive), nothing to override (the caller's --threads).
+        self.context = WorkerContext(lambda handle: handle, threads=None, capacity=0)
 
     @property
     def workers(self) -> int:
