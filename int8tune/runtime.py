@@ -245,9 +245,6 @@ class GraphSession:
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(list(names), dict(feeds))
 
-    def get_inputs(self):
-        return self.session.get_inputs()
-
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_session": None}
 

@@ -10,9 +10,9 @@ in; the caller merges them in that order, so the result does not depend on where
 - `task(ctx, shared, *item)` is a top-level function (shipped by reference: every worker imports this package);
   `ctx` is the worker's `WorkerContext`, `shared` what every item of the call needs (small: names, feeds, and
   `Shared` references to big objects such as a model).
-- `Shared(key, ...)` (from `executor.share(obj, key)`) is an object sent to each worker once, whatever the number of
-  calls that use it: `ctx.get(shared)` returns the worker's copy. `key` names the content (a model digest), so a
-  worker keeps its onnxruntime sessions from call to call.
+- `Shared(key, ...)` (from `executor.share(obj)`) is an object sent to each worker once, whatever the number of
+  calls that use it: `ctx.get(shared)` returns the worker's copy. `key` names the content (`obj.digest`, a model's
+  sha256, unless given), so a worker keeps its onnxruntime sessions from call to call.
 - `executor.batches(arrays)` stores input batches once (Ray's object store) for runs that read them many times;
   `keep=True` leaves the results where they were made, as handles that later items take (the tuner's frontier
   tensors) and `executor.get` fetches.
@@ -111,8 +111,9 @@ class Executor(ABC):
         """Items that run at the same time."""
 
     @abstractmethod
-    def share(self, obj: Any, key: str) -> Shared:
-        """`obj` as every worker receives it, once; `key` names its content (a digest)."""
+    def share(self, obj: Any, key: str | None = None) -> Shared:
+        """`obj` as every worker receives it, once; `key` names its content (default `obj.digest`, asked for only
+        where the object travels: hashing a model costs a serialization)."""
 
     @abstractmethod
     def batches(self, arrays: list) -> list:

@@ -26,8 +26,8 @@ class LocalExecutor(Executor):
     def workers(self) -> int:
         return 1
 
-    def share(self, obj: Any, key: str) -> Shared:
-        return Shared(key, obj)
+    def share(self, obj: Any, key: str | None = None) -> Shared:
+        return Shared(key or "", obj)  # nothing is kept by key here
 
     def batches(self, arrays: list) -> list:
         return list(arrays)

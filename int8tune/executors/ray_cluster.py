@@ -166,7 +166,8 @@ class RayExecutor(Executor):
         """Each worker's versions, process id and node (tests kill a worker by its process id)."""
         return self._fetch_all([a.describe.remote() for a in self._actors], "describing the workers")
 
-    def share(self, obj: Any, key: str) -> Shared:
+    def share(self, obj: Any, key: str | None = None) -> Shared:
+        key = key or obj.digest
         shared = self._shared.get(key)
         if shared is None:
             # alive while the caller holds the Shared: a restarted worker can fetch it again

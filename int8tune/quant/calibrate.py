@@ -96,7 +96,7 @@ def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins
     shapes = engine.converted.shapes
     channels = {v: int(shapes[v][1]) if len(shapes[v]) > 1 else 1 for v in values}
     collector = StatsCollector(values, channels, bins=bins, per_channel=per_channel)
-    job = StatsJob(executor.share(engine, engine.digest), tuple(values), per_channel)
+    job = StatsJob(executor.share(engine), tuple(values), per_channel)
     # One progress over both passes, so that the estimate covers the whole step, not just the pass under way
     with Progress(2 * total if total is not None else None, "calibration statistics", unit="batch",
                   enabled=progress) as bar:

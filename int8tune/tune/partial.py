@@ -178,14 +178,14 @@ class PartialEvaluator:
         self.bridged = bool(prefix and available & set(prefix_inputs))
         self.computed = missing
         job = FrontierJob(dict(engine.net.inputs), tuple(fetch), available, tuple(missing),
-                          self.executor.share(prefix, prefix.digest) if prefix else None, prefix_inputs)
+                          self.executor.share(prefix) if prefix else None, prefix_inputs)
         items = [(batch, *(known.parts(i) if known else ())) for i, batch in enumerate(batches)]
         # handles: the base stays where it was computed, and each candidate's suffix run reads it there
         self.base = self.executor.map(frontier, items, shared=job, keep=True)
         self.base_names = frozenset(fetch) | net_inputs
         self.known_outputs = known.tensors([o for o in outputs if o in available], self.executor) if known else None
         if self.suffix is not None:
-            self._suffix = self.executor.share(self.suffix.session, self.suffix.session.digest)
+            self._suffix = self.executor.share(self.suffix.session)
 
     def evaluate(self, table: CalibrationTable, indices: list[int] | None = None) -> list[dict[str, np.ndarray]]:
         """The requested outputs per batch (or for the batches at `indices`) under `table` (only `value`'s

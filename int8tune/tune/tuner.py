@@ -158,13 +158,13 @@ class Tuner:
 
     def shared_fp32(self) -> Shared:
         if self._fp32 is None:
-            self._fp32 = self.executor.share(self.fp32, self.fp32.digest)
+            self._fp32 = self.executor.share(self.fp32)
         return self._fp32
 
     def run_engine(self, engine: Engine, names: Sequence[str], indices: Sequence[int] | None = None
                    ) -> list[dict[str, np.ndarray]]:
         """The named tensors of `engine` per batch (all, or those at `indices`), in batch order."""
-        shared = self.shared_fp32() if engine is self.fp32 else self.executor.share(engine, engine.digest)
+        shared = self.shared_fp32() if engine is self.fp32 else self.executor.share(engine)
         items = self.handles if indices is None else [self.handles[i] for i in indices]
         return self.executor.map(tensors, [(h,) for h in items], shared=TensorsJob(shared, tuple(names)))
 
@@ -276,7 +276,7 @@ class Tuner:
         # every image twice (that took 1 GB on SqueezeNet with 32 images); in batch order, as one process adds.
         parts = {v: [0.0, 0.0] for v in names}
         engine = self.frozen_engine(table)
-        job = SquareJob(self.shared_fp32(), self.executor.share(engine, engine.digest), tuple(names))
+        job = SquareJob(self.shared_fp32(), self.executor.share(engine), tuple(names))
         for batch_parts in self.executor.imap(square_parts, [(h,) for h in self.handles], shared=job):
             for v in names:
                 err, energy = batch_parts[v]
