@@ -203,7 +203,8 @@ def test_a_worker_killed_while_tuning_changes_neither_the_result_nor_the_trial_l
 
 def test_the_cli_on_ray_writes_the_tables_of_a_local_run(project, cluster, capsys):  # noqa: F811
     root, base = project
-    for command, extra in (("calibrate", []), ("auto", ["--strategy", "basic", "--threshold", "0"])):
+    for command, extra in (("calibrate", ["--simplified"]),
+                           ("auto", ["--method", "kl", "--strategy", "halving", "--threshold", "0"])):
         outputs = {}
         for kind in ("local", "ray"):
             out = root / f"{command}_{kind}"
