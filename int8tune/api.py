@@ -90,7 +90,7 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     tune_values = {k: v for k, v in values.items() if k in TUNE_KEYS}
     if "multipliers" in tune_values:
         tune_values["multipliers"] = tuple(tune_values["multipliers"])
-    if "executor" in tune_values:  # ray: the address given, else $RAY_ADDRESS, else a cluster started here
+    if "executor" in tune_values:  # ray: the address given, else $RAY_ADDRESS, else this machine's cluster
         tune_values["ray_address"] = resolve_address(tune_values["executor"], tune_values.get("ray_address"))
     cfg = TuneConfig(model=ModelConfig(proto, caffemodel), data=None, quant=quant, output_path=out,  # type: ignore[arg-type]
                      **tune_values)

@@ -236,7 +236,8 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
                         "same tables and metrics bit for bit (needs pip install -e '.[ray]')")
     g.add_argument("--ray_address", default=None, metavar="HOST:PORT",
                    help="--executor ray: the cluster's head, as `ray start --head` printed it (default: "
-                        "$RAY_ADDRESS, else a cluster started on this machine)")
+                        "$RAY_ADDRESS, else the one `ray start` started on this machine, else one started for the "
+                        "run)")
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:

@@ -159,7 +159,7 @@ class CalibrateConfig(ConfigBase):
     measure_images: int = 32  # images kept in memory for the auto choice and the difference check
     threads: int = 2
     executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
-    ray_address: str | None = None  # --executor ray: the cluster (None: a cluster started on this machine)
+    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
 
     def __post_init__(self) -> None:
         self._check_executor()
@@ -208,7 +208,7 @@ class TuneConfig(ConfigBase):
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot
     executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
-    ray_address: str | None = None  # --executor ray: the cluster (None: a cluster started on this machine)
+    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
 
     def __post_init__(self) -> None:
         self._check_executor()

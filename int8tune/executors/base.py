@@ -46,7 +46,8 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: where `ray start --head` 
 @dataclass(frozen=True)
 class ExecutorSettings:
     kind: ExecutorKind = ExecutorKind.LOCAL
-    # ray: the cluster to join (host:port of its head, or ray://host:port); None starts a cluster on this machine
+    # ray: the cluster to join (host:port of its head, or ray://host:port); None: as Ray decides, the cluster
+    # `ray start` last started on this machine, else a new one on this machine for the run
     address: str | None = None
     workers: int | None = None  # ray: worker processes (one core each); None: every core the cluster has free
 
@@ -60,8 +61,8 @@ class ExecutorSettings:
 
 
 def resolve_address(kind: ExecutorKind | str, address: str | None) -> str | None:
-    """--ray_address as given, else (for --executor ray) $RAY_ADDRESS, else None: a cluster started on this
-    machine. Resolved once at the edge, so that the echoed settings say which cluster the run used."""
+    """--ray_address as given, else (for --executor ray) $RAY_ADDRESS, else None (this machine's cluster, see
+    ExecutorSettings.address). Resolved once at the edge, so that the echoed settings say which cluster."""
     if address or ExecutorSettings(kind).kind is not ExecutorKind.RAY:
         return address or None
     return os.environ.get(RAY_ADDRESS_ENV) or None

@@ -156,7 +156,7 @@ class RayExecutor(Executor):
             logger.warning("ray: %d of %d workers found no free core; running with %d", len(waiting), count,
                            len(ready))
         self._actors = [pings[ref] for ref in ready]
-        logger.info("ray: %d workers of one core each on %s", len(ready), self.address or "a cluster started here")
+        logger.info("ray: %d workers of one core each on %s", len(ready), self.address or "this machine's cluster")
 
     @property
     def workers(self) -> int:
