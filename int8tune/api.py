@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .config import ModelConfig, QuantConfig, TuneConfig
 from .errors import ConfigError
+from .executors import resolve_address
 from .log import logger
 from .metrics import Direction, Metric
 from .outputs import output_lock
@@ -40,7 +41,7 @@ from .workflow import AutoResult
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
              "multipliers", "search_subset", "min_gain", "output_veto", "confirm", "restarts", "restart_pick",
-             "threads", "bayesian_trials", "tiebreak"}
+             "threads", "bayesian_trials", "tiebreak", "executor", "ray_address"}
 QUANT_KEYS = {f.name for f in fields(QuantConfig)}
 
 
@@ -89,6 +90,8 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     tune_values = {k: v for k, v in values.items() if k in TUNE_KEYS}
     if "multipliers" in tune_values:
         tune_values["multipliers"] = tuple(tune_values["multipliers"])
+    if "executor" in tune_values:  # ray: the address given, else $RAY_ADDRESS, else this machine's cluster
+        tune_values["ray_address"] = resolve_address(tune_values["executor"], tune_values.get("ray_address"))
     cfg = TuneConfig(model=ModelConfig(proto, caffemodel), data=None, quant=quant, output_path=out,  # type: ignore[arg-type]
                      **tune_values)
     if cfg.restart_pick == "validation" and validation_dataloader is None:

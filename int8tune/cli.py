@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--measure_images", type=int, default=32,
                      help="images used by --method auto and the difference check (default 32)")
     cal.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
+    _add_executor_args(cal)
 
     export = sub.add_parser("export", help="write the fp32 model as ONNX (what the tool measures int8 against)",
                             description="Converts the Caffe model to ONNX as the tool runs it: BatchNorm/Scale folded "
@@ -209,6 +210,7 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
                         "model's outputs (tune's default, in the units of test's model difference and --tune_diff); "
                         "layer = the tuned layer's own output (square); guarded = outputs ranks the candidates, and a "
                         "move is kept only when --metric on the model's outputs improves too")
+    _add_executor_args(p)
     if not search:
         p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
         p.add_argument("--equalize", action="store_true",
@@ -237,6 +239,19 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
                         "(default -1: half of the batches when there are at least 6; 0: always all)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
     _add_quant_args(p)
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    from .executors import EXECUTOR_KINDS
+
+    g = p.add_argument_group("where the batches run (docs/ray.md)")
+    g.add_argument("--executor", default="local", choices=EXECUTOR_KINDS,
+                   help="local: this process (default); ray: the workers of a Ray cluster, one batch per task, the "
+                        "same tables and metrics bit for bit (needs pip install -e '.[ray]')")
+    g.add_argument("--ray_address", default=None, metavar="HOST:PORT",
+                   help="--executor ray: the cluster's head, as `ray start --head` printed it (default: "
+                        "$RAY_ADDRESS, else the one `ray start` started on this machine, else one started for the "
+                        "run)")
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .executors import ExecutorKind, ExecutorSettings
 from .quant.spec import DEFAULT_QUANTIZE_TYPES
 
 
@@ -28,12 +29,26 @@ def _jsonable(value: Any) -> Any:
 
 
 class ConfigBase:
+    executor: ExecutorKind
+    ray_address: str | None
+
     def to_dict(self) -> dict[str, Any]:
         return {k: _jsonable(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
     def describe(self) -> str:
         width = max(len(f.name) for f in fields(self))  # type: ignore[arg-type]
         return "\n".join(f"  {k:<{width}} = {json.dumps(v)}" for k, v in self.to_dict().items())
+
+    def execution(self) -> ExecutorSettings:
+        """Where the run's batches execute (--executor, --ray_address)."""
+        return ExecutorSettings(self.executor, self.ray_address)
+
+    def _check_executor(self) -> None:
+        # the enum from its value (the CLI, YAML and API give strings); an unknown name lists the valid ones
+        object.__setattr__(self, "executor", ExecutorSettings(self.executor).kind)
+        if self.ray_address is not None and self.executor is not ExecutorKind.RAY:
+            raise ConfigError(f"--ray_address {self.ray_address} is for --executor ray (found --executor "
+                              f"{self.executor.value})")
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,11 @@ class CalibrateConfig(ConfigBase):
     simplified: bool = False
     measure_images: int = 32  # images kept in memory for the auto choice and the difference check
     threads: int = 2
+    executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
+    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
+
+    def __post_init__(self) -> None:
+        self._check_executor()
 
 
 @dataclass(frozen=True)
@@ -208,8 +228,11 @@ class TuneConfig(ConfigBase):
     threads: int = 2
     resume: bool = True
     plots: int = 6  # how many of the worst layers get a histogram plot
+    executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
+    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
 
     def __post_init__(self) -> None:
+        self._check_executor()
         if self.metric_params is None:
             object.__setattr__(self, "metric_params", {})
         if self.model.corrected_model is not None and self.quant.levers:

@@ -26,3 +26,7 @@ class RegistryError(Int8TuneError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return str(self.args[0]) if self.args else ""
+
+
+class ClusterError(Int8TuneError):
+    """A Ray cluster that cannot be reached, has no room for a worker, or runs other versions than this driver."""

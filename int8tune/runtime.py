@@ -9,7 +9,9 @@ and `Engine(expose_all=True)` makes one session that can return every blob.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ from onnx import TensorProto, helper
 
 from .convert.converter import ConvertedModel
 from .errors import ConfigError, DataError
+from .executors import Shared, WorkerContext
 from .log import logger
 
 
@@ -74,8 +77,32 @@ def with_outputs(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelPro
     return out
 
 
+def input_feeds(inputs: Mapping[str, Sequence[int]], batch: np.ndarray | Mapping[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+    """The graph's input feeds for `batch` (one array for a one-input net, else a dict), checked against the net's
+    `inputs` (name -> declared shape): float32, contiguous, the declared shape but for the batch size."""
+    if isinstance(batch, np.ndarray):
+        if len(inputs) != 1:
+            raise DataError(f"the net has {len(inputs)} inputs ({', '.join(inputs)}); pass a dict of arrays")
+        batch = {next(iter(inputs)): batch}
+    feeds = {}
+    for name, shape in inputs.items():
+        if name not in batch:
+            raise DataError(f"no array given for input {name!r}")
+        array = np.ascontiguousarray(batch[name], dtype=np.float32)
+        if array.ndim != len(shape) or tuple(array.shape[1:]) != tuple(shape[1:]):
+            raise DataError(f"input {name!r} has shape {array.shape}; the net expects (N, "
+                            f"{', '.join(map(str, shape[1:]))})")
+        feeds[name] = array
+    return feeds
+
+
 class Engine:
-    """Runs one converted model. `run(inputs, outputs)` returns {value: array} for the requested values."""
+    """Runs one converted model. `run(inputs, outputs)` returns {value: array} for the requested values.
+
+    An Engine pickles as what a worker needs to run the graph again (executors/): the ONNX model and the net's
+    names, without its sessions, the Caffe layer parameters (protobuf messages of caffe.proto, which do not
+    pickle; the weights are in the ONNX graph) and the numpy post steps (the driver runs those)."""
 
     MAX_SESSIONS = 4
 
@@ -127,21 +154,24 @@ class Engine:
         return self._order_map.get(value, 1 << 30)
 
     def feeds(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if isinstance(inputs, np.ndarray):
-            if len(self.input_names) != 1:
-                raise DataError(f"the net has {len(self.input_names)} inputs ({', '.join(self.input_names)}); "
-                                f"pass a dict of arrays")
-            inputs = {self.input_names[0]: inputs}
-        feeds = {}
-        for name, shape in self.net.inputs.items():
-            if name not in inputs:
-                raise DataError(f"no array given for input {name!r}")
-            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            if array.ndim != len(shape) or tuple(array.shape[1:]) != tuple(shape[1:]):
-                raise DataError(f"input {name!r} has shape {array.shape}; the net expects (N, "
-                                f"{', '.join(map(str, shape[1:]))})")
-            feeds[name] = array
-        return feeds
+        return input_feeds(self.net.inputs, inputs)
+
+    # -- shipping to workers ---------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """sha256 of the graph and of the session settings: equal digests, equal numbers. A worker keeps the
+        sessions of a digest from task to task."""
+        if getattr(self, "_digest", None) is None:
+            h = hashlib.sha256(self.converted.model.SerializeToString())
+            h.update(repr((self.threads, self.optimize, self.simulation, self._all is not None)).encode())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def __getstate__(self) -> dict:
+        net = self.net
+        layers = [replace(layer, param=None, blobs=()) for layer in net.layers]
+        converted = replace(self.converted, net=replace(net, layers=layers), records={}, post_steps=[])
+        return {**self.__dict__, "converted": converted, "net": converted.net, "_sessions": {}}
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray], outputs: Sequence[str] | None = None,
             extra_feeds: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -184,3 +214,48 @@ class Engine:
 
 def _default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class GraphSession:
+    """One onnxruntime session of a graph (the tuner's prefix and suffix graphs), made on first use. Pickles as the
+    graph, so that a worker makes its own session of it."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int, simulation: bool = True) -> None:
+        self.model = model
+        self.threads = threads
+        self.simulation = simulation
+        self._session: ort.InferenceSession | None = None
+        self._digest: str | None = None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            self._session = new_session(self.model, session_options(self.threads, simulation=self.simulation),
+                                        self.simulation)
+        return self._session
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            h = hashlib.sha256(self.model.SerializeToString())
+            h.update(repr((self.threads, self.simulation)).encode())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(list(names), dict(feeds))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_session": None}
+
+
+def on_worker(ctx: WorkerContext, shared: Shared):
+    """The worker's copy of a shared Engine or GraphSession (or of a tuple of them), with the worker's threads: a
+    Ray worker has one core, the local executor keeps the caller's --threads. (Thread counts change no number:
+    every session of a graph computes the same bits at 1, 2 or 4 threads, measured on SqueezeNet and
+    yolov3_nano_voc, fp32 and int8.) The worker's sessions are made after this, on first use."""
+    obj = ctx.get(shared)
+    if ctx.threads is not None:
+        for o in (obj if isinstance(obj, tuple) else (obj,)):
+            o.threads = ctx.threads
+    return obj

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import TuneConfig
+from .executors import open_executor
 from .log import logger
 from .metrics import Metric
 from .outputs import atomic_write_json, provenance
@@ -91,22 +92,21 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
             images, held_out_images = split
             calibration_images = calibration_images if calibration_images is not None else images
             source = HeldOutSource.HELD_BACK
-    s = open_session(cfg, ws, images, need_table=False, calibration_images=calibration_images,
-                     log_path=log_path or out / TRIALS, metric=metric, adjust=adjust)
-    files: list[Path] = []
-    if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
-        save_calibration(s.calibration, s.ws, out / "calibration", cfg.threads)
-    equalized = save_equalized(s.ws, out)
-    if equalized is not None:
-        files.append(equalized)
-    corrected = save_corrected(s.ws, out)  # with --adaround/--bias_correction: the weights the tables belong to
-    if corrected is not None:
-        files.append(corrected)
-    if cfg.strategy == "layerwise":
-        result = _layerwise(s, held_out_images, files, t_start, equalized, source, corrected)
-    else:
-        result = _strategy(s, held_out_images, files, t_start, equalized, echo, corrected)
-    return result
+    with open_executor(cfg.execution()) as executor:  # the workers (a Ray cluster's) for the whole run
+        s = open_session(cfg, ws, images, need_table=False, calibration_images=calibration_images,
+                         log_path=log_path or out / TRIALS, metric=metric, adjust=adjust, executor=executor)
+        files: list[Path] = []
+        if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
+            save_calibration(s.calibration, s.ws, out / "calibration", cfg.threads)
+        equalized = save_equalized(s.ws, out)
+        if equalized is not None:
+            files.append(equalized)
+        corrected = save_corrected(s.ws, out)  # with --adaround/--bias_correction: the weights the tables belong to
+        if corrected is not None:
+            files.append(corrected)
+        if cfg.strategy == "layerwise":
+            return _layerwise(s, held_out_images, files, t_start, equalized, source, corrected)
+        return _strategy(s, held_out_images, files, t_start, equalized, echo, corrected)
 
 
 def _held_out_csv(run, out: Path, files: list[Path]) -> None:

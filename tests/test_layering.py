@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent / "int8tune"
 LAYERS = [
     {"__init__", "__version__", "errors", "log", "registry", "outputs", "hostcpu", "progress", "image_params", "data",
      "preprocess", "yolo", "coco", "plots", "proto", "example"},
+    {"executors"},  # where the per-batch work runs: this process or a Ray cluster (no model knowledge)
     {"metrics"},  # difference metrics: arithmetic on outputs
     {"caffe"},  # read
     {"convert"},  # Caffe -> ONNX

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 
 from ..config import CalibrateConfig
+from ..executors import open_executor
 from ..pipeline.calibration import calibrate
 from ..pipeline.workspace import load_workspace
 from ..report.calibration import calibration_document
@@ -31,12 +32,13 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     print("int8tune calibrate\n" + cfg.describe())
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
     _, images = images_of(cfg.data, prepare_image, ws)
-    cal = calibrate(ws, images, cfg.quant, measure=None if cfg.simplified else images.head(cfg.measure_images),
-                    simplified=cfg.simplified, threads=cfg.threads, settings=cfg.to_dict())
-    ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
-    delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
-    doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),
-                               list(extra.values()), extra.get("corrected"))
+    with open_executor(cfg.execution()) as executor:
+        cal = calibrate(ws, images, cfg.quant, measure=None if cfg.simplified else images.head(cfg.measure_images),
+                        simplified=cfg.simplified, threads=cfg.threads, settings=cfg.to_dict(), executor=executor)
+        ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
+        delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
+        doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),
+                                   list(extra.values()), extra.get("corrected"))
     text, _ = write_report(doc, cfg.output_path)
     print(text)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import CalibrateConfig, DataConfig, ModelConfig, QuantConfig, TuneConfig
 from ..errors import ConfigError
+from ..executors import resolve_address
 from ..quant.spec import DEFAULT_QUANTIZE_TYPES
 
 
@@ -83,10 +84,17 @@ def quant_config(args) -> QuantConfig:
                        percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins))
 
 
+def executor_options(args) -> dict:
+    """--executor and --ray_address, the address resolved (--ray_address, else $RAY_ADDRESS) so that the echoed
+    settings name the cluster."""
+    return {"executor": args.executor, "ray_address": resolve_address(args.executor, args.ray_address)}
+
+
 def calibrate_config(args) -> CalibrateConfig:
     return CalibrateConfig(model=model_config(args), data=data_config(args), quant=quant_config(args),
                            output_path=args.output_path, simplified=args.simplified,
-                           measure_images=args.measure_images, threads=default_threads(args.threads))
+                           measure_images=args.measure_images, threads=default_threads(args.threads),
+                           **executor_options(args))
 
 
 def metric_params(text: str, yolo_cfg: Path | None) -> dict:
@@ -141,4 +149,5 @@ def tune_config(args) -> TuneConfig:
         target_accuracy=getattr(args, "target_accuracy", None), threshold=getattr(args, "threshold", 1.0),
         progress=getattr(args, "progress", "print"), fallback=getattr(args, "fallback", True),
         bayesian_trials=getattr(args, "bayesian_trials", 30), tiebreak=getattr(args, "tiebreak", None),
-        threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6))
+        threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6),
+        **executor_options(args))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import TuneConfig
 from ..errors import ConfigError
+from ..executors import Executor, open_executor
 from ..outputs import atomic_write_text
 from ..pipeline.tuning import measure, measure_layer, open_session, sweep
 from ..pipeline.workspace import load_workspace
@@ -23,11 +24,11 @@ from ..report.write import write_report
 from .common import images_of
 
 
-def _open(cfg: TuneConfig, prepare_image, **kw):
+def _open(cfg: TuneConfig, prepare_image, executor: Executor, **kw):
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
                         cfg.model.corrected_model)
     items, images = images_of(cfg.data, prepare_image, ws)
-    return open_session(cfg, ws, images, **kw)
+    return open_session(cfg, ws, images, executor=executor, **kw)
 
 
 def _finish(doc, out: Path) -> int:
@@ -38,31 +39,33 @@ def _finish(doc, out: Path) -> int:
 
 def run_test(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune test\n" + cfg.describe())
-    s = _open(cfg, prepare_image, need_table=True)
-    if cfg.int8_layer:
-        return _finish(layer_test_document(s, measure_layer(s, cfg.int8_layer)), cfg.output_path)
-    m = measure(s)
-    csv = write_csv(cfg.output_path / "images.csv", {"image": [n for n, _ in m.images],
-                                                      s.metric.name: [d for _, d in m.images]})
-    return _finish(test_document(s, m, csv), cfg.output_path)
+    with open_executor(cfg.execution()) as executor:  # the report measures too: the workers stay until it is done
+        s = _open(cfg, prepare_image, executor, need_table=True)
+        if cfg.int8_layer:
+            return _finish(layer_test_document(s, measure_layer(s, cfg.int8_layer)), cfg.output_path)
+        m = measure(s)
+        csv = write_csv(cfg.output_path / "images.csv", {"image": [n for n, _ in m.images],
+                                                          s.metric.name: [d for _, d in m.images]})
+        return _finish(test_document(s, m, csv), cfg.output_path)
 
 
 def run_tune(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune tune\n" + cfg.describe())
     if not cfg.tune_layer:
         raise ConfigError("--tune_layer is required: the int8 layer whose input threshold to sweep")
-    s = _open(cfg, prepare_image, need_table=True, full_search=True)
-    sw = sweep(s, cfg.tune_layer, cfg.tune_diff)
-    names = []
-    for k, t in enumerate(sw.trials):
-        name = f"candidate_{k:02d}_x{t.multiplier:.4f}"
-        names.append(name)
-        candidate = s.table.with_threshold(sw.value, t.threshold) if t.multiplier != 1.0 else s.table
-        write_table_pb(candidate, cfg.output_path / name / "calibration_table.pb")
-        write_int8_prototxt(unscale_weights(candidate, s.ws.fold.sum_scales), s.ws.proto,
-                            cfg.output_path / name / "int8.prototxt")
-    atomic_write_text(cfg.output_path / "best_candidate.txt", names[sw.trials.index(sw.best)] + "\n")
-    return _finish(sweep_document(s, sw, names, cfg.output_path), cfg.output_path)
+    with open_executor(cfg.execution()) as executor:
+        s = _open(cfg, prepare_image, executor, need_table=True, full_search=True)
+        sw = sweep(s, cfg.tune_layer, cfg.tune_diff)
+        names = []
+        for k, t in enumerate(sw.trials):
+            name = f"candidate_{k:02d}_x{t.multiplier:.4f}"
+            names.append(name)
+            candidate = s.table.with_threshold(sw.value, t.threshold) if t.multiplier != 1.0 else s.table
+            write_table_pb(candidate, cfg.output_path / name / "calibration_table.pb")
+            write_int8_prototxt(unscale_weights(candidate, s.ws.fold.sum_scales), s.ws.proto,
+                                cfg.output_path / name / "int8.prototxt")
+        atomic_write_text(cfg.output_path / "best_candidate.txt", names[sw.trials.index(sw.best)] + "\n")
+        return _finish(sweep_document(s, sw, names, cfg.output_path), cfg.output_path)
 
 
 def run_auto(cfg: TuneConfig, prepare_image) -> int:

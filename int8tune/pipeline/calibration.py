@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import QuantConfig
 from ..errors import ConfigError
+from ..executors import Executor
 from ..metrics import METRICS
 from ..quant.calibrate import (
     all_thresholds,
@@ -49,10 +50,11 @@ class Calibration:
 
 
 def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Images | None,
-              simplified: bool = False, threads: int = 2, settings: dict | None = None) -> Calibration:
+              simplified: bool = False, threads: int = 2, settings: dict | None = None,
+              executor: Executor | None = None) -> Calibration:
     """Two streamed passes over `images`, every calibrator's thresholds, the table (method auto: per blob, the
     calibrator that disturbs the reading layers least on `measure`); then the difference on `measure`.
-    `settings`: the run's settings for the table's provenance.
+    `settings`: the run's settings for the table's provenance. `executor`: where the batches run (default here).
 
     The weight levers run on `measure` (the first calibration images): --adaround before the statistics (the
     thresholds are those of the rounded weights), --bias_correction after the table (it corrects the mean error
@@ -75,7 +77,7 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
     extra = output_values(ws.converted, plan)
     engine = Engine(ws.converted, threads=threads)
     stats = collect_statistics(engine, values + [v for v in extra if v not in values], images.stream, quant.bins,
-                               spec.granularity.activations_per_channel, total=images.batch_count)
+                               spec.granularity.activations_per_channel, total=images.batch_count, executor=executor)
     options = CalibratorOptions(percentile=quant.percentile)
     signs = unsigned_values(ws.converted, spec, stats)
     per_blob = {v: all_thresholds(s, replace(options, unsigned=v in signs)) for v, s in stats.items()}
@@ -88,14 +90,14 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
     result = Calibration(table, images, method, stats, per_blob, {}, [p.layer for p in plan if not p.int8])
     if not simplified and measure is not None:
         tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
-                      reference=ws.reference)
+                      reference=ws.reference, executor=executor)
         if method == "auto":
             table, result.scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
             result.table = table
         if quant.bias_correction:
             ws = bias_corrected_workspace(ws, table, measure, threads)
             tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
-                          reference=ws.reference)
+                          reference=ws.reference, executor=executor)
         result.measured, result.tuner = measure, tuner
         result.model_difference = tuner.difference(table)
         result.layer_differences = tuner.layer_differences(table)

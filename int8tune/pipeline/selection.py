@@ -110,8 +110,7 @@ def _noise(val: Tuner, start: CalibrationTable, blobs: list[str]) -> float:
 def dense_tuner(val: Tuner) -> Tuner:
     """The same held-out images under the square distance of the outputs."""
     return Tuner(val.converted, val.batches, METRICS.get("square"), val.settings, labels=val.labels,
-                 names=val.names, reference=val.reference,
-                 **({"executor": val.executor} if hasattr(val, "executor") else {}))
+                 names=val.names, reference=val.reference, executor=val.executor)
 
 
 def select(val: Tuner, images: Images, source: HeldOutSource, candidates: list[tuple[str, CalibrationTable]],

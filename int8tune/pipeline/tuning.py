@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import TuneConfig
 from ..errors import ConfigError
+from ..executors import Executor, LocalExecutor
 from ..log import logger
 from ..metrics import METRICS, Metric
 from ..quant.table import CalibrationTable
@@ -32,7 +33,8 @@ from .workspace import Workspace
 # scored after tuning, the pick chooses among finished restarts). Logs written while restart_pick was still part of
 # it resume too (_comparable drops these keys from both sides).
 SETTINGS_THAT_CHANGE_NO_TRIAL = ("resume", "plots", "threads", "validation_list", "restart_pick", "metric_module",
-                                 "output_path")  # a moved or copied output folder resumes
+                                 "output_path",  # a moved or copied output folder resumes
+                                 "executor", "ray_address")  # every executor gives the same trials, bit for bit
 
 YOLO_METRICS = ("yolo", "yolo_map")  # metrics whose parameters describe YOLO heads: detection agreement reported
 # every metric whose parameters say how to decode detections: the report gives their agreement line by line
@@ -53,6 +55,7 @@ class Session:
     start_scores: dict[str, float] = field(default_factory=dict)  # calibrator -> metric of its whole table
     start_choice: str | None = None  # the calibrator whose table was chosen as the start
     alternatives: dict[str, CalibrationTable] = field(default_factory=dict)  # calibrator -> its whole table
+    executor: Executor = field(default_factory=LocalExecutor)  # where the batches of every evaluation run
 
 
 def tune_settings(cfg: TuneConfig, batches: int, full_search: bool = False) -> TuneSettings:
@@ -70,12 +73,14 @@ def tune_settings(cfg: TuneConfig, batches: int, full_search: bool = False) -> T
 def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: bool,
                  calibration_images: Images | None = None, log_path: Path | None = None,
                  full_search: bool = False, metric: Metric | None = None,
-                 adjust: Callable[[CalibrationTable], CalibrationTable] | None = None) -> Session:
+                 adjust: Callable[[CalibrationTable], CalibrationTable] | None = None,
+                 executor: Executor | None = None) -> Session:
     """Load or calibrate the starting table and build the tuner over `images`. Without a given table the run
     calibrates on `calibration_images` (default: `images`), then, for layerwise tuning, starts from the calibrator
     whose whole table scores best. `log_path`: the trial log (resumed when it holds the same inputs). `adjust`:
-    the API's q_func, applied to the calibrated table."""
+    the API's q_func, applied to the calibrated table. `executor`: where the batches run (default here)."""
     metric = metric or METRICS.get(cfg.metric)
+    executor = executor or LocalExecutor()
     table = load_table(cfg, ws)
     fp = None
     if log_path is not None:
@@ -96,11 +101,11 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         logger.info("no table given: calibrating first (method %s)", cfg.quant.method)
         cal_images = calibration_images or images
         calibration = calibrate(ws, cal_images, cfg.quant, measure=cal_images.head(32), threads=cfg.threads,
-                                settings=cfg.to_dict())
+                                settings=cfg.to_dict(), executor=executor)
         table = calibration.table
         ws = calibration.ws or ws  # with --adaround/--bias_correction: the weights the table belongs to
     settings = tune_settings(cfg, len(images.batches), full_search)
-    session = Session(cfg, ws, images, metric, None, table, calibration)  # type: ignore[arg-type]
+    session = Session(cfg, ws, images, metric, None, table, calibration, executor=executor)  # type: ignore[arg-type]
     if adjust is not None:
         table = adjust(table)
         if not isinstance(table, CalibrationTable):
@@ -111,7 +116,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         if not table.spec.granularity.activations_per_channel and cfg.strategy == "layerwise":
             # Model-wise first: every calibrator's whole table against the metric on the tuning images.
             probe = Tuner(ws.converted, images.batches, metric, settings, labels=images.labels, names=images.names,
-                          reference=ws.reference)
+                          reference=ws.reference, executor=executor)
             name, scores = best_start(probe, session.alternatives)
             session.table, session.start_scores, session.start_choice = session.alternatives[name], scores, name
     log = None
@@ -119,7 +124,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         fp["table"] = session.table.digest()
         log = TrialLog(log_path, fp, resume=cfg.resume, comparable=_comparable)
     session.tuner = Tuner(ws.converted, images.batches, metric, settings, log, labels=images.labels,
-                          names=images.names, reference=ws.reference)
+                          names=images.names, reference=ws.reference, executor=executor)
     return session
 
 
@@ -277,7 +282,7 @@ class HeldOut:
 def held_out_tuner(s: Session, images: Images) -> Tuner:
     """A tuner over held-out images (same model, metric and settings, every image scored)."""
     return Tuner(s.ws.converted, images.batches, s.metric, replace(s.tuner.settings, subset=0), labels=images.labels,
-                 names=images.names, reference=s.ws.reference)
+                 names=images.names, reference=s.ws.reference, executor=s.executor)
 
 
 def held_out(val: Tuner, images: Images, start: CalibrationTable, table: CalibrationTable,
@@ -472,7 +477,8 @@ def cross_validate(s: Session) -> list:
                        Tuner(s.ws.converted, mine.batches, s.metric, replace(s.tuner.settings,
                                                                               subset=0 if len(mine.batches) < 6
                                                                               else s.tuner.settings.subset),
-                             labels=mine.labels, names=mine.names, reference=s.ws.reference), s.table)
+                             labels=mine.labels, names=mine.names, reference=s.ws.reference,
+                             executor=s.executor), s.table, executor=s.executor)
         order = fold.tuner.blobs_in_order(s.table, skip_layers=set(cfg.quant.ignore_layer_names))
         tuned = tune_with_restarts(fold.tuner, s.table, order, 1).table
         val = held_out_tuner(fold, other)

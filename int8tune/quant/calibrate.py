@@ -18,14 +18,15 @@ from ..caffe.net import CaffeNet
 from ..convert.converter import ConvertedModel
 from ..convert.registry import LAYER_CONVERTERS
 from ..errors import ConfigError
+from ..executors import Executor, LocalExecutor, Shared, WorkerContext
 from ..log import logger
 from ..progress import Progress
-from ..runtime import Engine
+from ..runtime import Engine, on_worker
 from .calibrators import ACTIVATION_CALIBRATORS, CalibratorOptions, calibrate_activation, calibrate_weights
 from .placement import nonnegative_values, own_output_values
 from .saturation import Pairing, is_depthwise, kernel_order, pair_safe_thresholds
 from .spec import WEIGHTED_TYPES, QuantSpec
-from .stats import BlobStatistics, StatsCollector
+from .stats import BlobStatistics, HistogramPart, RangePart, StatsCollector, histogram_part, range_part
 from .table import BlobEntry, CalibrationTable, LayerEntry
 from .weights import to_output_matrix
 
@@ -83,28 +84,81 @@ def output_values(converted: ConvertedModel, plan: list[PlannedLayer]) -> list[s
 
 
 def collect_statistics(engine: Engine, values: list[str], batches: Batches, bins: int, per_channel: bool,
-                       progress: bool = True, total: int | None = None) -> dict[str, BlobStatistics]:
+                       progress: bool = True, total: int | None = None,
+                       executor: Executor | None = None) -> dict[str, BlobStatistics]:
     """Two streamed passes over the data: absmax and moments, then |x| histograms. Memory: one histogram per
     blob (per channel with per-channel activations), whatever the number of images.
 
-    `total`: the number of batches one pass yields, if known; the progress then estimates the time left."""
+    `total`: the number of batches one pass yields, if known; the progress then estimates the time left.
+    `executor`: where the batches run (default: here); each batch gives its parts, folded in batch order, so the
+    statistics are the same wherever the batches ran."""
+    executor = executor or LocalExecutor()
     shapes = engine.converted.shapes
     channels = {v: int(shapes[v][1]) if len(shapes[v]) > 1 else 1 for v in values}
     collector = StatsCollector(values, channels, bins=bins, per_channel=per_channel)
+    job = StatsJob(executor.share(engine), tuple(values), per_channel)
     # One progress over both passes, so that the estimate covers the whole step, not just the pass under way
     with Progress(2 * total if total is not None else None, "calibration statistics", unit="batch",
                   enabled=progress) as bar:
-        for observe in (collector.observe_range, collector.observe_histogram):
-            for batch in batches():
-                # A few images per run: every requested blob of every image comes back at once, so a batch of 10
-                # SqueezeNet images held about 1 GB of activations (measured peak 1.9 GB; 2 images keep it small).
-                for start in range(0, len(batch), STATS_CHUNK):
-                    outputs = engine.run(batch[start:start + STATS_CHUNK], values)
-                    for v in values:
-                        observe(v, outputs[v])
-                    del outputs
-                bar.update()
+        for chunks in executor.imap(range_parts, batches(), shared=job, progress=bar):
+            for parts in chunks:  # in image order: the float sums add up as one process adds them
+                for v, part in parts.items():
+                    collector.add_range(v, part)
+        stats = collector.statistics
+        histogram_job = HistogramJob(job, bins, {v: stats[v].absmax for v in values},
+                                     {v: stats[v].channel_absmax for v in values} if per_channel else None)
+        for parts in executor.imap(histogram_parts, batches(), shared=histogram_job, progress=bar):
+            for v, part in parts.items():
+                collector.add_histogram(v, part)
     return collector.statistics
+
+
+@dataclass(frozen=True)
+class StatsJob:
+    engine: Shared  # the fp32 Engine
+    values: tuple[str, ...]
+    per_channel: bool
+
+
+@dataclass(frozen=True)
+class HistogramJob:
+    stats: StatsJob
+    bins: int
+    absmax: dict[str, float]  # pass 1's, over every image
+    channel_absmax: dict[str, np.ndarray] | None
+
+
+def range_parts(ctx: WorkerContext, job: StatsJob, batch: np.ndarray) -> list[dict[str, RangePart]]:
+    """Pass 1 of one batch: per run of STATS_CHUNK images, each blob's part (kept apart, so that the float sums
+    are added in the order one process adds them)."""
+    engine = on_worker(ctx, job.engine)
+    out = []
+    # A few images per run: every requested blob of every image comes back at once, so a batch of 10 SqueezeNet
+    # images held about 1 GB of activations (measured peak 1.9 GB; 2 images keep it small).
+    for start in range(0, len(batch), STATS_CHUNK):
+        outputs = engine.run(batch[start:start + STATS_CHUNK], job.values)
+        parts = {}
+        for v in job.values:
+            part = range_part(outputs[v], v, job.per_channel)
+            if part is not None:
+                parts[v] = part
+        out.append(parts)
+        del outputs
+    return out
+
+
+def histogram_parts(ctx: WorkerContext, job: HistogramJob, batch: np.ndarray) -> dict[str, HistogramPart]:
+    """Pass 2 of one batch: each blob's counts (summed over the batch's runs: integers, exact in any order)."""
+    engine = on_worker(ctx, job.stats.engine)
+    out: dict[str, HistogramPart] = {}
+    for start in range(0, len(batch), STATS_CHUNK):
+        outputs = engine.run(batch[start:start + STATS_CHUNK], job.stats.values)
+        for v in job.stats.values:
+            channel_absmax = job.channel_absmax.get(v) if job.channel_absmax is not None else None
+            part = histogram_part(outputs[v], job.absmax[v], job.bins, channel_absmax)
+            out[v] = out[v] + part if v in out else part
+        del outputs
+    return out
 
 
 STATS_CHUNK = 2

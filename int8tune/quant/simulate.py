@@ -141,6 +141,11 @@ class Int8Graph:
             model.graph.initializer.append(numpy_helper.from_array(feeds[i.name], i.name))
         return model
 
+    def frozen_model(self, table: CalibrationTable) -> ConvertedModel:
+        """The int8 model of exactly `table` as a ConvertedModel (thresholds frozen in): what an Engine runs for a
+        whole-model evaluation, here or shipped to the workers of an executor."""
+        return replace(self.converted, model=self.frozen(table))
+
 
 def build_int8_graph(converted: ConvertedModel, table: CalibrationTable, integer: bool = True) -> Int8Graph:
     """The simulating graph: a fake quantizer at every point of `place_quantizers` (the same points the QDQ

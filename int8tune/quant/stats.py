@@ -96,9 +96,76 @@ def _channels_last(array: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
 
 
+@dataclass(frozen=True)
+class RangePart:
+    """Pass 1 over some images of one blob: what `StatsCollector.add_range` folds into its statistics. Parts of
+    disjoint images merge exactly when folded in image order (max and min; integer counts; the float64 sums are
+    added in the same order a single process adds them)."""
+
+    absmax: float
+    minimum: float
+    maximum: float
+    count: int
+    zeros: int
+    sum: float
+    sumsq: float
+    channel_absmax: np.ndarray | None = None  # (C,) float64, with per-channel statistics
+    channel_count: int = 0  # elements per channel
+    channel_zeros: np.ndarray | None = None  # (C,) int64
+    channel_sum: np.ndarray | None = None
+    channel_sumsq: np.ndarray | None = None
+
+
+def range_part(array: np.ndarray, value: str, per_channel: bool = False, channel_axis: int = 1) -> RangePart | None:
+    """Pass 1 of one array of blob `value` (None when it is empty)."""
+    x = np.asarray(array, dtype=np.float32)
+    if x.size == 0:
+        return None
+    if not np.isfinite(x).all():
+        raise DataError(f"blob {value!r} holds NaN or inf on the calibration data; the fp32 model itself "
+                        f"overflows on these inputs (check the preprocessing)")
+    lo, hi = float(x.min()), float(x.max())
+    part = dict(absmax=max(abs(lo), abs(hi)), minimum=lo, maximum=hi, count=int(x.size),
+                zeros=int(x.size - np.count_nonzero(x)),
+                sum=float(x.sum(dtype=np.float64)),  # float64 accumulation without a float64 copy
+                sumsq=float(np.square(x).sum(dtype=np.float64)))
+    if per_channel and x.ndim > channel_axis:
+        xc = _channels_last(x.astype(np.float64), channel_axis)
+        part.update(channel_absmax=np.abs(xc).max(axis=1), channel_count=xc.shape[1],
+                    channel_zeros=xc.shape[1] - np.count_nonzero(xc, axis=1), channel_sum=xc.sum(axis=1),
+                    channel_sumsq=(xc * xc).sum(axis=1))
+    return RangePart(**part)
+
+
+@dataclass(frozen=True)
+class HistogramPart:
+    """Pass 2 over some images of one blob: integer counts, which add up exactly in any order."""
+
+    counts: np.ndarray  # int64 (bins,)
+    channel_counts: np.ndarray | None = None  # int64 (C, bins)
+
+    def __add__(self, other: "HistogramPart") -> "HistogramPart":
+        channels = None if self.channel_counts is None else self.channel_counts + other.channel_counts
+        return HistogramPart(self.counts + other.counts, channels)
+
+
+def histogram_part(array: np.ndarray, absmax: float, bins: int, channel_absmax: np.ndarray | None = None,
+                   channel_axis: int = 1) -> HistogramPart:
+    """Pass 2 of one array: |x| counted in `bins` bins over [0, absmax] (and per channel over [0, channel_absmax[c]]
+    when given), the absmax being pass 1's over every image."""
+    a = np.abs(np.asarray(array, dtype=np.float32))
+    counts = histogram_of(a.ravel(), absmax, bins)
+    channels = None
+    if channel_absmax is not None and a.ndim > channel_axis:
+        ac = _channels_last(a, channel_axis)
+        channels = np.stack([histogram_of(ac[c], float(channel_absmax[c]), bins) for c in range(ac.shape[0])])
+    return HistogramPart(counts, channels)
+
+
 class StatsCollector:
     """Two-pass collector for a set of values. Feed every batch to `observe_range`, then every batch again to
-    `observe_histogram`; `statistics` holds the results."""
+    `observe_histogram`; `statistics` holds the results. The same folds take parts computed elsewhere
+    (`add_range`, `add_histogram`: the workers of an executor), with the same result."""
 
     def __init__(self, values: list[str], channels: dict[str, int], bins: int = DEFAULT_BINS,
                  per_channel: bool = False, channel_axis: int = 1) -> None:
@@ -111,50 +178,48 @@ class StatsCollector:
 
     # -- pass 1 --------------------------------------------------------------------------------------
     def observe_range(self, value: str, array: np.ndarray) -> None:
+        part = range_part(array, value, self.per_channel, self.channel_axis)
+        if part is not None:
+            self.add_range(value, part)
+
+    def add_range(self, value: str, part: RangePart) -> None:
         s = self.statistics[value]
-        x = np.asarray(array, dtype=np.float32)
-        if x.size == 0:
-            return
-        if not np.isfinite(x).all():
-            raise DataError(f"blob {value!r} holds NaN or inf on the calibration data; the fp32 model itself "
-                            f"overflows on these inputs (check the preprocessing)")
-        lo, hi = float(x.min()), float(x.max())
-        s.absmax = max(s.absmax, abs(lo), abs(hi))
-        s.minimum = min(s.minimum, lo)
-        s.maximum = max(s.maximum, hi)
-        s.count += int(x.size)
-        s.zeros += int(x.size - np.count_nonzero(x))
-        s.sum += float(x.sum(dtype=np.float64))  # float64 accumulation without a float64 copy
-        s.sumsq += float(np.square(x).sum(dtype=np.float64))
-        if self.per_channel and x.ndim > self.channel_axis:
-            xc = _channels_last(x.astype(np.float64), self.channel_axis)
-            cabs = np.abs(xc).max(axis=1)
+        s.absmax = max(s.absmax, part.absmax)
+        s.minimum = min(s.minimum, part.minimum)
+        s.maximum = max(s.maximum, part.maximum)
+        s.count += part.count
+        s.zeros += part.zeros
+        s.sum += part.sum
+        s.sumsq += part.sumsq
+        if part.channel_absmax is not None:
             if s.channel_absmax is None:
-                c = xc.shape[0]
+                c = part.channel_absmax.size
                 s.channel_absmax = np.zeros(c)
                 s.channel_count = np.zeros(c, dtype=np.int64)
                 s.channel_zeros = np.zeros(c, dtype=np.int64)
                 s.channel_sum = np.zeros(c)
                 s.channel_sumsq = np.zeros(c)
-            s.channel_absmax = np.maximum(s.channel_absmax, cabs)
-            s.channel_count += xc.shape[1]
-            s.channel_zeros += xc.shape[1] - np.count_nonzero(xc, axis=1)
-            s.channel_sum += xc.sum(axis=1)
-            s.channel_sumsq += (xc * xc).sum(axis=1)
+            s.channel_absmax = np.maximum(s.channel_absmax, part.channel_absmax)
+            s.channel_count += part.channel_count
+            s.channel_zeros += part.channel_zeros
+            s.channel_sum += part.channel_sum
+            s.channel_sumsq += part.channel_sumsq
 
     # -- pass 2 --------------------------------------------------------------------------------------
     def observe_histogram(self, value: str, array: np.ndarray) -> None:
         s = self.statistics[value]
-        a = np.abs(np.asarray(array, dtype=np.float32))
+        channel_absmax = s.channel_absmax if self.per_channel else None
+        self.add_histogram(value, histogram_part(array, s.absmax, self.bins, channel_absmax, self.channel_axis))
+
+    def add_histogram(self, value: str, part: HistogramPart) -> None:
+        s = self.statistics[value]
         if s.histogram is None:
             s.histogram = np.zeros(self.bins, dtype=np.int64)
-        s.histogram += histogram_of(a.ravel(), s.absmax, self.bins)
-        if self.per_channel and a.ndim > self.channel_axis:
-            ac = _channels_last(a, self.channel_axis)
+        s.histogram += part.counts
+        if part.channel_counts is not None:
             if s.channel_histograms is None:
-                s.channel_histograms = np.zeros((ac.shape[0], self.bins), dtype=np.int64)
-            for c in range(ac.shape[0]):
-                s.channel_histograms[c] += histogram_of(ac[c], float(s.channel_absmax[c]), self.bins)
+                s.channel_histograms = np.zeros(part.channel_counts.shape, dtype=np.int64)
+            s.channel_histograms += part.channel_counts
 
 
 def histogram_of(abs_values: np.ndarray, absmax: float, bins: int) -> np.ndarray:

@@ -34,7 +34,7 @@ def layer_figures(s: Session, run: LayerwiseRun, rows: list[dict], folder: Path)
         return figures
     # The histograms need the blobs' statistics on the tuning images: one more pass, over those blobs only.
     stats = collect_statistics(Engine(s.ws.converted, threads=s.cfg.threads), values, lambda: iter(s.images.batches),
-                               2048, False, progress=False)
+                               2048, False, progress=False, executor=s.executor)
     for v in values:
         st = stats[v]
         marks = {"before": run.start.blobs[v].threshold, "after": run.table.blobs[v].threshold, "absmax": st.absmax}

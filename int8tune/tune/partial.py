@@ -12,6 +12,10 @@ quantizer, the bias rescaling of the layers reading it, and everything downstrea
    gets one onnxruntime session;
 3. every candidate threshold is then one run of the suffix graph: a new feed, no new session.
 Requested outputs that do not depend on v come from step 1 unchanged.
+
+Both steps run batch by batch on an executor (tasks.frontier, tasks.suffix_outputs): the frontier stays where it
+was computed (kept by the executor: this process, or the object store of a Ray node) and each candidate sends only
+its threshold feeds, getting back the requested outputs.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from ..executors import Executor, LocalExecutor
 from ..quant.simulate import Int8Graph
 from ..quant.table import CalibrationTable
-from ..runtime import Engine, new_session, session_options
+from ..runtime import Engine, GraphSession
+from .tasks import FrontierJob, SuffixJob, frontier, suffix_outputs
 
 
 def dependents(model: onnx.ModelProto, sources) -> list[onnx.NodeProto]:
@@ -55,7 +60,7 @@ def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str],
 @dataclass
 class Suffix:
     value: str
-    session: ort.InferenceSession
+    session: GraphSession
     frontier: list[str]
     threshold_inputs: list[str]
     produced: set[str]  # tensors the suffix computes
@@ -91,13 +96,12 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    session = new_session(m, session_options(threads, simulation=True), simulation=True)
-    return Suffix(value, session, frontier, thresholds, produced)
+    return Suffix(value, GraphSession(m, threads), frontier, thresholds, produced)
 
 
 def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
                  available: frozenset[str] = frozenset(), elem_type=lambda _: TensorProto.FLOAT
-                 ) -> ort.InferenceSession:
+                 ) -> GraphSession:
     """A session computing only `tensors` (the nodes they need), from the graph's inputs and the tensors in
     `available` (fed as inputs: the bridge from known tensors). `elem_type`: a tensor's ONNX element type."""
     nodes = _needed_for(list(model.graph.node), set(tensors), available)
@@ -113,61 +117,86 @@ def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
     )
     m = helper.make_model(g, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
-    return new_session(m, session_options(threads, simulation=True), simulation=True)
+    return GraphSession(m, threads)
+
+
+@dataclass
+class Carried:
+    """Tensors of the int8 model under one table, per batch, that the next blob starts from: the model outputs
+    held here (`local`), and the last tuned blob's base left where it was computed (`remote`: executor handles of
+    dicts holding `remote_names`; None when there is none)."""
+
+    local: list[dict[str, np.ndarray]]
+    remote: list | None = None
+    remote_names: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The tensors known for every batch."""
+        local = frozenset.intersection(*(frozenset(d) for d in self.local)) if self.local else frozenset()
+        return local | self.remote_names
+
+    def parts(self, i: int) -> tuple:
+        """Batch `i`'s tensors, as the frontier task merges them (the local ones win, as they are the newer)."""
+        return (self.local[i],) if self.remote is None else (self.remote[i], self.local[i])
+
+    def tensors(self, names, executor: Executor) -> list[dict[str, np.ndarray]]:
+        """Per batch, the `names` (all known): fetched from where they were kept only if some are not held here."""
+        if all(n in d for d in self.local for n in names):
+            return [{n: d[n] for n in names} for d in self.local]
+        remote = executor.get(self.remote)
+        return [{n: d[n] if n in d else r[n] for n in names} for d, r in zip(self.local, remote)]
 
 
 class PartialEvaluator:
     """Int8 outputs for many candidate thresholds of one blob, reusing everything upstream of it."""
 
-    def __init__(self, graph: Int8Graph, engine: Engine, batches: list[np.ndarray], value: str,
+    def __init__(self, graph: Int8Graph, engine: Engine, batches: list, value: str,
                  outputs: list[str], table: CalibrationTable, threads: int,
-                 known: list[dict[str, np.ndarray]] | None = None) -> None:
-        """`known`: per batch, tensors already computed under `table` (nothing is recomputed for them)."""
+                 known: Carried | list[dict[str, np.ndarray]] | None = None,
+                 executor: Executor | None = None) -> None:
+        """`known`: per batch, tensors already computed under `table` (nothing is recomputed for them). `batches`:
+        arrays, or the executor's handles of them."""
         self.graph = graph
         self.outputs = outputs
+        self.executor = executor or LocalExecutor()
+        if isinstance(known, list):
+            known = Carried(known)
         self.suffix = build_suffix(graph, value, outputs, threads, table)
         net_inputs = set(graph.converted.net.inputs)
         fetch = list(dict.fromkeys([o for o in outputs if self.suffix is None or o not in self.suffix.produced]
                                    + (self.suffix.frontier if self.suffix else [])))
         fetch = [f for f in fetch if f not in net_inputs]
-        if known is not None and len(known) != len(batches):
-            raise ValueError(f"known tensors for {len(known)} batches, {len(batches)} batches given")
-        available = frozenset(set.intersection(*(set(k) for k in known))) if known else frozenset()
+        if known is not None and len(known.local) != len(batches):
+            raise ValueError(f"known tensors for {len(known.local)} batches, {len(batches)} batches given")
+        available = known.names if known else frozenset()
         missing = [f for f in fetch if f not in available]
         # Once per blob, with the current table: the frontier and the outputs the blob cannot change, from a
         # session holding only the nodes they need (nothing downstream is run), started at the known tensors.
         prefix = build_prefix(graph.frozen(table), missing, threads, available, graph.elem_type) if missing else None
-        prefix_inputs = {i.name for i in prefix.get_inputs()} if prefix else set()
-        self.bridged = bool(prefix and available & prefix_inputs)
+        prefix_inputs = tuple(i.name for i in prefix.model.graph.input) if prefix else ()
+        self.bridged = bool(prefix and available & set(prefix_inputs))
         self.computed = missing
-        self.base: list[dict[str, np.ndarray]] = []
-        for i, batch in enumerate(batches):
-            values = {f: known[i][f] for f in fetch if f in available}
-            values.update(engine.feeds(batch))
-            if prefix:
-                sources = {**values, **(known[i] if known else {})}
-                values.update(zip(missing, prefix.run(missing, {k: sources[k] for k in prefix_inputs})))
-            self.base.append(values)
-        self.known_outputs = [{o: known[i][o] for o in outputs if o in available} for i in range(len(batches))] \
-            if known else None
+        job = FrontierJob(dict(engine.net.inputs), tuple(fetch), available, tuple(missing),
+                          self.executor.share(prefix) if prefix else None, prefix_inputs)
+        items = [(batch, *(known.parts(i) if known else ())) for i, batch in enumerate(batches)]
+        # handles: the base stays where it was computed, and each candidate's suffix run reads it there
+        self.base = self.executor.map(frontier, items, shared=job, keep=True)
+        self.base_names = frozenset(fetch) | net_inputs
+        self.known_outputs = known.tensors([o for o in outputs if o in available], self.executor) if known else None
+        if self.suffix is not None:
+            self._suffix = self.executor.share(self.suffix.session)
 
     def evaluate(self, table: CalibrationTable, indices: list[int] | None = None) -> list[dict[str, np.ndarray]]:
         """The requested outputs per batch (or for the batches at `indices`) under `table` (only `value`'s
         threshold may differ from the base)."""
         bases = self.base if indices is None else [self.base[i] for i in indices]
         if self.suffix is None:
-            return [{o: b[o] for o in self.outputs} for b in bases]
+            return [{o: b[o] for o in self.outputs} for b in self.executor.get(bases)]
         feeds_all = self.graph.feeds(table)
         t_feeds = {t: feeds_all[t] for t in self.suffix.threshold_inputs}
-        wanted = [o for o in self.outputs if o in self.suffix.produced]
+        wanted = tuple(o for o in self.outputs if o in self.suffix.produced)
         # One run per batch: stacking all batches into one run was no faster (compute-bound) and made
         # onnxruntime's arena hold every image's activations at once.
-        results = []
-        for base in bases:
-            feeds = {f: base[f] for f in self.suffix.frontier}
-            feeds.update(t_feeds)
-            got = dict(zip(wanted, self.suffix.session.run(wanted, feeds))) if wanted else {}
-            results.append({o: got[o] if o in got else base[o] for o in self.outputs})
-        return results
-
-
+        job = SuffixJob(self._suffix, tuple(self.suffix.frontier), t_feeds, wanted, tuple(self.outputs))
+        return self.executor.map(suffix_outputs, [(base,) for base in bases], shared=job)

@@ -13,13 +13,16 @@ of the kept candidate on every batch): the next blob's baseline is then known wi
 bridged from the carried tensors (the one or two layers between consecutive blobs) instead of recomputed from
 the input. Every session of a table computes the same numbers (see runtime.session_options), so this changes no
 decision (tests/test_tuner.py); on yolov3_nano_voc it halved the tuning time.
+
+Every pass over the batches runs on the tuner's executor (executors/: this process, or a Ray cluster) as one task
+per batch (tasks.py); the parts come back in batch order and are merged here as a single process merges them, so
+the trials, the table and every metric are the same bits wherever the batches ran. The trial log stays here.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from dataclasses import replace as dataclass_replace
 from enum import Enum
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -27,6 +30,7 @@ import numpy as np
 
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
+from ..executors import Executor, LocalExecutor, Shared
 from ..log import logger
 from ..metrics import Metric, normalised_square, squared_error_parts
 from ..metrics.builtin import output_weights
@@ -34,8 +38,9 @@ from ..progress import Progress
 from ..quant.simulate import Int8Graph, build_int8_graph
 from ..quant.table import CalibrationTable
 from ..runtime import Engine
-from .partial import PartialEvaluator
+from .partial import Carried, PartialEvaluator
 from .search import SEARCHES, SearchSettings
+from .tasks import IsolatedJob, IsolatedPlan, SquareJob, TensorsJob, isolated_parts, square_parts, tensors
 from .trials import Trial, TrialLog
 
 
@@ -141,12 +146,14 @@ class Tuner:
     def __init__(self, converted: ConvertedModel, batches: list[np.ndarray], metric: Metric,
                  settings: TuneSettings, log: TrialLog | None = None, layer_metric: Metric | None = None,
                  labels: list[np.ndarray] | None = None, names: list[list[str]] | None = None,
-                 reference: ConvertedModel | None = None) -> None:
+                 reference: ConvertedModel | None = None, executor: Executor | None = None) -> None:
         self.converted = converted
         # The fp32 model the int8 one is measured against: `converted` itself, unless the int8 weights were
         # corrected (--adaround, --bias_correction: pipeline/levers.py) and the fp32 model is the one given.
         self.reference = reference
         self.batches = batches
+        self.executor = executor or LocalExecutor()  # where the batches run
+        self._handles: list | None = None
         self.labels = labels  # per batch, for task metrics (top1, f1, ...) on a labelled data list
         self.names = names  # per batch, the image files (COCO metrics match them to an annotation file)
         self.metric = metric  # on the model's outputs
@@ -155,6 +162,7 @@ class Tuner:
         self.settings = settings
         self.log = log
         self.fp32 = Engine(reference if reference is not None else converted, threads=settings.threads)
+        self._fp32: Shared | None = None
         self._refs: dict[str, list[np.ndarray]] = {}
         self._refs_concat: dict[tuple, dict[str, np.ndarray]] = {}
         self._graph: Int8Graph | None = None
@@ -163,17 +171,36 @@ class Tuner:
         self._ranked: list[int] | None = None
         # Tensors of the int8 model under one table, per batch: what the last tuned blob (or whole-model run)
         # left behind. The next blob's baseline and frontier start from it instead of a new upstream run.
-        self._state: tuple[tuple, list[dict[str, np.ndarray]]] | None = None
+        self._state: tuple[tuple, Carried] | None = None
         self.carry_state = True  # tests turn it off to show that it changes no decision
         self.restart = 0  # the tuning restart under way (tune/restarts.py): part of each trial's key in the log
         self.trial_count = 0
         self.evaluations = 0
 
     # -- references and full runs -----------------------------------------------------------------------
+    @property
+    def handles(self) -> list:
+        """The batches as the executor holds them (stored once for every pass of the run)."""
+        if self._handles is None:
+            self._handles = self.executor.batches(self.batches)
+        return self._handles
+
+    def shared_fp32(self) -> Shared:
+        if self._fp32 is None:
+            self._fp32 = self.executor.share(self.fp32)
+        return self._fp32
+
+    def run_engine(self, engine: Engine, names: Sequence[str], indices: Sequence[int] | None = None
+                   ) -> list[dict[str, np.ndarray]]:
+        """The named tensors of `engine` per batch (all, or those at `indices`), in batch order."""
+        shared = self.shared_fp32() if engine is self.fp32 else self.executor.share(engine)
+        items = self.handles if indices is None else [self.handles[i] for i in indices]
+        return self.executor.map(tensors, [(h,) for h in items], shared=TensorsJob(shared, tuple(names)))
+
     def references(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         missing = [n for n in names if n not in self._refs]
         if missing:
-            per_batch = [self.fp32.run_tensors(b, missing) for b in self.batches]
+            per_batch = self.run_engine(self.fp32, missing)
             for n in missing:
                 self._refs[n] = [r[n] for r in per_batch]
         return {n: np.concatenate(self._refs[n], axis=0) for n in names}
@@ -192,20 +219,18 @@ class Tuner:
         """An engine for the int8 model of exactly this table, thresholds frozen in as constants (so onnxruntime
         optimises it like fp32); for whole-model runs, which happen a few times per run."""
         graph, _ = self.int8(table)
-        return Engine(dataclass_replace(graph.converted, model=graph.frozen(table)), threads=self.settings.threads,
-                      simulation=True)
+        return Engine(graph.frozen_model(table), threads=self.settings.threads, simulation=True)
 
     def run_int8(self, table: CalibrationTable, names: Sequence[str]) -> dict[str, np.ndarray]:
-        engine = self.frozen_engine(table)
+        per_batch = self.run_engine(self.frozen_engine(table), names)
         self.evaluations += 1
-        per_batch = [engine.run_tensors(b, names) for b in self.batches]
-        self._remember(table, per_batch)
+        self._remember(table, Carried(per_batch))
         return concat_outputs(per_batch, names)
 
-    def _remember(self, table: CalibrationTable, per_batch: list[dict[str, np.ndarray]] | None) -> None:
-        self._state = (table.fingerprint(), per_batch) if per_batch is not None and self.carry_state else None
+    def _remember(self, table: CalibrationTable, carried: Carried | None) -> None:
+        self._state = (table.fingerprint(), carried) if carried is not None and self.carry_state else None
 
-    def known_tensors(self, table: CalibrationTable) -> list[dict[str, np.ndarray]] | None:
+    def known_tensors(self, table: CalibrationTable) -> Carried | None:
         """Per batch, the tensors known under exactly this table (None when the last state was another table)."""
         if self._state is None or self._state[0] != table.fingerprint():
             return None
@@ -231,13 +256,14 @@ class Tuner:
         """(image, the model metric on that image alone) for every image, in data order: where the int8 model
         departs from fp32 (a detection metric is dominated by the images holding many objects)."""
         names = metric_outputs(self.converted)
-        per_batch = self.known_tensors(table)
-        if per_batch is None or any(n not in per_batch[0] for n in names):
+        known = self.known_tensors(table)
+        if known is None or any(n not in known.names for n in names):
             self.run_int8(table, names)
-            per_batch = self.known_tensors(table)
-        if per_batch is None:  # carrying switched off: run again without remembering
-            engine = self.frozen_engine(table)
-            per_batch = [engine.run_tensors(b, names) for b in self.batches]
+            known = self.known_tensors(table)
+        if known is None:  # carrying switched off: run again without remembering
+            per_batch = self.run_engine(self.frozen_engine(table), names)
+        else:
+            per_batch = known.tensors(names, self.executor)
         self.references(names)
         out = []
         for i, got in enumerate(per_batch):
@@ -276,14 +302,13 @@ class Tuner:
             int8 = self.run_int8(table, names)
             return {layer: self.layer_metric({v: fp32[v]}, {v: int8[v]}, {}) for layer, v in outputs.items()}
         # square is additive over images: accumulate batch by batch instead of holding every layer's output for
-        # every image twice (that took 1 GB on SqueezeNet with 32 images).
+        # every image twice (that took 1 GB on SqueezeNet with 32 images); in batch order, as one process adds.
         parts = {v: [0.0, 0.0] for v in names}
         engine = self.frozen_engine(table)
-        for batch in self.batches:
-            ref = self.fp32.run_tensors(batch, names)
-            got = engine.run_tensors(batch, names)
+        job = SquareJob(self.shared_fp32(), self.executor.share(engine), tuple(names))
+        for batch_parts in self.executor.imap(square_parts, [(h,) for h in self.handles], shared=job):
             for v in names:
-                err, energy = squared_error_parts(ref[v], got[v])
+                err, energy = batch_parts[v]
                 parts[v][0] += err
                 parts[v][1] += energy
         self.evaluations += 1
@@ -297,7 +322,8 @@ class Tuner:
         metric, params = self.objective_metric(objective)
         refs = self.references(names)
         graph, engine = self.int8(table)
-        evaluator = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads)
+        evaluator = PartialEvaluator(graph, engine, self.handles, value, names, table, self.settings.threads,
+                                     executor=self.executor)
         scores = {}
         for key, t in thresholds.items():
             out = concat_outputs(evaluator.evaluate(table.with_threshold(value, t, calibrator=key)), names)
@@ -333,22 +359,23 @@ class Tuner:
             needed = sorted({graph.net_value(t) for names, sfx in plans.values() for t in (*names, *sfx.frontier)})
             sums = {(v, k): [0.0, 0.0] for v in group for k in candidates[v]}
             # a candidate's threshold feeds are the same for every batch: computed once, not per batch
-            thresholds = {}
-            for value, (_, suffix) in plans.items():
+            isolated = []
+            for value, (names, suffix) in plans.items():
+                feeds = []
                 for key, t in candidates[value].items():
-                    feeds = graph.feeds(table.with_threshold(value, t, calibrator=key))
-                    thresholds[(value, key)] = {n: feeds[n] for n in suffix.threshold_inputs}
-            for batch in self.batches:
-                fp32 = self.fp32.run_tensors(batch, needed)
-                for value, (names, suffix) in plans.items():
-                    for key in candidates[value]:
-                        run_feeds = {f: fp32[graph.net_value(f)] for f in suffix.frontier}
-                        run_feeds.update(thresholds[(value, key)])
-                        got = suffix.session.run(names, run_feeds)
-                        for name, array in zip(names, got):
-                            err, energy = squared_error_parts(fp32[name], array)
-                            sums[(value, key)][0] += err
-                            sums[(value, key)][1] += energy
+                    all_feeds = graph.feeds(table.with_threshold(value, t, calibrator=key))
+                    feeds.append((key, {n: all_feeds[n] for n in suffix.threshold_inputs}))
+                frontier = tuple((f, graph.net_value(f)) for f in suffix.frontier)
+                isolated.append(IsolatedPlan(value, tuple(names), frontier, tuple(feeds)))
+            sessions = tuple(suffix.session for _, suffix in plans.values())  # shipped as one: a worker keeps all
+            digest = "".join(session.digest for session in sessions)
+            job = IsolatedJob(self.shared_fp32(), tuple(needed), self.executor.share(sessions, digest),
+                              tuple(isolated))
+            for batch_sums in self.executor.imap(isolated_parts, [(h,) for h in self.handles], shared=job):
+                for (value, key), per_name in batch_sums.items():  # in batch order, then name order, as before
+                    for err, energy in per_name:
+                        sums[(value, key)][0] += err
+                        sums[(value, key)][1] += energy
                 self.evaluations += 1
             for value in group:
                 out[value] = {k: normalised_square(*sums[(value, k)]) for k in candidates[value]}
@@ -390,8 +417,7 @@ class Tuner:
             # ranked by what the search minimises when that is a metric of the model's outputs
             metric = self.objective_metric()[0] if self.settings.objective in MODEL_OUTPUT_OBJECTIVES else self.metric
             scores = []
-            for i, b in enumerate(self.batches):
-                int8 = engine.run_tensors(b, names)
+            for i, int8 in enumerate(self.run_engine(engine, names)):
                 ref = {o: self._refs_batch(o, i) for o in names}
                 scores.append(metric(ref, int8, self.model_params([i]) if metric is self.metric else {}))
             order = sorted(range(n), key=lambda i: scores[i], reverse=not metric.higher_is_better)
@@ -432,8 +458,8 @@ class Tuner:
 
         def make_evaluator() -> PartialEvaluator:
             graph, engine = self.int8(table)
-            ev = PartialEvaluator(graph, engine, self.batches, value, names, table, self.settings.threads,
-                                  known=self.known_tensors(table))
+            ev = PartialEvaluator(graph, engine, self.handles, value, names, table, self.settings.threads,
+                                  known=self.known_tensors(table), executor=self.executor)
             if ev.known_outputs is not None:  # the outputs under the current table: the baseline needs no run
                 for i, known in enumerate(ev.known_outputs):
                     if len(known) == len(names):
@@ -561,7 +587,7 @@ class Tuner:
                 best_m, final = 1.0, baseline_full
         tuned = table.with_threshold(value, start * best_m) if best_m != 1.0 else table
         self._remember(tuned, None if evaluator is None or any((best_m, i) not in outputs for i in range(n)) else
-                       [{**evaluator.base[i], **outputs[(best_m, i)]} for i in range(n)])
+                       Carried([outputs[(best_m, i)] for i in range(n)], evaluator.base, evaluator.base_names))
         before = baseline_full
         result = BlobResult(value, layers, start, start * best_m, before, final, count + 1,
                             time.perf_counter() - t0, tuple(vetoed_by))
