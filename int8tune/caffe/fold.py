@@ -81,6 +81,23 @@ def affine_of(layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | No
     return _affine_of(layer, channels)
 
 
+def _affine_chain(net: CaffeNet, consumers: dict[str, list[Layer]], top: str, channels: int
+                  ) -> tuple[list[Layer], str]:
+    """The foldable BatchNorm/Scale layers that read `top` one after the other (each the only reader of the value
+    before it, none a net output), and the value the last one writes."""
+    chain: list[Layer] = []
+    while True:
+        readers = consumers.get(top, [])
+        if len(readers) != 1 or top in net.outputs:
+            break
+        nxt = readers[0]
+        if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,) or _affine_of(nxt, channels) is None:
+            break
+        chain.append(nxt)
+        top = nxt.tops[0]
+    return chain, top
+
+
 def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
     consumers = net.consumers()
     layers = list(net.layers)
@@ -94,19 +111,7 @@ def fold_batchnorm_scale(net: CaffeNet) -> FoldResult:
             out.append(layer)
             continue
         channels = _num_output(layer)
-        top = layer.tops[0]
-        chain: list[Layer] = []
-        while True:
-            readers = consumers.get(top, [])
-            if len(readers) != 1 or top in net.outputs:
-                break
-            nxt = readers[0]
-            if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,):
-                break
-            if _affine_of(nxt, channels) is None:
-                break
-            chain.append(nxt)
-            top = nxt.tops[0]
+        chain, top = _affine_chain(net, consumers, layer.tops[0], channels)
         if not chain:
             out.append(layer)
             continue
@@ -153,21 +158,8 @@ def fold_through_sums(result: FoldResult) -> FoldResult:
         channels = _num_output(feeders[0])
         if any(_num_output(f) != channels for f in feeders):
             continue
-        a_total, c_total, top, chain = np.ones(channels), np.zeros(channels), layer.tops[0], []
-        while True:
-            readers = consumers.get(top, [])
-            if len(readers) != 1 or top in net.outputs:
-                break
-            nxt = readers[0]
-            if nxt.type not in ("BatchNorm", "Scale") or nxt.bottoms != (top,):
-                break
-            affine = _affine_of(nxt, channels)
-            if affine is None:
-                break
-            a, c = affine
-            a_total, c_total = a_total * a, c_total * a + c
-            chain.append(nxt)
-            top = nxt.tops[0]
+        chain, top = _affine_chain(net, consumers, layer.tops[0], channels)
+        a_total, c_total = chain_affine(chain, channels) if chain else (np.ones(channels), np.zeros(channels))
         if not chain or not np.all(np.isfinite(a_total) & (a_total != 0)) or not np.all(np.isfinite(c_total)):
             continue  # a zero scale would make the engines' unfolded weight thresholds infinite
         for k, f in enumerate(feeders):
