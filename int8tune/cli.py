@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "it also checks that the file computes what the simulation does here.")
     _add_model_args(bench)
     bench.add_argument("--calibration_proto", type=Path, default=None, help="table to export as QDQ")
+    bench.add_argument("--equalize", action="store_true",
+                       help="the table was calibrated with --equalize (on --model, the original caffemodel)")
+    bench.add_argument("--corrected_model", type=Path, default=None,
+                       help="the table was calibrated with --adaround/--bias_correction: the corrected.caffemodel "
+                            "written beside it")
     bench.add_argument("--qdq", type=Path, default=None, help="an already exported QDQ model")
     bench.add_argument("--batch_sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     bench.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (default 30)")

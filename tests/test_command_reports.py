@@ -80,3 +80,20 @@ def test_benchmark_writes_report_with_speed_table_and_census(lenet, mnist_data, 
     assert "the deployed model computes what was measured" in log
     html = (out / "report.html").read_text()
     assert "fp32/int8" in html and "the deployed model computes what was measured" in html
+
+
+def test_benchmark_refuses_a_table_of_other_weights_and_takes_the_corrected_ones(lenet, mnist_data, tmp_path,
+                                                                                  capsys):
+    """A table calibrated with --bias_correction quantizes corrected.caffemodel's weights: exporting it onto the
+    original caffemodel would time (and check) another model, so benchmark says what to give instead."""
+    cal = tmp_path / "cal"
+    assert entry.main(["calibrate", "--proto", str(lenet[0]), "--model", str(lenet[1]), *mnist_data,
+                       "--output_path", str(cal), "--bias_correction"]) == 0
+    common = ["benchmark", "--proto", str(lenet[0]), "--model", str(lenet[1]), "--calibration_proto",
+              str(cal / "calibration_table.pb"), "--batch_sizes", "1", "--repeat", "2"]
+    capsys.readouterr()
+    assert entry.main(common) == 2
+    assert "--corrected_model" in capsys.readouterr().err
+    assert entry.main(common + ["--corrected_model", str(cal / "corrected.caffemodel"), *mnist_data,
+                                "--data_limit", "2"]) == 0
+    assert "the deployed model computes what was measured" in capsys.readouterr().out

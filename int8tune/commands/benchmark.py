@@ -13,6 +13,7 @@ from ..benchmark import BenchmarkResult, SpeedRow, time_model
 from ..errors import ConfigError
 from ..hostcpu import describe_host
 from ..outputs import atomic_write_json
+from ..pipeline.tables import check_table_weights
 from ..pipeline.workspace import load_workspace
 from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
@@ -24,12 +25,13 @@ from .parse import default_threads, input_shape, split_list
 
 
 def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:
-    ws = load_workspace(args.proto, args.model, input_shape=input_shape(args.input_shape))
+    ws = load_workspace(args.proto, args.model, args.equalize, input_shape(args.input_shape), args.corrected_model)
     table = None
     if args.qdq is not None:
         qdq = onnx.load(str(args.qdq))
     elif args.calibration_proto is not None:
         table = read_table_pb(args.calibration_proto)
+        check_table_weights(table, ws, str(args.calibration_proto))
         qdq, _ = export_qdq(ws.converted, table)
     else:
         raise ConfigError("give the int8 model: --calibration_proto (a table) or --qdq (an exported QDQ .onnx)")

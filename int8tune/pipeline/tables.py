@@ -73,6 +73,14 @@ def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
     return table
 
 
+def check_table_weights(table: CalibrationTable, ws: Workspace, where: str) -> None:
+    """A table read for export or timing (benchmark) must belong to `ws`'s weights: the layers and values of its
+    net, and the equalized or corrected weights it was calibrated on (else its thresholds quantize other weights
+    than they were measured for, silently)."""
+    _check_table_fits(table, ws, where)
+    _check_equalization(table.weights_record(), ws, where)
+
+
 def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
     """A table calibrated with --equalize holds thresholds of the equalized weights: refuse it on the original
     caffemodel without --equalize (and the reverse), where its thresholds would silently be wrong. `record`:
