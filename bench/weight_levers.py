@@ -4,9 +4,10 @@ never saw.
 
 Each configuration is calibrated as `int8tune calibrate` does it (pipeline.calibration.calibrate: default settings,
 --method auto, --target onnxruntime; the levers on the first 32 calibration images, as calibrate runs them), then
-its int8 model (the exact simulation of the exported file) is scored on held-out images against the fp32 model the
-user gave. To save time, "bias correction" reuses the plain run's table and "both" the AdaRound run's: calibrate
-with both options computes exactly that (AdaRound before the statistics, bias correction with the table after).
+its exported int8 model (model_int8_qdq.onnx in a default onnxruntime session on this CPU) is scored on held-out
+images against the fp32 model the user gave. To save time, "bias correction" reuses the plain run's table and "both"
+the AdaRound run's: calibrate with both options computes exactly that (AdaRound before the statistics, bias
+correction with the table after).
 
 - squeezenet_v1.0: calibrated on the first 32 images of images/imagenet_dev (file order of labels.txt), scored on
   the next --held_out (default 200): top-1 against the labels, top-1 agreement with fp32, square distance of the
@@ -26,7 +27,6 @@ anything. Wall time of every lever is printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -41,7 +41,6 @@ from int8tune.pipeline.calibration import calibrate
 from int8tune.pipeline.images import Images
 from int8tune.pipeline.levers import adaround_workspace, bias_corrected_workspace
 from int8tune.pipeline.workspace import load_workspace
-from int8tune.quant.simulate import build_int8_graph
 from int8tune.runtime import Engine
 from int8tune.tune.restarts import restart_start
 from int8tune.tune.tuner import metric_outputs
@@ -56,14 +55,22 @@ def photos() -> list[Path]:
 
 
 def outputs_of(converted, table, batches, names, threads) -> dict[str, np.ndarray]:
-    """The int8 model's outputs (thresholds frozen in, as the tuner's whole-model runs), or fp32's without table."""
+    """fp32's outputs without a table; with one, the outputs of the exported QDQ model (model_int8_qdq.onnx as
+    calibrate writes it) in a default onnxruntime session on this CPU: the model a user deploys."""
     if table is None:
         engine = Engine(converted, threads=threads)
-    else:
-        graph = build_int8_graph(converted, table)
-        engine = Engine(dataclasses.replace(graph.converted, model=graph.frozen(table)), threads=threads,
-                        simulation=True)
-    runs = [engine.run_tensors(b, names) for b in batches]
+        runs = [engine.run_tensors(b, names) for b in batches]
+        return {n: np.concatenate([r[n] for r in runs]) for n in names}
+    import onnxruntime as ort
+
+    from int8tune.quant.qdq import export_qdq
+
+    model, _ = export_qdq(converted, table)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    runs = [dict(zip([o.name for o in session.get_outputs()], session.run(names, {feed: b}))) for b in batches]
     return {n: np.concatenate([r[n] for r in runs]) for n in names}
 
 

@@ -30,3 +30,27 @@ def restore_logging():
     yield
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])
+
+
+@pytest.fixture()
+def lenet(assets):
+    folder = assets / "models" / "lenet_mnist"
+    return folder / "lenet.prototxt", folder / "lenet_iter_10000.caffemodel"
+
+
+@pytest.fixture()
+def mnist_data(tmp_path):
+    """Two random 28x28 gray images and LeNet's preprocessing, as --data_list/--image_params arguments."""
+    import json
+
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"size": [28, 28], "color_format": "gray", "scale": 0.00390625}))
+    return ["--data_list", str(images), "--image_params", str(params)]

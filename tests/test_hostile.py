@@ -9,7 +9,6 @@ import json
 import os
 import re
 
-import cv2
 import numpy as np
 import pytest
 from netbuilder import input_header, layer, write_net
@@ -23,24 +22,6 @@ from int8tune.pipeline.workspace import load_workspace
 from int8tune.tune.trials import Trial, TrialLog
 
 RNG = np.random.default_rng(5)
-
-
-@pytest.fixture()
-def lenet(assets):
-    folder = assets / "models" / "lenet_mnist"
-    return folder / "lenet.prototxt", folder / "lenet_iter_10000.caffemodel"
-
-
-@pytest.fixture()
-def mnist_data(tmp_path):
-    """Two 28x28 gray images and LeNet's preprocessing."""
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(2):
-        cv2.imwrite(str(images / f"{i}.png"), RNG.integers(0, 256, (28, 28), dtype=np.uint8))
-    params = tmp_path / "params.json"
-    params.write_text(json.dumps({"size": [28, 28], "color_format": "gray", "scale": 0.00390625}))
-    return ["--data_list", str(images), "--image_params", str(params)]
 
 
 def conv_net(body: str = "convolution_param { num_output: 2 kernel_size: 3 }", bias: bool = True,
