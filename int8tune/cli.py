@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import TuneConfig
+from .config import Confirm, Objective, RestartPick, TuneConfig
 from .errors import Int8TuneError
 from .log import logger
+from .progress import ProgressMode
 
 PrepareImage = Callable
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"1e-6 (another rounding realization), and keep the restart with the best objective; a "
                            f"single run's result is one draw of a wide spread (default {TuneConfig.restarts}; 1: one "
                            f"plain run)")
-    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=["best", "mean", "validation"],
+    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=[p.value for p in RestartPick],
                       help="best: the restart with the best objective on the tuning images (default); mean: the "
                            "geometric mean of the restarts' threshold moves (a table no restart tested); "
                            "validation: the restart with the best --metric on the --validation_list images")
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop once the metric reaches this value (0..1 for accuracies)")
     acc.add_argument("--threshold", type=float, default=1.0,
                      help="largest accuracy drop allowed, in percent points (default 1): the goal of the run")
-    acc.add_argument("--progress", default="print", choices=["print", "bar", "none"], help="progress output")
+    acc.add_argument("--progress", default=ProgressMode.PRINT.value, choices=[p.value for p in ProgressMode],
+                     help="progress output")
     acc.add_argument("--no_fallback", dest="fallback", action="store_false",
                      help="basic/mse: never fall a layer back to fp32")
 
@@ -207,7 +209,7 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
                    help="a Python file of your own @register_metric functions, loaded before the run")
     p.add_argument("--metric_params", default="", help="JSON object (or file) of metric parameters")
     p.add_argument("--yolo_cfg", type=Path, default=None, help="darknet .cfg giving the yolo metric's heads")
-    p.add_argument("--objective", default=None, choices=["model", "outputs", "layer", "guarded"],
+    p.add_argument("--objective", default=None, choices=[o.value for o in Objective],
                    help="what each candidate threshold is scored by: outputs = the square distance of the model's "
                         "outputs, whatever --metric (auto's default; the same as model for --metric square; dense: "
                         "every output value counts, see docs/tuning.md; --metric is still reported before/after and "
@@ -236,7 +238,7 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
     s.add_argument("--output_veto", type=float, default=2.0,
                    help="with several model outputs and the square distance: refuse a move that lowers the sum but "
                         "multiplies one output's own distance by more than this (default 2; 0: off)")
-    s.add_argument("--confirm", choices=("unseen", "all"), default="all",
+    s.add_argument("--confirm", choices=[c.value for c in Confirm], default=Confirm.ALL.value,
                    help="with --search_subset: a move must improve the objective on the batches the search did not "
                         "see, by more than --min_gain (unseen), or on every batch (all, default)")
     s.add_argument("--search_subset", type=int, default=-1,

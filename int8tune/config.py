@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .executors import ExecutorKind, ExecutorSettings
 from .quant.spec import DEFAULT_QUANTIZE_TYPES
+
+E = TypeVar("E", bound=Enum)
 
 
 def _jsonable(value: Any) -> Any:
@@ -26,6 +29,56 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "value") and not isinstance(value, (int, float, str)):
         return value.value  # enums
     return value
+
+
+def enum_option(enum: type[E], option: str, value: Any) -> E:
+    """The member of `enum` that `value` names (the CLI, YAML and API give strings); anything else is an error
+    naming the option and every valid value."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(f"--{option} must be one of {', '.join(e.value for e in enum)}, found {value!r}") from None
+
+
+# What each candidate threshold is scored by (--objective). model: the chosen metric on the model's outputs;
+# outputs: the square distance of the model's outputs whatever the metric (dense: every output value counts, where
+# a detection metric rests on the few cells holding objects); layer: the square distance of the tuned layer's own
+# output (the original tool's tune_diff); guarded: the square distance of the model's outputs searches, and a move
+# is kept only when the metric on the model's outputs improves too (on the searched images, then on all): the
+# dense distance is the steadier guide, the metric is what the user judges by, and a move that only one of them
+# sees is the likelier chance.
+class Objective(str, Enum):
+    MODEL = "model"
+    OUTPUTS = "outputs"
+    LAYER = "layer"
+    GUARDED = "guarded"
+
+    @property
+    def on_model_outputs(self) -> bool:
+        return self is not Objective.LAYER
+
+    @property
+    def dense(self) -> bool:
+        """Scored by the square distance of the model's outputs whatever the metric."""
+        return self in (Objective.OUTPUTS, Objective.GUARDED)
+
+
+class Confirm(str, Enum):
+    """Where a move found on the searched batches must prove itself (with --search_subset): on the batches the
+    search did not see (its score there is free of the search's selection bias: the best of many candidates on
+    the same images looks better there than it is), or on every batch (the searched ones included)."""
+
+    UNSEEN = "unseen"
+    ALL = "all"
+
+
+class RestartPick(str, Enum):
+    """Which restart's table a run keeps: the best objective on the tuning images, the geometric mean of the
+    restarts' threshold moves, or the best metric on held-out images (a Judge)."""
+
+    BEST = "best"
+    MEAN = "mean"
+    VALIDATION = "validation"
 
 
 class ConfigBase:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from enum import Enum
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
@@ -29,6 +30,14 @@ from .log import logger
 T = TypeVar("T")
 
 DEFAULT_INTERVAL = 10.0  # seconds between two log lines
+
+
+class ProgressMode(str, Enum):
+    """How a strategy reports its evaluations (--progress): a line each (print), a bar (bar), or nothing (none)."""
+
+    PRINT = "print"
+    BAR = "bar"
+    NONE = "none"
 
 
 class Progress:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable
 
 from tqdm import tqdm
 
 from ..log import logger
+from ..progress import ProgressMode
 from ..quant.table import CalibrationTable
 from .strategies import STRATEGIES, StrategyContext, estimated_evaluations, int8_share
 from .trials import Trial, TrialLog
 
-PROGRESS = ("print", "bar", "none")
+PROGRESS = tuple(p.value for p in ProgressMode)
 
 
 @dataclass
@@ -37,14 +37,6 @@ class DriverResult:
 
 def _pct(metric, value: float) -> str:
     return f"{100 * value:.2f} %" if metric.higher_is_better and 0 <= value <= 1 else f"{value:.6g}"
-
-
-class ProgressMode(str, Enum):
-    """How a strategy reports its evaluations: a line each (print), a bar (bar), or nothing (none)."""
-
-    PRINT = "print"
-    BAR = "bar"
-    NONE = "none"
 
 
 def run_strategy(name: str, ctx: StrategyContext, log: TrialLog | None,

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..config import RestartPick
 from ..quant.table import CalibrationTable
 from .tuner import BlobResult, Tuner
 
@@ -92,15 +92,6 @@ class RestartsResult:
     @property
     def results(self) -> list[BlobResult]:
         return [b for r in self.restarts for b in r.results]
-
-
-class RestartPick(str, Enum):
-    """Which restart's table a run keeps: the best objective on the tuning images, the geometric mean of the
-    restarts' threshold moves, or the best metric on held-out images (a Judge)."""
-
-    BEST = "best"
-    MEAN = "mean"
-    VALIDATION = "validation"
 
 
 PICKS = tuple(p.value for p in RestartPick)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..config import Confirm, Objective, enum_option
 from ..convert.converter import ConvertedModel
 from ..errors import ConfigError
 from ..executors import Executor, LocalExecutor, Shared
@@ -43,40 +43,8 @@ from .search import SEARCHES, SearchSettings
 from .tasks import IsolatedJob, IsolatedPlan, SquareJob, TensorsJob, isolated_parts, square_parts, tensors
 from .trials import Trial, TrialLog
 
-
-# model: the chosen metric on the model's outputs; outputs: the square distance of the model's outputs whatever the
-# metric (dense: every output value counts, where a detection metric rests on the few cells holding objects);
-# layer: the square distance of the tuned layer's own output (the original tool's tune_diff);
-# guarded: the square distance of the model's outputs searches, and a move is kept only when the metric on the
-# model's outputs improves too (on the searched images, then on all): the dense distance is the steadier guide,
-# the metric is what the user judges by, and a move that only one of them sees is the likelier chance.
-class Objective(str, Enum):
-    MODEL = "model"
-    OUTPUTS = "outputs"
-    LAYER = "layer"
-    GUARDED = "guarded"
-
-    @property
-    def on_model_outputs(self) -> bool:
-        return self is not Objective.LAYER
-
-    @property
-    def dense(self) -> bool:
-        """Scored by the square distance of the model's outputs whatever the metric."""
-        return self in (Objective.OUTPUTS, Objective.GUARDED)
-
-
 OBJECTIVES = tuple(o.value for o in Objective)
 MODEL_OUTPUT_OBJECTIVES = tuple(o for o in Objective if o.on_model_outputs)
-
-
-class Confirm(str, Enum):
-    """Where a move found on the searched batches must prove itself (with --search_subset): on the batches the
-    search did not see (its score there is free of the search's selection bias: the best of many candidates on
-    the same images looks better there than it is), or on every batch (the searched ones included)."""
-
-    UNSEEN = "unseen"
-    ALL = "all"
 
 
 # An output whose distance grows by less than this share of the summed baseline distance is never vetoed: a tiny
@@ -104,13 +72,8 @@ class TuneSettings:
     confirm: Confirm = Confirm.ALL
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, found {self.objective!r}")
-        object.__setattr__(self, "objective", Objective(self.objective))
-        if self.confirm not in {c.value for c in Confirm}:
-            raise ConfigError(f"--confirm must be one of {', '.join(c.value for c in Confirm)}, found "
-                              f"{self.confirm!r}")
-        object.__setattr__(self, "confirm", Confirm(self.confirm))
+        object.__setattr__(self, "objective", enum_option(Objective, "objective", self.objective))
+        object.__setattr__(self, "confirm", enum_option(Confirm, "confirm", self.confirm))
         SEARCHES.get(self.search)
 
 
