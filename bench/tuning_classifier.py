@@ -17,7 +17,7 @@ import time
 import numpy as np
 from common import batches_of, labelled, model_paths, params_for, require_assets, split, top1
 
-from int8tune.config import TuneConfig
+from int8tune.config import DeliveryConfig
 from int8tune.metrics import METRICS
 from int8tune.pipeline.workspace import load_workspace
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--tune", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--subset", type=int, default=3)
-    ap.add_argument("--restarts", type=int, default=TuneConfig.restarts, help="as auto's --restarts (1: one run)")
+    ap.add_argument("--restarts", type=int, default=DeliveryConfig.restarts, help="as auto's --restarts (1: one run)")
     ap.add_argument("--equalize", action="store_true",
                     help="cross-layer equalization of the weights first (caffe/equalize.py), for every table")
     args = ap.parse_args()

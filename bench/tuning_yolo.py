@@ -29,7 +29,7 @@ import time
 import numpy as np
 from common import ASSETS, YOLO_CFG, batches_of, detection_split, require_assets, workspace_of, yolo_params
 
-from int8tune.config import TuneConfig
+from int8tune.config import DeliveryConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
 from int8tune.quant.calibrate import all_thresholds, build_table, collect_statistics, plan_quantization, planned_values
@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--unsigned", action="store_true", help="T/255 for non-negative blobs (see QuantSpec)")
     ap.add_argument("--equalize", action="store_true",
                     help="cross-layer equalization of the weights first (caffe/equalize.py), for every table")
-    ap.add_argument("--restarts", type=int, default=TuneConfig.restarts,
+    ap.add_argument("--restarts", type=int, default=DeliveryConfig.restarts,
                     help="whole-net tuning runs, the best kept as auto does (tune/restarts.py; 1: one plain run)")
     ap.add_argument("--wide", type=int, default=250, help="imagenet_dev images in the second held-out set (0: none)")
     ap.add_argument("--extra_tune", type=int, default=0,

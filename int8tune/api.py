@@ -29,7 +29,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import ModelConfig, QuantConfig, TuneConfig
+from .config import ModelConfig, QuantConfig, RestartPick, TuneConfig
 from .errors import ConfigError
 from .executors import resolve_address
 from .log import logger
@@ -37,7 +37,8 @@ from .metrics import Direction, Metric
 from .outputs import output_lock
 from .workflow import AutoResult
 
-# Settings the API and the YAML file accept: the TuneConfig and QuantConfig fields a run uses.
+# Settings the API and the YAML file accept: the TuneConfig options (by their flat names) and QuantConfig fields a
+# run uses.
 TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
              "multipliers", "search_subset", "min_gain", "output_veto", "confirm", "restarts", "restart_pick",
@@ -92,9 +93,9 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
         tune_values["multipliers"] = tuple(tune_values["multipliers"])
     if "executor" in tune_values:  # ray: the address given, else $RAY_ADDRESS, else this machine's cluster
         tune_values["ray_address"] = resolve_address(tune_values["executor"], tune_values.get("ray_address"))
-    cfg = TuneConfig(model=ModelConfig(proto, caffemodel), data=None, quant=quant, output_path=out,  # type: ignore[arg-type]
-                     **tune_values)
-    if cfg.restart_pick == "validation" and validation_dataloader is None:
+    cfg = TuneConfig.from_options(model=ModelConfig(proto, caffemodel), data=None, quant=quant,  # type: ignore[arg-type]
+                                  output_path=out, **tune_values)
+    if cfg.delivery.restart_pick is RestartPick.VALIDATION and validation_dataloader is None:
         raise ConfigError("restart_pick 'validation' scores the restarts on held-out batches: pass "
                           "validation_dataloader")
     ws = load_workspace(proto, caffemodel, quant.equalize)

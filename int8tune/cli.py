@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import Confirm, Objective, RestartPick, TuneConfig
+from .config import Confirm, DeliveryConfig, Objective, RestartPick
 from .errors import Int8TuneError
 from .log import logger
 from .progress import ProgressMode
@@ -120,20 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--no_resume", dest="resume", action="store_false",
                       help="start afresh even if --output_path holds a trial log of the same inputs")
     auto.add_argument("--plots", type=int, default=6, help="histogram plots for this many worst layers (default 6)")
-    auto.add_argument("--restarts", type=int, default=TuneConfig.restarts,
+    auto.add_argument("--restarts", type=int, default=DeliveryConfig.restarts,
                       help=f"layerwise: tune the whole net this many times, each from the table moved by a relative "
                            f"1e-6 (another rounding realization), and keep the restart with the best objective; a "
-                           f"single run's result is one draw of a wide spread (default {TuneConfig.restarts}; 1: one "
-                           f"plain run)")
-    auto.add_argument("--restart_pick", default=TuneConfig.restart_pick, choices=[p.value for p in RestartPick],
+                           f"single run's result is one draw of a wide spread (default {DeliveryConfig.restarts}; 1: "
+                           f"one plain run)")
+    auto.add_argument("--restart_pick", default=DeliveryConfig.restart_pick.value,
+                      choices=[p.value for p in RestartPick],
                       help="best: the restart with the best objective on the tuning images (default); mean: the "
                            "geometric mean of the restarts' threshold moves (a table no restart tested); "
                            "validation: the restart with the best --metric on the --validation_list images")
-    auto.add_argument("--holdout", type=float, default=TuneConfig.holdout,
+    auto.add_argument("--holdout", type=float, default=DeliveryConfig.holdout,
                       help=f"without --validation_list: hold this share of the images back from calibration and "
                            f"tuning, and deliver the table they score best (start, tuned, each restart, each "
                            f"calibrator's table) when it beats the start by more than the noise floor (default "
-                           f"{TuneConfig.holdout}; 0: tune on every image and deliver the tuned table)")
+                           f"{DeliveryConfig.holdout}; 0: tune on every image and deliver the tuned table)")
     auto.add_argument("--validation_list", type=Path, default=None,
                       help="images held out of tuning (a list file or a folder, read like --data_list): report.log "
                            "scores the start table, the tuned one and each restart on them (--metric, and the "

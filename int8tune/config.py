@@ -1,19 +1,23 @@
 """Typed configuration, built once at the edge (main.py / cli.py) from the command line.
 
 The package never sees argv or untyped dicts; each command gets a frozen dataclass, echoed at the start of the
-run and stored with its outputs.
+run and stored with its outputs. TuneConfig groups its settings by job (MeasureConfig, BlobSearchConfig,
+DeliveryConfig, AccuracyConfig, RunConfig); each group validates its own fields. The options themselves stay flat
+(--step_ratio, `restarts:` in a YAML file, tune(restarts=2)), and so does TuneConfig.to_dict(): the trial log's
+fingerprint of the settings is the same for the same options however the groups are cut.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .executors import ExecutorKind, ExecutorSettings
+from .progress import ProgressMode
 from .quant.spec import DEFAULT_QUANTIZE_TYPES
 
 E = TypeVar("E", bound=Enum)
@@ -26,8 +30,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
-        return value.value  # enums
+    if isinstance(value, Enum):
+        return value.value
     return value
 
 
@@ -38,6 +42,18 @@ def enum_option(enum: type[E], option: str, value: Any) -> E:
         return enum(value)
     except ValueError:
         raise ConfigError(f"--{option} must be one of {', '.join(e.value for e in enum)}, found {value!r}") from None
+
+
+def _either(enum: type[Enum]) -> str:
+    """`a, b or c`: the values of `enum`, for messages."""
+    values = [e.value for e in enum]
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def _check_file(option: str, path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        raise ConfigError(f"--{option} {path}: " + ("is a directory, expected a file" if path.is_dir()
+                                                     else "no such file"))
 
 
 # What each candidate threshold is scored by (--objective). model: the chosen metric on the model's outputs;
@@ -81,16 +97,39 @@ class RestartPick(str, Enum):
     VALIDATION = "validation"
 
 
-class ConfigBase:
-    executor: ExecutorKind
-    ray_address: str | None
+LAYERWISE = "layerwise"  # --strategy: threshold search blob by blob with restarts; the others are tune/strategies.py's
 
+
+class ConfigBase:
     def to_dict(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+        """The settings as JSON values, under their option names: a group of options (OptionGroup) is listed flat,
+        a nested config (model, data, quant) as a dict of its own."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, OptionGroup):
+                out.update(value.to_dict())
+            else:
+                out[f.name] = _jsonable(asdict(value) if is_dataclass(value) else value)
+        return out
 
     def describe(self) -> str:
-        width = max(len(f.name) for f in fields(self))  # type: ignore[arg-type]
-        return "\n".join(f"  {k:<{width}} = {json.dumps(v)}" for k, v in self.to_dict().items())
+        settings = self.to_dict()
+        width = max(len(k) for k in settings)
+        return "\n".join(f"  {k:<{width}} = {json.dumps(v)}" for k, v in settings.items())
+
+
+class OptionGroup(ConfigBase):
+    """A group of TuneConfig's settings, by job. Its field names are the option names (--step_ratio, `restarts:`
+    in a YAML file, tune(restarts=2)): TuneConfig.to_dict() lists them flat, and TuneConfig.from_options hands each
+    option to the group that holds it."""
+
+
+class Execution:
+    """Where the batches run: --executor and --ray_address (CalibrateConfig, and TuneConfig's RunConfig)."""
+
+    executor: ExecutorKind
+    ray_address: str | None
 
     def execution(self) -> ExecutorSettings:
         """Where the run's batches execute (--executor, --ray_address)."""
@@ -222,7 +261,7 @@ class QuantConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
-class CalibrateConfig(ConfigBase):
+class CalibrateConfig(ConfigBase, Execution):
     model: ModelConfig
     data: DataConfig
     quant: QuantConfig
@@ -238,8 +277,118 @@ class CalibrateConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class MeasureConfig(OptionGroup):
+    """What the int8 model is judged by: the metric on the model's outputs, and what each candidate threshold is
+    scored by."""
+
+    metric: str = "square"
+    metric_module: Path | None = None  # --metric_module: a file of the user's metrics, loaded before the run
+    metric_params: dict = field(default_factory=dict)
+    objective: Objective = Objective.OUTPUTS
+    output_veto: float = 2.0  # refuse a move that multiplies one model output's distance by more (0: off)
+
+    def __post_init__(self) -> None:
+        if self.metric_params is None:  # `metric_params:` left empty in a YAML file
+            object.__setattr__(self, "metric_params", {})
+        _check_file("metric_module", self.metric_module)
+        object.__setattr__(self, "objective", enum_option(Objective, "objective", self.objective))
+        if self.output_veto != 0 and self.output_veto <= 1:
+            raise ConfigError(f"--output_veto is a factor above 1 (or 0 for off), found {self.output_veto}")
+
+
+@dataclass(frozen=True)
+class BlobSearchConfig(OptionGroup):
+    """How one blob's threshold is searched (tune/search.py) and when a move found is kept."""
+
+    search: str = "both_directions"  # a name of tune/search.py's SEARCHES (checked there when the run starts)
+    step_ratio: float = 0.1
+    steps: int = 8
+    patience: int = 2
+    multipliers: tuple[float, ...] = ()
+    search_subset: int = -1  # search on this many batches, the largest difference first (-1: half of 6 or more)
+    min_gain: float = 0.01
+    confirm: Confirm = Confirm.ALL  # where a move found on the searched batches must prove itself
+
+    def __post_init__(self) -> None:
+        if self.step_ratio <= 0 or self.steps <= 0 or self.patience <= 0:
+            raise ConfigError("--step_ratio, --steps and --patience must be positive")
+        if any(m <= 0 for m in self.multipliers):
+            raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
+        object.__setattr__(self, "confirm", enum_option(Confirm, "confirm", self.confirm))
+
+
+@dataclass(frozen=True)
+class DeliveryConfig(OptionGroup):
+    """How many whole-net tuning runs (tune/restarts.py), and which table is delivered: the images it is chosen
+    on and the pick among the restarts."""
+
+    restarts: int = 4  # whole-net tuning runs
+    restart_pick: RestartPick = RestartPick.BEST  # which restart's table is kept
+    validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)
+    # auto without --validation_list: this share of the images is held back from calibration and tuning, to
+    # choose the delivered table on (pipeline/selection.py); 0: tune on every image and deliver the tuned pick
+    holdout: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.restarts <= 0:
+            raise ConfigError(f"--restarts must be positive, found {self.restarts}")
+        if self.restart_pick not in {p.value for p in RestartPick}:
+            raise ConfigError(f"--restart_pick must be {_either(RestartPick)}, found {self.restart_pick!r}")
+        object.__setattr__(self, "restart_pick", RestartPick(self.restart_pick))
+        if not 0 <= self.holdout < 0.5:
+            raise ConfigError(f"--holdout is the share of the images held back from tuning, in [0, 0.5); found "
+                              f"{self.holdout}")
+        if self.validation_list is not None and not self.validation_list.exists():
+            raise ConfigError(f"--validation_list {self.validation_list}: no such file or folder")
+
+
+@dataclass(frozen=True)
+class AccuracyConfig(OptionGroup):
+    """The accuracy goal and the strategy that reaches for it (docs/accuracy_strategies.md)."""
+
+    strategy: str = LAYERWISE  # LAYERWISE, or a name of tune/strategies.py's STRATEGIES (checked when the run starts)
+    max_iter_per_node: int = 3
+    acc_drop_skip: float = 0.05
+    target_accuracy: float | None = None
+    threshold: float = 1.0  # largest accuracy drop allowed, in percent points (OpenVINO's --threshold)
+    fallback: bool = True
+    bayesian_trials: int = 30
+    tiebreak: str | None = None  # a name of tune/objectives.py's OBJECTIVES (checked when the run starts)
+
+    def __post_init__(self) -> None:
+        if self.max_iter_per_node <= 0:
+            raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
+        if self.threshold < 0:
+            raise ConfigError(f"--threshold is an accuracy drop in percent and cannot be negative ({self.threshold})")
+
+    @property
+    def layerwise(self) -> bool:
+        return self.strategy == LAYERWISE
+
+
+@dataclass(frozen=True)
+class RunConfig(OptionGroup, Execution):
+    """How the run executes and what it leaves beside the results: threads and executor, progress output, the
+    resumed trial log, plots."""
+
+    threads: int = 2
+    executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
+    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
+    progress: ProgressMode = ProgressMode.PRINT
+    resume: bool = True
+    plots: int = 6  # how many of the worst layers get a histogram plot
+
+    def __post_init__(self) -> None:
+        self._check_executor()
+        if self.progress not in {p.value for p in ProgressMode}:
+            raise ConfigError(f"--progress must be {_either(ProgressMode)}, found {self.progress!r}")
+        object.__setattr__(self, "progress", ProgressMode(self.progress))
+
+
+@dataclass(frozen=True)
 class TuneConfig(ConfigBase):
-    """Settings shared by test, tune and the whole loop (auto / main.sh)."""
+    """Settings shared by test, tune and the whole loop (auto / main.sh): the model, images and int8 model, the
+    table to start from, each command's own option, and the groups of options by job."""
 
     model: ModelConfig
     data: DataConfig
@@ -247,47 +396,16 @@ class TuneConfig(ConfigBase):
     output_path: Path
     calibration_model: Path | None = None
     calibration_proto: Path | None = None
-    metric: str = "square"
-    metric_module: Path | None = None  # --metric_module: a file of the user's metrics, loaded before the run
-    metric_params: dict = None  # type: ignore[assignment]
-    objective: str = "outputs"
-    int8_layer: str = ""
-    tune_layer: str = ""
-    tune_diff: float | None = None
-    search: str = "both_directions"
-    step_ratio: float = 0.1
-    steps: int = 8
-    patience: int = 2
-    multipliers: tuple[float, ...] = ()
-    search_subset: int = -1
-    min_gain: float = 0.01
-    output_veto: float = 2.0  # refuse a move that multiplies one model output's distance by more (0: off)
-    confirm: str = "all"  # tune/tuner.py Confirm: where a move found on the searched batches must prove itself
-    restarts: int = 4  # whole-net tuning runs (tune/restarts.py)
-    restart_pick: str = "best"  # which restart's table is kept: best (objective), mean (of the moves), validation
-    validation_list: Path | None = None  # auto: images held out of tuning, scored before/after (and for the pick)
-    # auto without --validation_list: this share of the images is held back from calibration and tuning, to
-    # choose the delivered table on (pipeline/selection.py); 0: tune on every image and deliver the tuned pick
-    holdout: float = 0.25
-    strategy: str = "layerwise"
-    max_iter_per_node: int = 3
-    acc_drop_skip: float = 0.05
-    target_accuracy: float | None = None
-    threshold: float = 1.0  # largest accuracy drop allowed, in percent points (OpenVINO's --threshold)
-    progress: str = "print"
-    fallback: bool = True
-    bayesian_trials: int = 30
-    tiebreak: str | None = None
-    threads: int = 2
-    resume: bool = True
-    plots: int = 6  # how many of the worst layers get a histogram plot
-    executor: ExecutorKind = ExecutorKind.LOCAL  # where the batches run (executors/): same results either way
-    ray_address: str | None = None  # --executor ray: the cluster (None: this machine's, see executors/base.py)
+    int8_layer: str = ""  # test: the layer whose output difference is reported
+    tune_layer: str = ""  # tune: the int8 layer whose input threshold is swept
+    tune_diff: float | None = None  # tune: the difference to compare the candidates with
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    blob_search: BlobSearchConfig = field(default_factory=BlobSearchConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        self._check_executor()
-        if self.metric_params is None:
-            object.__setattr__(self, "metric_params", {})
         if self.model.corrected_model is not None and self.quant.levers:
             raise ConfigError(f"--corrected_model {self.model.corrected_model} holds weights the levers already "
                               f"corrected; {' and '.join(self.quant.levers)} would correct them again: give one or the "
@@ -297,29 +415,38 @@ class TuneConfig(ConfigBase):
                               f"table they calibrate; with a given table (--calibration_proto/--calibration_model) "
                               f"give the weights the run that wrote it corrected, --corrected_model "
                               f"corrected.caffemodel, instead")
-        for key in ("calibration_model", "calibration_proto", "metric_module"):
-            path = getattr(self, key)
-            if path is not None and not path.is_file():
-                raise ConfigError(f"--{key} {path}: " + ("is a directory, expected a file" if path.is_dir()
-                                                          else "no such file"))
-        if self.step_ratio <= 0 or self.steps <= 0 or self.patience <= 0:
-            raise ConfigError("--step_ratio, --steps and --patience must be positive")
-        if any(m <= 0 for m in self.multipliers):
-            raise ConfigError(f"--multipliers must all be positive, found {list(self.multipliers)}")
-        if self.output_veto != 0 and self.output_veto <= 1:
-            raise ConfigError(f"--output_veto is a factor above 1 (or 0 for off), found {self.output_veto}")
-        if self.restarts <= 0:
-            raise ConfigError(f"--restarts must be positive, found {self.restarts}")
-        if self.restart_pick not in ("best", "mean", "validation"):
-            raise ConfigError(f"--restart_pick must be best, mean or validation, found {self.restart_pick!r}")
-        if not 0 <= self.holdout < 0.5:
-            raise ConfigError(f"--holdout is the share of the images held back from tuning, in [0, 0.5); found "
-                              f"{self.holdout}")
-        if self.validation_list is not None and not self.validation_list.exists():
-            raise ConfigError(f"--validation_list {self.validation_list}: no such file or folder")
-        if self.max_iter_per_node <= 0:
-            raise ConfigError(f"--max_iter_per_node must be positive, found {self.max_iter_per_node}")
-        if self.threshold < 0:
-            raise ConfigError(f"--threshold is an accuracy drop in percent and cannot be negative ({self.threshold})")
-        if self.progress not in ("print", "bar", "none"):
-            raise ConfigError(f"--progress must be print, bar or none, found {self.progress!r}")
+        for key in ("calibration_model", "calibration_proto"):
+            _check_file(key, getattr(self, key))
+
+    @classmethod
+    def groups(cls) -> dict[str, type[OptionGroup]]:
+        """Field name -> the group class it holds."""
+        return {f.name: f.default_factory for f in fields(cls)  # type: ignore[misc]
+                if isinstance(f.default_factory, type) and issubclass(f.default_factory, OptionGroup)}
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every option a TuneConfig holds by its flat name: the groups' fields and the commands' own options."""
+        groups = cls.groups()
+        own = {f.name for f in fields(cls) if f.name not in groups} - {"model", "data", "quant", "output_path"}
+        return own | {f.name for group in groups.values() for f in fields(group)}
+
+    @classmethod
+    def from_options(cls, model: ModelConfig, data: DataConfig, quant: QuantConfig, output_path: Path,
+                     **options: Any) -> TuneConfig:
+        """A TuneConfig from flat options (the command line's, a YAML file's, the API's keywords), each handed to
+        the group that holds it; an option left out keeps its default."""
+        groups = cls.groups()
+        owner = {f.name: name for name, group in groups.items() for f in fields(group)}
+        unknown = sorted(set(options) - cls.option_names())
+        if unknown:
+            raise TypeError(f"TuneConfig has no option {', '.join(unknown)}")
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in groups}
+        own = {}
+        for key, value in options.items():
+            if key in owner:
+                grouped[owner[key]][key] = value
+            else:
+                own[key] = value
+        return cls(model=model, data=data, quant=quant, output_path=output_path, **own,
+                   **{name: groups[name](**values) for name, values in grouped.items()})

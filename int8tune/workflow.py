@@ -81,30 +81,30 @@ def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: 
     t_start = time.perf_counter()
     out = cfg.output_path
     source = HeldOutSource.VALIDATION_LIST
-    if held_out_images is None and cfg.strategy == "layerwise" and cfg.holdout > 0:
-        split = hold_back(images, cfg.holdout)
+    if held_out_images is None and cfg.accuracy.layerwise and cfg.delivery.holdout > 0:
+        split = hold_back(images, cfg.delivery.holdout)
         if split is None:
             logger.info("%s: too few to hold some back from tuning (--holdout %g needs at least 6 batches): "
                         "cross-validating the tuning on two halves instead, then tuning on all of them",
-                        images.description, cfg.holdout)
+                        images.description, cfg.delivery.holdout)
             source = HeldOutSource.CROSS_VALIDATION
         else:
             images, held_out_images = split
             calibration_images = calibration_images if calibration_images is not None else images
             source = HeldOutSource.HELD_BACK
-    with open_executor(cfg.execution()) as executor:  # the workers (a Ray cluster's) for the whole run
+    with open_executor(cfg.run.execution()) as executor:  # the workers (a Ray cluster's) for the whole run
         s = open_session(cfg, ws, images, need_table=False, calibration_images=calibration_images,
                          log_path=log_path or out / TRIALS, metric=metric, adjust=adjust, executor=executor)
         files: list[Path] = []
         if s.calibration is not None:  # the calibration step's own outputs, as `calibrate` writes them
-            save_calibration(s.calibration, s.ws, out / "calibration", cfg.threads)
+            save_calibration(s.calibration, s.ws, out / "calibration", cfg.run.threads)
         equalized = save_equalized(s.ws, out)
         if equalized is not None:
             files.append(equalized)
         corrected = save_corrected(s.ws, out)  # with --adaround/--bias_correction: the weights the tables belong to
         if corrected is not None:
             files.append(corrected)
-        if cfg.strategy == "layerwise":
+        if cfg.accuracy.layerwise:
             return _layerwise(s, held_out_images, files, t_start, equalized, source, corrected)
         return _strategy(s, held_out_images, files, t_start, equalized, echo, corrected)
 
@@ -120,10 +120,10 @@ def _held_out_csv(run, out: Path, files: list[Path]) -> None:
 def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, equalized,
                source: HeldOutSource, corrected: Path | None = None) -> AutoResult:
     cfg, out = s.cfg, s.cfg.output_path
-    start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.threads, whole=True)
+    start = deliver(s.ws, s.table, out / "start", check_on=None, threads=cfg.run.threads, whole=True)
 
     def on_restart(run) -> None:
-        if cfg.restarts > 1:
+        if cfg.delivery.restarts > 1:
             write_table_pb(run.table, out / "restarts" / f"restart_{run.number + 1}" / "calibration_table.pb")
 
     run = tune_layerwise(s, held_out_images, on_progress=lambda t: save_progress(t, out), on_restart=on_restart,
@@ -131,13 +131,13 @@ def _layerwise(s: Session, held_out_images, files: list[Path], t_start: float, e
     table = run.table
     table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
     table.provenance["weights_sha256"] = weights_digest(s.ws)
-    tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.threads,
+    tuned = deliver(s.ws, table, out / "tuned", check_on=s.images, images_kind="tuning", threads=cfg.run.threads,
                     whole=True)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)  # delivered: the progress it saved is in tuned/ now
     rows = layer_rows(s, run)
     files.append(write_csv(out / "layers.csv", rows))
     _held_out_csv(run, out, files)
-    if cfg.restarts > 1:
+    if cfg.delivery.restarts > 1:
         files.append(out / "restarts")
     files.append(out / TRIALS)
     figures = layer_figures(s, run, rows, out / "plots")
@@ -157,7 +157,7 @@ def _strategy(s: Session, held_out_images, files: list[Path], t_start: float, eq
     run.table.provenance = provenance(cfg.to_dict(), {"proto": s.ws.proto, "model": s.ws.model}, s.images.paths)
     run.table.provenance["weights_sha256"] = weights_digest(s.ws)
     delivery = deliver(s.ws, run.table, out / "tuned", check_on=s.images, images_kind="tuning",
-                       threads=cfg.threads, whole=True)
+                       threads=cfg.run.threads, whole=True)
     shutil.rmtree(out / PROGRESS, ignore_errors=True)
     _held_out_csv(run, out, files)
     files.append(out / TRIALS)

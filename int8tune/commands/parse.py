@@ -121,33 +121,19 @@ def default_objective(command: str) -> str:
 
 
 def tune_config(args) -> TuneConfig:
+    """The options of test, tune or auto, each handed to its group of TuneConfig; an option the command does not
+    have keeps its default."""
     module = getattr(args, "metric_module", None)
-    if module is not None:  # the user's metrics must be registered before the config checks --metric
+    if module is not None:  # the user's metrics must be registered before the run looks --metric up
         from ..metrics import load_metric_module
 
         load_metric_module(module)
+    options = {name: getattr(args, name) for name in TuneConfig.option_names() if hasattr(args, name)}
     multipliers = tuple(float(m) for m in split_list(args.multipliers)) if getattr(args, "multipliers", "") else ()
-    return TuneConfig(
-        model=model_config(args), data=data_config(args), quant=quant_config(args), output_path=args.output_path,
-        calibration_model=args.calibration_model, calibration_proto=args.calibration_proto, metric=args.metric,
-        metric_module=module,
-        metric_params=metric_params(args.metric_params, args.yolo_cfg),
-        objective=getattr(args, "objective", None) or default_objective(args.command),
-        int8_layer=getattr(args, "int8_layer", ""), tune_layer=getattr(args, "tune_layer", ""),
-        tune_diff=getattr(args, "tune_diff", None),
-        search="grid" if multipliers else getattr(args, "search", "both_directions"),
-        step_ratio=getattr(args, "step_ratio", 0.1), steps=getattr(args, "steps", 8),
-        patience=getattr(args, "patience", 2), multipliers=multipliers,
-        search_subset=getattr(args, "search_subset", -1), min_gain=getattr(args, "min_gain", 0.01),
-        output_veto=getattr(args, "output_veto", TuneConfig.output_veto),
-        confirm=getattr(args, "confirm", TuneConfig.confirm),
-        restarts=getattr(args, "restarts", TuneConfig.restarts),
-        restart_pick=getattr(args, "restart_pick", TuneConfig.restart_pick),
-        validation_list=getattr(args, "validation_list", None),
-        holdout=getattr(args, "holdout", TuneConfig.holdout), strategy=getattr(args, "strategy", "layerwise"),
-        max_iter_per_node=getattr(args, "max_iter_per_node", 3), acc_drop_skip=getattr(args, "acc_drop_skip", 0.05),
-        target_accuracy=getattr(args, "target_accuracy", None), threshold=getattr(args, "threshold", 1.0),
-        progress=getattr(args, "progress", "print"), fallback=getattr(args, "fallback", True),
-        bayesian_trials=getattr(args, "bayesian_trials", 30), tiebreak=getattr(args, "tiebreak", None),
-        threads=default_threads(args.threads), resume=getattr(args, "resume", True), plots=getattr(args, "plots", 6),
-        **executor_options(args))
+    options.update(metric_params=metric_params(args.metric_params, args.yolo_cfg),
+                   objective=getattr(args, "objective", None) or default_objective(args.command),
+                   multipliers=multipliers, threads=default_threads(args.threads), **executor_options(args))
+    if multipliers:
+        options["search"] = "grid"
+    return TuneConfig.from_options(model=model_config(args), data=data_config(args), quant=quant_config(args),
+                                   output_path=args.output_path, **options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import TuneConfig
+from ..config import RestartPick, TuneConfig
 from ..errors import ConfigError
 from ..executors import Executor, open_executor
 from ..outputs import atomic_write_text
@@ -39,7 +39,7 @@ def _finish(doc, out: Path) -> int:
 
 def run_test(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune test\n" + cfg.describe())
-    with open_executor(cfg.execution()) as executor:  # the report measures too: the workers stay until it is done
+    with open_executor(cfg.run.execution()) as executor:  # the report measures too: the workers stay until it is done
         s = _open(cfg, prepare_image, executor, need_table=True)
         if cfg.int8_layer:
             return _finish(layer_test_document(s, measure_layer(s, cfg.int8_layer)), cfg.output_path)
@@ -53,7 +53,7 @@ def run_tune(cfg: TuneConfig, prepare_image) -> int:
     print("int8tune tune\n" + cfg.describe())
     if not cfg.tune_layer:
         raise ConfigError("--tune_layer is required: the int8 layer whose input threshold to sweep")
-    with open_executor(cfg.execution()) as executor:
+    with open_executor(cfg.run.execution()) as executor:
         s = _open(cfg, prepare_image, executor, need_table=True, full_search=True)
         sw = sweep(s, cfg.tune_layer, cfg.tune_diff)
         names = []
@@ -72,20 +72,20 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     from ..workflow import auto
 
     print("int8tune auto\n" + cfg.describe())
-    if cfg.restart_pick == "validation" and cfg.validation_list is None:
+    if cfg.delivery.restart_pick is RestartPick.VALIDATION and cfg.delivery.validation_list is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give "
                           "--validation_list")
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
                         cfg.model.corrected_model)
     items, images = images_of(cfg.data, prepare_image, ws)
     held_out = None
-    if cfg.validation_list is not None:
+    if cfg.delivery.validation_list is not None:
         held_out = _held_out_images(cfg, prepare_image, ws, items)
     result = auto(cfg, ws, images, held_out_images=held_out)
     print(result.report + f"wrote {cfg.output_path / 'report.log'} and {cfg.output_path / 'report.html'}")
     if result.interrupted:
         return 130
-    return 0 if cfg.strategy == "layerwise" or result.goal_met else 3
+    return 0 if cfg.accuracy.layerwise or result.goal_met else 3
 
 
 def _held_out_images(cfg: TuneConfig, prepare_image, ws, tuning_items):
@@ -95,7 +95,7 @@ def _held_out_images(cfg: TuneConfig, prepare_image, ws, tuning_items):
 
     from ..log import logger
 
-    data = replace(cfg.data, data_list=cfg.validation_list, data_limit=None)
+    data = replace(cfg.data, data_list=cfg.delivery.validation_list, data_limit=None)
     items, images = images_of(data, prepare_image, ws, what="of --validation_list")
     tuned_on = {Path(i.path).resolve() for i in tuning_items}
     shared = [str(i.path) for i in items if Path(i.path).resolve() in tuned_on]

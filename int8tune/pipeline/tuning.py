@@ -12,17 +12,17 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import TuneConfig
+from ..config import Objective, RestartPick, TuneConfig
 from ..errors import ConfigError
 from ..executors import Executor, LocalExecutor
 from ..log import logger
 from ..metrics import METRICS, Metric
 from ..quant.table import CalibrationTable
-from ..tune.restarts import Judge, Restart, RestartPick, RestartsResult, restart_start, tune_with_restarts
+from ..tune.restarts import Judge, Restart, RestartsResult, restart_start, tune_with_restarts
 from ..tune.search import SearchSettings
 from ..tune.start import best_start
 from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
-from ..tune.tuner import BlobResult, Objective, Tuner, TuneSettings, metric_outputs
+from ..tune.tuner import BlobResult, Tuner, TuneSettings, metric_outputs
 from .calibration import Calibration, calibrate
 from .images import Images
 from .selection import HeldOutSource, Selection, cross_validated, select
@@ -59,15 +59,21 @@ class Session:
 
 
 def tune_settings(cfg: TuneConfig, batches: int, full_search: bool = False) -> TuneSettings:
-    subset = cfg.search_subset if cfg.search_subset >= 0 else (batches // 2 if batches >= 6 else 0)
-    if full_search and cfg.search_subset < 0:
+    search = cfg.blob_search
+    subset = search.search_subset if search.search_subset >= 0 else (batches // 2 if batches >= 6 else 0)
+    if full_search and search.search_subset < 0:
         subset = 0  # one blob: every candidate is scored on every image
-    return TuneSettings(objective=cfg.objective, search=cfg.search, threads=cfg.threads, subset=subset,
-                        min_gain=0.0 if full_search else cfg.min_gain, output_veto=cfg.output_veto,
-                        confirm=cfg.confirm,
-                        search_settings=SearchSettings(step_ratio=cfg.step_ratio, steps=cfg.steps,
-                                                       patience=cfg.patience, multipliers=cfg.multipliers),
-                        metric_params=cfg.metric_params)
+    return TuneSettings(objective=cfg.measure.objective, search=search.search, threads=cfg.run.threads,
+                        subset=subset, min_gain=0.0 if full_search else search.min_gain,
+                        output_veto=cfg.measure.output_veto, confirm=search.confirm,
+                        search_settings=SearchSettings(step_ratio=search.step_ratio, steps=search.steps,
+                                                       patience=search.patience, multipliers=search.multipliers),
+                        metric_params=cfg.measure.metric_params)
+
+
+def settings_fingerprint(cfg: TuneConfig) -> dict:
+    """The settings a trial log's fingerprint holds: every option that can change a trial, by its flat name."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
 
 
 def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: bool,
@@ -79,19 +85,18 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
     calibrates on `calibration_images` (default: `images`), then, for layerwise tuning, starts from the calibrator
     whose whole table scores best. `log_path`: the trial log (resumed when it holds the same inputs). `adjust`:
     the API's q_func, applied to the calibrated table. `executor`: where the batches run (default here)."""
-    metric = metric or METRICS.get(cfg.metric)
+    metric = metric or METRICS.get(cfg.measure.metric)
     executor = executor or LocalExecutor()
     table = load_table(cfg, ws)
     fp = None
     if log_path is not None:
-        settings_fp = {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
         from ..outputs import sha256_file
 
         fp = {"proto": sha256_file(ws.proto), "model": sha256_file(ws.model), "images": images.digest(),
-              "settings": json.dumps(settings_fp, sort_keys=True)}
+              "settings": json.dumps(settings_fingerprint(cfg), sort_keys=True)}
         if ws.corrections is not None and ws.corrections.source is not None:  # --corrected_model: its weights too
             fp["corrected_model"] = sha256_file(ws.corrections.source)
-        if cfg.resume and log_path.is_file():
+        if cfg.run.resume and log_path.is_file():
             _refuse_early(log_path, fp)
     calibration = None
     if table is None:
@@ -100,7 +105,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
                               "and/or --calibration_model (int8.prototxt); `int8tune calibrate` writes both")
         logger.info("no table given: calibrating first (method %s)", cfg.quant.method)
         cal_images = calibration_images or images
-        calibration = calibrate(ws, cal_images, cfg.quant, measure=cal_images.head(32), threads=cfg.threads,
+        calibration = calibrate(ws, cal_images, cfg.quant, measure=cal_images.head(32), threads=cfg.run.threads,
                                 settings=cfg.to_dict(), executor=executor)
         table = calibration.table
         ws = calibration.ws or ws  # with --adaround/--bias_correction: the weights the table belongs to
@@ -113,7 +118,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
         session.table = table
     elif calibration is not None:
         session.alternatives = calibration.alternatives()
-        if not table.spec.granularity.activations_per_channel and cfg.strategy == "layerwise":
+        if not table.spec.granularity.activations_per_channel and cfg.accuracy.layerwise:
             # Model-wise first: every calibrator's whole table against the metric on the tuning images.
             probe = Tuner(ws.converted, images.batches, metric, settings, labels=images.labels, names=images.names,
                           reference=ws.reference, executor=executor)
@@ -122,7 +127,7 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
     log = None
     if fp is not None:
         fp["table"] = session.table.digest()
-        log = TrialLog(log_path, fp, resume=cfg.resume, comparable=_comparable)
+        log = TrialLog(log_path, fp, resume=cfg.run.resume, comparable=_comparable)
     session.tuner = Tuner(ws.converted, images.batches, metric, settings, log, labels=images.labels,
                           names=images.names, reference=ws.reference, executor=executor)
     return session
@@ -332,18 +337,19 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
                    on_restart: Callable[[Restart], None] | None = None,
                    source: HeldOutSource = HeldOutSource.VALIDATION_LIST, cross_validate_first: bool = False
                    ) -> LayerwiseRun:
-    """Tune every blob in net order, `cfg.restarts` times, keep the pick. `on_progress(table)`: the best table so
-    far, after each blob of the first restart and after each complete restart (to save it). With held-out images,
-    the delivered table is the one they score best among the start, the tuned pick, the restarts and the plain
-    calibrator tables, beyond the noise floor (selection.py)."""
+    """Tune every blob in net order, `cfg.delivery.restarts` times, keep the pick. `on_progress(table)`: the best
+    table so far, after each blob of the first restart and after each complete restart (to save it). With held-out
+    images, the delivered table is the one they score best among the start, the tuned pick, the restarts and the
+    plain calibrator tables, beyond the noise floor (selection.py)."""
     cfg, tuner, start = s.cfg, s.tuner, s.table
+    restarts = cfg.delivery.restarts
     before_model = tuner.difference(start)
     before_layers = tuner.layer_differences(start)
     before_outputs = output_differences(tuner, start)
     logger.info("before tuning: model difference %.6g", before_model)
     order = tuner.blobs_in_order(start, skip_layers=set(cfg.quant.ignore_layer_names))
     val = held_out_tuner(s, held_out_images) if held_out_images is not None else None
-    pick = RestartPick(cfg.restart_pick)
+    pick = cfg.delivery.restart_pick
     if pick is RestartPick.VALIDATION and val is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give --validation_list "
                           "(API: validation_dataloader)")
@@ -354,10 +360,10 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
         if restart == 0 and on_progress is not None:  # later restarts save when complete
             on_progress(table)
         done = restart * len(order) + i + 1
-        left = cfg.restarts * len(order) - done
+        left = restarts * len(order) - done
         eta = (time.perf_counter() - t0) / done * left  # blobs cost alike on average: the estimate is the mean
         if i + 1 < len(order):
-            logger.info("[restart %d/%d, %d/%d] tuning blob %s (about %.0fs left)", restart + 1, cfg.restarts, i + 2,
+            logger.info("[restart %d/%d, %d/%d] tuning blob %s (about %.0fs left)", restart + 1, restarts, i + 2,
                         len(order), start.blobs[order[i + 1]].blob, eta)
 
     def restart_done(run: Restart, picked: CalibrationTable) -> None:
@@ -365,11 +371,11 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
             on_restart(run)
         if on_progress is not None:
             on_progress(picked)
-        logger.info("restart %d/%d done in %.1fs", run.number + 1, cfg.restarts, run.seconds)
+        logger.info("restart %d/%d done in %.1fs", run.number + 1, restarts, run.seconds)
 
     if order:
-        logger.info("[restart 1/%d, 1/%d] tuning blob %s", cfg.restarts, len(order), start.blobs[order[0]].blob)
-    tuning = tune_with_restarts(tuner, start, order, cfg.restarts, blob_done, restart_done, pick,
+        logger.info("[restart 1/%d, 1/%d] tuning blob %s", restarts, len(order), start.blobs[order[0]].blob)
+    tuning = tune_with_restarts(tuner, start, order, restarts, blob_done, restart_done, pick,
                                 Judge(val.difference, val.metric.better) if pick is RestartPick.VALIDATION else None)
     seconds = time.perf_counter() - t0
     table = tuning.table
@@ -388,7 +394,7 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
         selection = cross_validated(s.metric, s.images, cv, {"start": start, "tuned": table})
         table = selection.tables[selection.delivered]
     objective = None
-    if Objective(cfg.objective).dense and s.metric.name != "square" and tuning.table is not start:
+    if cfg.measure.objective.dense and s.metric.name != "square" and tuning.table is not start:
         # of the tuned pick (what tuning did), whatever the held-out images then delivered
         objective = (_outputs_objective(tuner, start), _outputs_objective(tuner, tuning.table))
     return LayerwiseRun(start, table, order, tuning, before_model, tuner.difference(table), before_layers,
@@ -411,11 +417,11 @@ def _outputs_objective(tuner: Tuner, table: CalibrationTable) -> float:
 def goal_of(metric: Metric, fp32: float, cfg: TuneConfig) -> Callable[[float], bool]:
     """The run's goal: --target_accuracy when given, else an accuracy drop of at most --threshold percent points
     (a difference metric has no goal without --target_accuracy: lower is better, down to 0)."""
-    if cfg.target_accuracy is not None:
-        target = cfg.target_accuracy
+    if cfg.accuracy.target_accuracy is not None:
+        target = cfg.accuracy.target_accuracy
         return lambda score: metric.meets(score, target)
     if metric.higher_is_better:
-        return lambda score: fp32 - score <= cfg.threshold / 100.0 + 1e-12
+        return lambda score: fp32 - score <= cfg.accuracy.threshold / 100.0 + 1e-12
     return lambda score: False
 
 
@@ -439,16 +445,16 @@ def tune_strategy(s: Session, held_out_images: Images | None = None,
     from ..tune.driver import run_strategy
     from ..tune.strategies import StrategyContext, StrategySettings
 
-    cfg = s.cfg
+    acc = s.cfg.accuracy
     fp32 = s.tuner.fp32_score()
     ctx = StrategyContext(start=s.table, tuner=s.tuner, metric=s.metric, fp32_score=fp32,
-                          goal=goal_of(s.metric, fp32, cfg),
-                          settings=StrategySettings(cfg.max_iter_per_node, cfg.acc_drop_skip, cfg.fallback,
-                                                    cfg.bayesian_trials),
+                          goal=goal_of(s.metric, fp32, s.cfg),
+                          settings=StrategySettings(acc.max_iter_per_node, acc.acc_drop_skip, acc.fallback,
+                                                    acc.bayesian_trials),
                           tables=s.alternatives)
     try:
-        result = run_strategy(cfg.strategy, ctx, s.tuner.log, cfg.progress, save_best=on_progress,
-                              tiebreak=cfg.tiebreak, echo=echo)
+        result = run_strategy(acc.strategy, ctx, s.tuner.log, s.cfg.run.progress, save_best=on_progress,
+                              tiebreak=acc.tiebreak, echo=echo)
         run = StrategyRun(s.table, result.best_table, fp32, result.initial_score, result.best_score, result.goal_met,
                           result.evaluations, result.seconds, False, None)
     except KeyboardInterrupt:
@@ -472,7 +478,7 @@ def cross_validate(s: Session) -> list:
     out = []
     for k, (mine, other) in enumerate((halves, halves[::-1])):
         logger.info("cross-validation, fold %d/2: tuning on %s, scoring on the other half", k + 1, mine.description)
-        cfg = replace(s.cfg, restarts=1, restart_pick="best")
+        cfg = replace(s.cfg, delivery=replace(s.cfg.delivery, restarts=1, restart_pick=RestartPick.BEST))
         fold = Session(cfg, s.ws, mine, s.metric,
                        Tuner(s.ws.converted, mine.batches, s.metric, replace(s.tuner.settings,
                                                                               subset=0 if len(mine.batches) < 6

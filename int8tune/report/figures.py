@@ -23,18 +23,19 @@ def layer_figures(s: Session, run: LayerwiseRun, rows: list[dict], folder: Path)
     if s.metric.name != "square":
         extra = dict(metric_before=[r["objective_before"] for r in rows],
                      metric_after=[r["objective_after"] for r in rows],
-                     metric_name=f"objective ({s.cfg.objective}) on the model outputs, before/after each move")
+                     metric_name=f"objective ({s.cfg.measure.objective.value}) on the model outputs, before/after "
+                                 f"each move")
     figures = [Figure(plot_layer_differences(layers, [r["difference_before"] for r in rows],
                                              [r["difference_after"] for r in rows],
                                              folder / "layer_differences.png", "square", **extra),
                       "each int8 layer's own output difference (square), before and after tuning")]
     worst = sorted(rows, key=lambda r: -(r["difference_before"] if np.isfinite(r["difference_before"]) else 0))
-    values = list(dict.fromkeys(run.table.layers[r["layer"]].input_value for r in worst[: s.cfg.plots]))
+    values = list(dict.fromkeys(run.table.layers[r["layer"]].input_value for r in worst[: s.cfg.run.plots]))
     if not values:
         return figures
     # The histograms need the blobs' statistics on the tuning images: one more pass, over those blobs only.
-    stats = collect_statistics(Engine(s.ws.converted, threads=s.cfg.threads), values, lambda: iter(s.images.batches),
-                               2048, False, progress=False, executor=s.executor)
+    stats = collect_statistics(Engine(s.ws.converted, threads=s.cfg.run.threads), values,
+                               lambda: iter(s.images.batches), 2048, False, progress=False, executor=s.executor)
     for v in values:
         st = stats[v]
         marks = {"before": run.start.blobs[v].threshold, "after": run.table.blobs[v].threshold, "absmax": st.absmax}

@@ -99,7 +99,7 @@ def layer_test_document(s: Session, m: LayerMeasurement) -> Document:
 # --- tune (one blob) ---------------------------------------------------------------------------------------------
 
 def sweep_document(s: Session, sw: Sweep, names: list[str], out: Path) -> Document:
-    objective = s.cfg.objective
+    objective = s.cfg.measure.objective.value
     metric_col = (s.metric.name,) if sw.guarded else ()
     kinds = "" if objective in ("model",) else (
         f" (tune_diff is {'given' if sw.tune_diff_given else 'measured'} in the objective's units: "
@@ -144,7 +144,7 @@ def held_out_section(h: HeldOut, cfg, csv: Path, restart_pick: str, picked: str 
     if h.worse:
         hint = (": for detectors of small, sparse objects (faces) --objective model can beat the dense default on "
                 "held-out photos; compare both on these images (docs/tuning.md)"
-                if name in DETECTION_METRICS and cfg.objective in ("outputs", "guarded") else "")
+                if name in DETECTION_METRICS and cfg.measure.objective.dense else "")
         items.append(Notice(Level.WARNING, f"on these images the delivered table is worse than the start ({name} "
                                            f"{h.start:.6g} -> {h.tuned:.6g}); start/ holds the start table{hint}"))
     items += _detections(h.detections, kind="held-out ")
@@ -190,7 +190,7 @@ def _veto_items(s: Session, run: LayerwiseRun) -> list[Item]:
         return []
     named = "; ".join(f"{run.table.blobs[v].blob} ({', '.join(sorted(outs))})" for v, outs in vetoes.items())
     return [Paragraph.of(f"moves refused at {len(vetoes)} blob(s) because they lowered the summed distance but made "
-                         f"one output more than {s.cfg.output_veto:g}x worse (--output_veto; the output in "
+                         f"one output more than {s.cfg.measure.output_veto:g}x worse (--output_veto; the output in "
                          f"brackets): {named}")]
 
 
@@ -199,15 +199,15 @@ def _restart_items(s: Session, run: LayerwiseRun) -> list[Item]:
     if len(tuning.restarts) <= 1:
         return []
     lines = [f"restarts (each tunes every blob from the start moved by a relative {RESTART_JITTER:g}; objective "
-             f"{s.cfg.objective} on the tuning images; blobs moved):"]
+             f"{s.cfg.measure.objective.value} on the tuning images; blobs moved):"]
     for r in tuning.restarts:
         moved = sum(1 for b in r.results if b.threshold_after != b.threshold_before)
         after = r.results[-1].difference_after if r.results else float("nan")
         before = r.results[0].difference_before if r.results else float("nan")
         lines.append(f"  restart {r.number + 1}: {before:.6g} -> {after:.6g}; {moved} moved"
                      + ("" if r.complete else f" (interrupted after {len(r.results)} of {len(run.order)} blobs)"))
-    lines.append(f"  tuned/ holds {picked_words(run, s.cfg.restart_pick)}; restarts/restart_K holds each one's "
-                 f"table")
+    lines.append(f"  tuned/ holds {picked_words(run, s.cfg.delivery.restart_pick)}; restarts/restart_K holds each "
+                 f"one's table")
     return [Paragraph(tuple(lines))]
 
 
@@ -222,9 +222,10 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                   figures: list[Figure], files: list[Path], seconds: float, equalized: Path | None,
                   corrected: Path | None = None) -> Document:
     cfg, metric = s.cfg, s.metric
+    search = cfg.blob_search
     setup: list[Item] = header(s) + [
-        Fact("objective", f"{cfg.objective}; search {cfg.search} (step ratio {cfg.step_ratio}, up to {cfg.steps} "
-                          f"steps each way, patience {cfg.patience})"),
+        Fact("objective", f"{cfg.measure.objective.value}; search {search.search} (step ratio {search.step_ratio}, "
+                          f"up to {search.steps} steps each way, patience {search.patience})"),
         Fact("starting table", ("calibrated in this run; whole tables scored on the tuning images: "
                                 + ", ".join(f"{k} {v:.5g}" for k, v in s.start_scores.items())
                                 + f"; started from {s.start_choice}") if s.start_scores else
@@ -258,8 +259,8 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     result += _detections(run.detections, kind="tuning ")
     sections = [Section("", tuple(setup)), Section("tuning", tuple(result))]
     if run.held_out is not None:
-        sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,
-                                         picked_words(run, cfg.restart_pick)))
+        sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"),
+                                         cfg.delivery.restart_pick.value, picked_words(run, cfg.delivery.restart_pick)))
     if run.selection is not None and run.selection.folds:
         sel = run.selection
         dense = all(getattr(f, "dense", None) is not None for f in sel.folds)
@@ -348,8 +349,8 @@ def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: l
     int8, total = int8_share(run.table)
     fp32_layers = [e.layer for e in run.table.layers.values() if not e.int8]
     items: list[Item] = header(s) + [
-        Fact("goal", f"{metric.name} {'>=' if metric.higher_is_better else '<='} {cfg.target_accuracy}"
-             if cfg.target_accuracy is not None else f"accuracy drop <= {cfg.threshold} points"),
+        Fact("goal", f"{metric.name} {'>=' if metric.higher_is_better else '<='} {cfg.accuracy.target_accuracy}"
+             if cfg.accuracy.target_accuracy is not None else f"accuracy drop <= {cfg.accuracy.threshold} points"),
         Fact(metric.name, f"fp32 {fmt(run.fp32)}, int8 before {fmt(run.initial) if run.initial is not None else '?'}, "
                           f"best {fmt(run.best) if run.best is not None else '?'}"),
         Notice(Level.GOOD if run.goal_met else Level.WARNING,
@@ -362,8 +363,8 @@ def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: l
     items += equalization_items(s.ws, equalized) + lever_items(s.ws, corrected)
     sections = [Section("", tuple(items))]
     if run.held_out is not None:
-        sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"), cfg.restart_pick,
-                                         "the strategy's best table"))
+        sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"),
+                                         cfg.delivery.restart_pick.value, "the strategy's best table"))
     sections.append(delivery_section(delivery, "deployed model (tuned/)"))
-    return Document(_title(s, f"auto --strategy {cfg.strategy}"), tuple(sections),
+    return Document(_title(s, f"auto --strategy {cfg.accuracy.strategy}"), tuple(sections),
                     tuple(delivery.files.values()) + tuple(files), (Fact("total time", f"{seconds:.1f}s"),))
