@@ -12,8 +12,8 @@ from int8tune import config
 from int8tune.cli import build_parser
 from int8tune.commands.parse import tune_config
 from int8tune.config import TuneConfig
-from int8tune.errors import ConfigError
-from int8tune.pipeline.tuning import SETTINGS_THAT_CHANGE_NO_TRIAL, settings_fingerprint
+from int8tune.errors import ConfigError, RegistryError
+from int8tune.pipeline.tuning import SETTINGS_THAT_CHANGE_NO_TRIAL, check_plugin_names, settings_fingerprint
 from int8tune.progress import ProgressMode
 
 
@@ -99,3 +99,15 @@ def test_from_options_takes_the_flat_names_only(files):
     moved = TuneConfig.from_options(cfg.model, cfg.data, cfg.quant, cfg.output_path, step_ratio=0.2, holdout=0.0)
     assert moved.blob_search.step_ratio == 0.2 and moved.delivery.holdout == 0.0
 
+
+@pytest.mark.parametrize("option, value, kind", [("search", "nope", "threshold search"),
+                                                 ("strategy", "nope", "strategy"),
+                                                 ("tiebreak", "nope", "tie-break objective")])
+def test_a_plugin_name_is_refused_before_any_work(files, option, value, kind):
+    """search, strategy and tiebreak name plug-ins of tune/ (config.py sits below their registries): the session
+    refuses an unknown one first, with the registry's list."""
+    cfg = _auto(files)
+    cfg = TuneConfig.from_options(cfg.model, cfg.data, cfg.quant, cfg.output_path, **{option: value})
+    with pytest.raises(RegistryError, match=f"unknown {kind} 'nope'; valid names: "):
+        check_plugin_names(cfg)
+    check_plugin_names(_auto(files))  # layerwise is no registered strategy, and needs none

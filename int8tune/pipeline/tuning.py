@@ -18,9 +18,11 @@ from ..executors import Executor, LocalExecutor
 from ..log import logger
 from ..metrics import METRICS, Metric
 from ..quant.table import CalibrationTable
+from ..tune.objectives import OBJECTIVES
 from ..tune.restarts import Judge, Restart, RestartsResult, restart_start, tune_with_restarts
-from ..tune.search import SearchSettings
+from ..tune.search import SEARCHES, SearchSettings
 from ..tune.start import best_start
+from ..tune.strategies import STRATEGIES, StrategyContext, StrategySettings
 from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
 from ..tune.tuner import BlobResult, Tuner, TuneSettings, metric_outputs
 from .calibration import Calibration, calibrate
@@ -71,6 +73,16 @@ def tune_settings(cfg: TuneConfig, batches: int, full_search: bool = False) -> T
                         metric_params=cfg.measure.metric_params)
 
 
+def check_plugin_names(cfg: TuneConfig) -> None:
+    """The options that name a plug-in of tune/ (config.py sits below those registries): refused before any work,
+    the registry listing the valid names."""
+    SEARCHES.get(cfg.blob_search.search)
+    if not cfg.accuracy.layerwise:
+        STRATEGIES.get(cfg.accuracy.strategy)
+    if cfg.accuracy.tiebreak is not None:
+        OBJECTIVES.get(cfg.accuracy.tiebreak)
+
+
 def settings_fingerprint(cfg: TuneConfig) -> dict:
     """The settings a trial log's fingerprint holds: every option that can change a trial, by its flat name."""
     return {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
@@ -85,6 +97,8 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
     calibrates on `calibration_images` (default: `images`), then, for layerwise tuning, starts from the calibrator
     whose whole table scores best. `log_path`: the trial log (resumed when it holds the same inputs). `adjust`:
     the API's q_func, applied to the calibrated table. `executor`: where the batches run (default here)."""
+    check_plugin_names(cfg)
+    settings = tune_settings(cfg, len(images.batches), full_search)
     metric = metric or METRICS.get(cfg.measure.metric)
     executor = executor or LocalExecutor()
     table = load_table(cfg, ws)
@@ -109,7 +123,6 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
                                 settings=cfg.to_dict(), executor=executor)
         table = calibration.table
         ws = calibration.ws or ws  # with --adaround/--bias_correction: the weights the table belongs to
-    settings = tune_settings(cfg, len(images.batches), full_search)
     session = Session(cfg, ws, images, metric, None, table, calibration, executor=executor)  # type: ignore[arg-type]
     if adjust is not None:
         table = adjust(table)
@@ -443,7 +456,6 @@ def tune_strategy(s: Session, held_out_images: Images | None = None,
                   on_progress: Callable[[CalibrationTable], None] | None = None,
                   echo: Callable[[str], None] = print) -> StrategyRun:
     from ..tune.driver import run_strategy
-    from ..tune.strategies import StrategyContext, StrategySettings
 
     acc = s.cfg.accuracy
     fp32 = s.tuner.fp32_score()
