@@ -127,16 +127,21 @@ def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[n
     return rows
 
 
-def squeezenet(args) -> list[list[str]]:
-    name = "squeezenet_v1.0"
+def scored_model(name: str, held: list[DataItem], args):
+    """(image params, the fp32 workspace, the held-out batches, the outputs scored, fp32's outputs on them)."""
     params = params_for(name)
-    items = labelled("imagenet_dev")
-    cal_items, held = items[:32], items[32:32 + args.held_out]
     ws0 = load_workspace(*model_paths(name))
     held_b = batches_of(held, params, ws0.input_shape, 10)
-    labels = np.array([i.label for i in held])
     names = metric_outputs(ws0.converted)
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
+    return params, ws0, held_b, names, outputs_of(ws0.converted, None, held_b, names, args.threads)
+
+
+def squeezenet(args) -> list[list[str]]:
+    name = "squeezenet_v1.0"
+    items = labelled("imagenet_dev")
+    cal_items, held = items[:32], items[32:32 + args.held_out]
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
+    labels = np.array([i.label for i in held])
     fp32_top = fp32[names[0]].reshape(len(held), -1).argmax(axis=1)
     square = METRICS.get("square")
     print(f"{name}: calibrated on 32 imagenet_dev images, scored on {len(held)} others; fp32 top-1 "
@@ -162,14 +167,10 @@ def photo_split(args) -> tuple[list[DataItem], list[DataItem], int]:
 
 def yolo_model(name: str, args) -> list[list[str]]:
     """A YOLO detector: box F1 of the int8 detections against fp32's, and the yolo metric."""
-    params = params_for(name)
     cal, held, n_photos = photo_split(args)
-    ws0 = load_workspace(*model_paths(name))
-    held_b = batches_of(held, params, ws0.input_shape, 10)
-    names = metric_outputs(ws0.converted)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
     mparams = yolo_params(name)
     yp = YoloParams.from_dict(mparams)
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
     truth = detections_of(fp32, yp)
     yolo = METRICS.get("yolo")
     print(f"{name}: calibrated on {len(cal)} photos, scored on {n_photos} other photos + {len(held) - n_photos} "
@@ -188,13 +189,9 @@ def res10(args) -> list[list[str]]:
     """The SSD face detector: its own DetectionOutput decodes fp32 and int8; box F1 at confidence 0.5, ssd_map,
     and the square distance of the graph's outputs (the heads before DetectionOutput)."""
     name = "res10_ssd_face"
-    params = params_for(name)
     cal, held, n_photos = photo_split(args)
-    ws0 = load_workspace(*model_paths(name))
-    held_b = batches_of(held, params, ws0.input_shape, 10)
-    names = metric_outputs(ws0.converted)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
     mparams = {"post_steps": ws0.converted.post_steps}
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
     truth = ssd_detections(fp32, mparams, 0.5)
     ssd, square = METRICS.get("ssd_map"), METRICS.get("square")
     print(f"{name}: calibrated on {len(cal)} photos, scored on {n_photos} other photos + {len(held) - n_photos} "
@@ -212,12 +209,8 @@ def landmark106(args) -> list[list[str]]:
     """The landmark net (112x112 input): mean distance of the 106 int8 points from fp32's, in pixels of the crop,
     and the square distance. No face crops among the assets: whole photos resized to the input stand in."""
     name = "landmark106"
-    params = params_for(name)
     cal, held, _ = photo_split(args)
-    ws0 = load_workspace(*model_paths(name))
-    held_b = batches_of(held, params, ws0.input_shape, 10)
-    names = metric_outputs(ws0.converted)
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
     points = fp32[names[0]].reshape(len(held), -1, 2)
     side = ws0.input_shape[-1]
     square = METRICS.get("square")
