@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""main.sh's held-back delivery (`--holdout 0.25`, the default) against the old way (`--holdout 0`), judged on
-TEST images that neither run saw.
+"""main.sh's held-back delivery (`--holdout 0.25`, the default) against the old way (`--holdout 0`), or
+(`--compare levers`) its default bias correction against `--no_bias_correction`, judged on TEST images that
+neither run saw.
 
 For each model, main.sh runs twice on the same tuning list: `--holdout 0.25` (every 4th image held back from
 calibration and tuning; tuned/ gets the table those images score best among the start, the tuned pick, each
@@ -22,7 +23,7 @@ edits in progress in the working tree do not leak into the figures and the print
 `--source worktree` runs the working tree instead.
 
     python bench/delivery_holdout.py [--workdir /tmp/int8tune_delivery_holdout] [--models squeezenet_v1.0,...]
-                                     [--source head|worktree]
+                                     [--compare holdout|levers] [--source head|worktree]
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 IMAGES = ASSETS / "images"
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-WAYS = (("holdout 0.25", "0.25"), ("holdout 0", "0"))
+# --compare: the two ways main.sh runs, (label, its options)
+COMPARISONS = {
+    "holdout": (("holdout 0.25", ["--holdout", "0.25"]), ("holdout 0", ["--holdout", "0"])),
+    # the default bias correction (config.py DEFAULT_LEVERS) against the weights as given
+    "levers": (("default levers", []), ("--no_bias_correction", ["--no_bias_correction"])),
+}
 
 
 def image_files(folder: str) -> list[Path]:
@@ -144,15 +150,16 @@ class Row:
     notes: list[str]
 
 
-def auto_run(case: Case, way: str, holdout: str, work: Path, tune_list: Path, test_list: Path) -> Row:
-    out = work / ("holdout_" + holdout.replace(".", ""))
+def auto_run(case: Case, way: str, options: list[str], work: Path, tune_list: Path, test_list: Path) -> Row:
+    slug = re.sub(r"[^a-z0-9]+", "_", way.lower()).strip("_")
+    out = work / slug
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = ["bash", "main.sh", *case.base(), "--metric", case.metric, "--data_list", str(tune_list),
-           "--output_path", str(out), "--holdout", holdout, *case.extra]
+           "--output_path", str(out), *options, *case.extra]
     print(f"  [{case.name}, {way}] main.sh ...", flush=True)
-    rc, seconds = run(cmd, work / f"main_{holdout}.log")
-    log = (work / f"main_{holdout}.log").read_text()
+    rc, seconds = run(cmd, work / f"main_{slug}.log")
+    log = (work / f"main_{slug}.log").read_text()
     if rc != 0:
         raise SystemExit(f"main.sh failed (exit status {rc}): {' '.join(cmd)}\n{log[-3000:]}")
     report = (out / "report.log").read_text()
@@ -181,10 +188,10 @@ def auto_run(case: Case, way: str, holdout: str, work: Path, tune_list: Path, te
             where = out / f"test_{table}_{metric}"
             cmd = ["bash", "test.sh", *case.base(), "--metric", metric, "--data_list", str(test_list),
                    "--calibration_proto", str(out / table / "calibration_table.pb"), "--output_path", str(where)]
-            rc, _ = run(cmd, work / f"test_{holdout}_{table}_{metric}.log")
+            rc, _ = run(cmd, work / f"test_{slug}_{table}_{metric}.log")
             if rc != 0:
                 raise SystemExit(f"test.sh failed (exit status {rc}): {' '.join(cmd)}\n"
-                                 + (work / f"test_{holdout}_{table}_{metric}.log").read_text()[-3000:])
+                                 + (work / f"test_{slug}_{table}_{metric}.log").read_text()[-3000:])
             text = (where / "report.log").read_text()
             pair.append(number(rf"model difference \({re.escape(metric)}\): {v}", text))
             for line in text.splitlines():
@@ -220,6 +227,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/int8tune_delivery_holdout"))
     ap.add_argument("--models", default="", help="comma-separated subset of the models (default: all three)")
+    ap.add_argument("--compare", choices=list(COMPARISONS), default="holdout",
+                    help="holdout: --holdout 0.25 against 0; levers: the default bias correction against "
+                         "--no_bias_correction")
     ap.add_argument("--source", choices=("head", "worktree"), default="head",
                     help="run main.sh/test.sh from a git-archive copy of HEAD (default) or from the working tree")
     args = ap.parse_args()
@@ -253,13 +263,14 @@ def main() -> int:
         print(f"{case.name}: --metric {case.metric}; tuning list {len(case.tune)} images "
               f"({case.tune[0].name} .. {case.tune[-1].name}), TEST {len(case.test)} images"
               + (f"; {case.note}" if case.note else ""), flush=True)
-        for way, holdout in WAYS:
-            row = auto_run(case, way, holdout, work, tune_list, test_list)
+        for way, options in COMPARISONS[args.compare]:
+            row = auto_run(case, way, options, work, tune_list, test_list)
             rows.append(row)
             print(f"  [{case.name}, {way}] {row.seconds:.0f}s; delivered {row.delivered}; TEST "
                   + ", ".join(f"{m} start {g(a)} delivered {g(b)}" for m, (a, b) in row.test.items()), flush=True)
     print("\nTEST = images neither run saw. top1_agreement: higher is better; square, yolo: lower is better.")
-    print("Same tuning list both ways; holdout 0.25 calibrates and tunes on 3/4 of it (every 4th image held back).")
+    print("Same tuning list both ways" + ("; holdout 0.25 calibrates and tunes on 3/4 of it (every 4th image held "
+                                          "back)." if args.compare == "holdout" else "."))
     notes = [c for c in chosen if c.note]
     for c in notes:
         print(f"{c.name}: {c.note}.")

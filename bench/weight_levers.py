@@ -16,12 +16,17 @@ correction with the table after).
   on the other 14 photos plus the first --wide (default 150) images of images/imagenet_dev (natural photos, many with
   VOC objects): box F1 of the int8 detections against the fp32 ones (IoU 0.5, conf 0.5, NMS as the yolo metric),
   found of the fp32 detections, and the yolo metric (lower is better), pooled over both sets.
+- yoloface_500k_v2: the same split and scores as yolov3_nano_voc (the photos hold the faces; imagenet_dev few).
+- res10_ssd_face: the same split; the net's own DetectionOutput decodes fp32 and int8: box F1 at confidence 0.5,
+  faces found, ssd_map, and the square distance of the heads before DetectionOutput.
+- landmark106: the same split (whole images resized to 112x112: no face crops among the assets): mean and largest
+  shift of the 106 points from fp32's in pixels of the crop, and the square distance.
 
 With --draws N each table is also scored under N relative 1e-6 moves of all its thresholds (another rounding
 realization, as main.sh's restarts): the min-max over the draws is the spread a difference must beat to mean
 anything. Wall time of every lever is printed.
 
-    python bench/weight_levers.py [--models squeezenet_v1.0 yolov3_nano_voc] [--draws 2] [--threads 2]
+    python bench/weight_levers.py [--models squeezenet_v1.0 yolov3_nano_voc ...] [--draws 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from common import ASSETS, REPO, batches_of, labelled, model_paths, params_for, 
 from int8tune.config import QuantConfig
 from int8tune.data import DataItem
 from int8tune.metrics import METRICS
+from int8tune.metrics.builtin import ssd_detections
 from int8tune.pipeline.calibration import calibrate
 from int8tune.pipeline.images import Images
 from int8tune.pipeline.levers import adaround_workspace, bias_corrected_workspace
@@ -103,70 +109,119 @@ def configurations(ws_of, cal_images: Images, threads: int):
         yield equalize, "AdaRound + bias correction", both, ar.table, t_ar + time.perf_counter() - t
 
 
+def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[np.ndarray], score, formats,
+               args) -> list[list[str]]:
+    """One row per configuration of `name`: calibrated on `cal_b`, its exported model's outputs on `held_b` scored
+    by `score(outputs) -> tuple` for the table and each jitter draw."""
+    rows = []
+    cal_images = Images(cal_what, sum(len(b) for b in cal_b), _batches=cal_b)
+    for equalize, lever, ws, table, seconds in configurations(
+            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
+        draws = []
+        names = metric_outputs(ws.converted)
+        for k in range(args.draws + 1):
+            t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
+            draws.append(score(outputs_of(ws.converted, t, held_b, names, args.threads)))
+        rows.append(["yes" if equalize else "no", lever, *_cells(draws, formats), f"{seconds:.0f}"])
+        print("  " + " | ".join(rows[-1]), flush=True)
+    return rows
+
+
+def scored_model(name: str, held: list[DataItem], args):
+    """(image params, the fp32 workspace, the held-out batches, the outputs scored, fp32's outputs on them)."""
+    params = params_for(name)
+    ws0 = load_workspace(*model_paths(name))
+    held_b = batches_of(held, params, ws0.input_shape, 10)
+    names = metric_outputs(ws0.converted)
+    return params, ws0, held_b, names, outputs_of(ws0.converted, None, held_b, names, args.threads)
+
+
 def squeezenet(args) -> list[list[str]]:
     name = "squeezenet_v1.0"
-    params = params_for(name)
     items = labelled("imagenet_dev")
     cal_items, held = items[:32], items[32:32 + args.held_out]
-    ws0 = load_workspace(*model_paths(name))
-    cal_b = batches_of(cal_items, params, ws0.input_shape, 8)
-    held_b = batches_of(held, params, ws0.input_shape, 10)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
     labels = np.array([i.label for i in held])
-    names = metric_outputs(ws0.converted)
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
     fp32_top = fp32[names[0]].reshape(len(held), -1).argmax(axis=1)
     square = METRICS.get("square")
     print(f"{name}: calibrated on 32 imagenet_dev images, scored on {len(held)} others; fp32 top-1 "
           f"{top1(fp32[names[0]], labels):.4f}", flush=True)
-    rows = []
-    cal_images = Images("the first 32 imagenet_dev images", 32, _batches=cal_b)
-    for equalize, lever, ws, table, seconds in configurations(
-            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
-        draws = []
-        for k in range(args.draws + 1):
-            t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
-            out = outputs_of(ws.converted, t, held_b, names, args.threads)
-            logits = out[names[0]].reshape(len(held), -1)
-            draws.append((top1(logits, labels), float((logits.argmax(axis=1) == fp32_top).mean()),
-                          square(fp32, out, {})))
-        rows.append(["yes" if equalize else "no", lever, *_cells(draws, (".4f", ".4f", ".3g")), f"{seconds:.0f}"])
-        print("  " + " | ".join(rows[-1]), flush=True)
-    return rows
+
+    def score(out):
+        logits = out[names[0]].reshape(len(held), -1)
+        return top1(logits, labels), float((logits.argmax(axis=1) == fp32_top).mean()), square(fp32, out, {})
+
+    return lever_rows(name, batches_of(cal_items, params, ws0.input_shape, 8), "the first 32 imagenet_dev images",
+                      held_b, score, (".4f", ".4f", ".3g"), args)
 
 
-def yolov3(args) -> list[list[str]]:
-    name = "yolov3_nano_voc"
-    params = params_for(name)
+def photo_split(args) -> tuple[list[DataItem], list[DataItem], int]:
+    """Every other detection/natural photo (sorted by name) to calibrate on; the others plus the first --wide
+    imagenet_dev images held out; and how many of the held-out images are photos."""
     all_photos = photos()
-    cal_paths, held_paths = all_photos[0::2], all_photos[1::2]
+    cal = [DataItem(p, None, None) for p in all_photos[0::2]]
+    held = [DataItem(p, None, None) for p in all_photos[1::2]]
     wide = [DataItem(i.path, None, None) for i in labelled("imagenet_dev")[:args.wide]]
-    held = [DataItem(p, None, None) for p in held_paths] + wide
-    ws0 = load_workspace(*model_paths(name))
-    cal_b = batches_of([DataItem(p, None, None) for p in cal_paths], params, ws0.input_shape, 7)
-    held_b = batches_of(held, params, ws0.input_shape, 10)
-    names = metric_outputs(ws0.converted)
+    return cal, held + wide, len(held)
+
+
+def yolo_model(name: str, args) -> list[list[str]]:
+    """A YOLO detector: box F1 of the int8 detections against fp32's, and the yolo metric."""
+    cal, held, n_photos = photo_split(args)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
     mparams = yolo_params(name)
     yp = YoloParams.from_dict(mparams)
-    fp32 = outputs_of(ws0.converted, None, held_b, names, args.threads)
     truth = detections_of(fp32, yp)
     yolo = METRICS.get("yolo")
-    print(f"{name}: calibrated on {len(cal_paths)} photos, scored on {len(held_paths)} other photos + {len(wide)} "
+    print(f"{name}: calibrated on {len(cal)} photos, scored on {n_photos} other photos + {len(held) - n_photos} "
           f"imagenet_dev images; fp32 detections {sum(len(t) for t in truth)}", flush=True)
-    rows = []
-    cal_images = Images(f"{len(cal_paths)} photos", len(cal_paths), _batches=cal_b)
-    for equalize, lever, ws, table, seconds in configurations(
-            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
-        draws = []
-        for k in range(args.draws + 1):
-            t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
-            out = outputs_of(ws.converted, t, held_b, names, args.threads)
-            f1, found, ref = box_f1(truth, detections_of(out, yp))
-            photos_f1 = box_f1(truth[:len(held_paths)], detections_of(out, yp)[:len(held_paths)])[0]
-            draws.append((f1, photos_f1, found, yolo(fp32, out, mparams)))
-        cells = _cells(draws, (".4f", ".4f", ".1f", ".4f"))
-        rows.append(["yes" if equalize else "no", lever, *cells, f"{seconds:.0f}"])
-        print("  " + " | ".join(rows[-1]), flush=True)
-    return rows
+
+    def score(out):
+        found = detections_of(out, yp)
+        f1, n_found, _ = box_f1(truth, found)
+        return f1, box_f1(truth[:n_photos], found[:n_photos])[0], n_found, yolo(fp32, out, mparams)
+
+    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+                      (".4f", ".4f", ".1f", ".4f"), args)
+
+
+def res10(args) -> list[list[str]]:
+    """The SSD face detector: its own DetectionOutput decodes fp32 and int8; box F1 at confidence 0.5, ssd_map,
+    and the square distance of the graph's outputs (the heads before DetectionOutput)."""
+    name = "res10_ssd_face"
+    cal, held, n_photos = photo_split(args)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
+    mparams = {"post_steps": ws0.converted.post_steps}
+    truth = ssd_detections(fp32, mparams, 0.5)
+    ssd, square = METRICS.get("ssd_map"), METRICS.get("square")
+    print(f"{name}: calibrated on {len(cal)} photos, scored on {n_photos} other photos + {len(held) - n_photos} "
+          f"imagenet_dev images; fp32 faces {sum(len(t) for t in truth)}", flush=True)
+
+    def score(out):
+        f1, n_found, _ = box_f1(truth, ssd_detections(out, mparams, 0.5))
+        return f1, n_found, ssd(fp32, out, mparams), square(fp32, out, {})
+
+    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+                      (".4f", ".1f", ".4f", ".3g"), args)
+
+
+def landmark106(args) -> list[list[str]]:
+    """The landmark net (112x112 input): mean distance of the 106 int8 points from fp32's, in pixels of the crop,
+    and the square distance. No face crops among the assets: whole photos resized to the input stand in."""
+    name = "landmark106"
+    cal, held, _ = photo_split(args)
+    params, ws0, held_b, names, fp32 = scored_model(name, held, args)
+    points = fp32[names[0]].reshape(len(held), -1, 2)
+    side = ws0.input_shape[-1]
+    square = METRICS.get("square")
+    print(f"{name}: calibrated on {len(cal)} photos, scored on {len(held)} other images", flush=True)
+
+    def score(out):
+        moved = np.linalg.norm(out[names[0]].reshape(points.shape) - points, axis=-1) * side
+        return float(moved.mean()), float(moved.max()), square(fp32, out, {})
+
+    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+                      (".3f", ".2f", ".3g"), args)
 
 
 def _cells(draws, formats) -> list[str]:
@@ -181,10 +236,21 @@ def _cells(draws, formats) -> list[str]:
     return out
 
 
+# per model: the function that scores it and the columns of its scores (the first with the draws' range)
+TABLES = {
+    "squeezenet_v1.0": (squeezenet, ["top-1", "top-1 agreement", "square"]),
+    "yolov3_nano_voc": (lambda args: yolo_model("yolov3_nano_voc", args),
+                        ["box F1, all", "box F1, 14 photos", "fp32 boxes found", "yolo (lower better)"]),
+    "yoloface_500k_v2": (lambda args: yolo_model("yoloface_500k_v2", args),
+                         ["box F1, all", "box F1, 14 photos", "fp32 boxes found", "yolo (lower better)"]),
+    "res10_ssd_face": (res10, ["box F1 (conf 0.5)", "fp32 faces found", "ssd_map", "square"]),
+    "landmark106": (landmark106, ["mean point shift px", "max point shift px", "square"]),
+}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["squeezenet_v1.0", "yolov3_nano_voc"],
-                    choices=["squeezenet_v1.0", "yolov3_nano_voc"])
+    ap.add_argument("--models", nargs="+", default=list(TABLES), choices=list(TABLES))
     ap.add_argument("--held_out", type=int, default=200, help="squeezenet: held-out imagenet_dev images (<= 218)")
     ap.add_argument("--wide", type=int, default=150, help="yolov3: imagenet_dev images added to the held-out photos")
     ap.add_argument("--draws", type=int, default=2, help="threshold jitter draws per table (the noise floor)")
@@ -199,14 +265,10 @@ def main() -> int:
     print(f"commit {head}{' with uncommitted changes' if dirty else ''}; draws {args.draws}", flush=True)
     spread = " (range over the draws)" if args.draws else ""
     tables = []
-    if "squeezenet_v1.0" in args.models:
-        rows = squeezenet(args)
-        tables.append(("squeezenet_v1.0", ["equalize", "levers", f"top-1{spread}", f"top-1 agreement{spread}",
-                                           "square", "lever s"], rows))
-    if "yolov3_nano_voc" in args.models:
-        rows = yolov3(args)
-        tables.append(("yolov3_nano_voc", ["equalize", "levers", f"box F1, all{spread}", "box F1, 14 photos",
-                                           "fp32 boxes found", "yolo (lower better)", "lever s"], rows))
+    for name in args.models:
+        run, columns = TABLES[name]
+        header = ["equalize", "levers", *(c + (spread if k == 0 else "") for k, c in enumerate(columns)), "lever s"]
+        tables.append((name, header, run(args)))
     for name, header, rows in tables:
         print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for r in rows:

@@ -29,7 +29,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import ModelConfig, QuantConfig, RestartPick, TuneConfig
+from .config import LEVERS, ModelConfig, QuantConfig, RestartPick, TuneConfig
 from .errors import ConfigError
 from .executors import resolve_address
 from .log import logger
@@ -43,7 +43,7 @@ TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_n
              "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
              "multipliers", "search_subset", "min_gain", "output_veto", "confirm", "restarts", "restart_pick",
              "threads", "bayesian_trials", "tiebreak", "executor", "ray_address"}
-QUANT_KEYS = {f.name for f in fields(QuantConfig)}
+QUANT_KEYS = {f.name for f in fields(QuantConfig)} - {"by_default"}
 
 
 TuneResult = AutoResult  # the name earlier versions returned
@@ -87,7 +87,9 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     values = load_settings(config, settings)
     out = Path(output_path)
     proto, caffemodel = (Path(p) for p in model)
-    quant = QuantConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in QUANT_KEYS})
+    levers = {k: None for k in LEVERS}  # not given: the default levers (the API always calibrates)
+    quant = QuantConfig(**{**levers, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
+                                        if k in QUANT_KEYS}}).with_default_levers(calibrates=True)
     tune_values = {k: v for k, v in values.items() if k in TUNE_KEYS}
     if "multipliers" in tune_values:
         tune_values["multipliers"] = tuple(tune_values["multipliers"])

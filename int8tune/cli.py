@@ -308,15 +308,21 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 
 def _add_lever_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weight levers (docs/weight_levers.md)")
-    g.add_argument("--adaround", action="store_true",
+    g.add_argument("--adaround", action="store_true", default=None,
                    help="learn each weight's rounding (up or down) per layer so that the layer's output on the "
                         "calibration images stays closest to fp32 (AdaRound), before the thresholds are calibrated; "
-                        "writes corrected.caffemodel, whose weights quantize back to exactly those integers")
-    g.add_argument("--bias_correction", action="store_true",
-                   help="subtract from each int8 layer's bias the mean of its int8-minus-fp32 output per channel on "
-                        "the calibration images, layer after layer from the input (after --equalize and "
-                        "--adaround); writes corrected.caffemodel: deploy it with the prototxt and the table "
-                        "(test.sh/tune.sh: --model <original> --corrected_model corrected.caffemodel)")
+                        "writes corrected.caffemodel, whose weights quantize back to exactly those integers. Off by "
+                        "default (it costs minutes on larger nets)")
+    g.add_argument("--no_adaround", dest="adaround", action="store_false",
+                   help="no AdaRound (the default; overrides adaround: true in --config)")
+    g.add_argument("--bias_correction", action="store_true", default=None,
+                   help="ON BY DEFAULT where a table is calibrated (--no_bias_correction: off): subtract from each "
+                        "int8 layer's bias the mean of its int8-minus-fp32 output per channel on the calibration "
+                        "images, layer after layer from the input (after --equalize and --adaround); writes "
+                        "corrected.caffemodel: deploy it with the prototxt and the table (test.sh/tune.sh find it "
+                        "beside the table, or --corrected_model)")
+    g.add_argument("--no_bias_correction", dest="bias_correction", action="store_false",
+                   help="keep the weights as given (the bias correction calibrate and main.sh apply by default off)")
 
 
 def run(argv: Sequence[str], prepare_image: PrepareImage) -> int:
@@ -434,18 +440,21 @@ def with_config_file(argv: list[str], parser: argparse.ArgumentParser) -> list[s
         raise ConfigError(f"--config {path}: cannot read it as YAML ({e})") from e
     if not isinstance(settings, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
-    options = {a.dest: a for a in sub._actions if a.option_strings}  # noqa: SLF001
+    options: dict[str, list[argparse.Action]] = {}
+    for a in sub._actions:  # noqa: SLF001
+        if a.option_strings:  # a switch with an off form (--bias_correction, --no_bias_correction): both, by dest
+            options.setdefault(a.dest, []).append(a)
     extra: list[str] = []
     for key, value in settings.items():
-        action = options.get(key)
-        if action is None:
+        actions = options.get(key)
+        if actions is None:
             raise ConfigError(f"--config {path}: unknown key {key!r} for `{command}`; valid keys: "
                               f"{', '.join(sorted(k for k in options if k != 'help'))}")
-        flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
-            extra += [flag] if value else []
-        elif isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
-            extra += [] if value else [flag]
+        switches = {isinstance(a, argparse._StoreTrueAction): a.option_strings[0] for a in actions  # noqa: SLF001
+                    if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction))}  # noqa: SLF001
+        flag = actions[0].option_strings[0]
+        if switches:  # the form that gives `value`; none when only the other form exists (the value is the default)
+            extra += [switches[bool(value)]] if bool(value) in switches else []
         else:
             text = ",".join(map(str, value)) if isinstance(value, list) else \
                 (json.dumps(value) if isinstance(value, dict) else str(value))

@@ -10,7 +10,7 @@ fingerprint of the settings is the same for the same options however the groups 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -195,6 +195,14 @@ class CheckConfig(ConfigBase):
             raise ConfigError(f"--tolerance must be positive, found {self.tolerance}")
 
 
+LEVERS = ("adaround", "bias_correction")  # the weight levers, in the order a calibration runs them
+# The levers calibrate, main.sh and the API apply unless told otherwise (--no_bias_correction): bias correction
+# was better than or level with the plain table on held-out images of every shared model and costs one pass per
+# layer; AdaRound helps more on some nets (SqueezeNet, landmark106) but not all (res10) and costs minutes
+# (docs/weight_levers.md "The default").
+DEFAULT_LEVERS = ("bias_correction",)
+
+
 @dataclass(frozen=True)
 class QuantConfig(ConfigBase):
     """What the int8 model is (see quant/spec.py) and how its first table is calibrated."""
@@ -207,8 +215,11 @@ class QuantConfig(ConfigBase):
     unsigned: bool = False
     target: str = "onnxruntime"  # quant/spec.py Target: the engine whose integer arithmetic is simulated
     equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
-    adaround: bool = False  # learn each weight's rounding on the calibration images (quant/adaround.py)
-    bias_correction: bool = False  # subtract each int8 layer's mean error from its bias (quant/bias_correction.py)
+    # The weight levers: True asked for, False refused; None left to the front end's default (off until
+    # with_default_levers resolves it: DEFAULT_LEVERS are on where the run calibrates and they apply).
+    adaround: bool | None = False  # learn each weight's rounding on the calibration images (quant/adaround.py)
+    bias_correction: bool | None = False  # each int8 layer's mean error off its bias (quant/bias_correction.py)
+    by_default: tuple[str, ...] = ()  # the levers on because they are the default, not asked for (may be skipped)
     quantize_types: tuple[str, ...] = DEFAULT_QUANTIZE_TYPES
     ignore_layer_names: tuple[str, ...] = ()
     ignore_layer_types: tuple[str, ...] = ()
@@ -233,7 +244,7 @@ class QuantConfig(ConfigBase):
         if Target(self.target).onnxruntime and self.rounding != Rounding.HALF_EVEN.value:
             raise ConfigError(f"--rounding {self.rounding}: onnxruntime's QuantizeLinear rounds half to even; use "
                               f"--rounding half_to_even with --target {self.target}")
-        if self.adaround:
+        if self.adaround and "adaround" not in self.by_default:
             from .quant.adaround import refuse_adaround
 
             why = refuse_adaround(self.spec(), self.weight_method)
@@ -247,7 +258,24 @@ class QuantConfig(ConfigBase):
     @property
     def levers(self) -> tuple[str, ...]:
         """The weight levers asked for, as their options (for messages)."""
-        return tuple(f"--{k}" for k in ("adaround", "bias_correction") if getattr(self, k))
+        return tuple(f"--{k}" for k in LEVERS if getattr(self, k))
+
+    def with_default_levers(self, calibrates: bool) -> "QuantConfig":
+        """Each lever left to the default (None) resolved: on when it is one of DEFAULT_LEVERS, the run
+        calibrates a table from images (no given table, no --corrected_model, not --simplified) and these settings
+        allow it (AdaRound: per-channel min-max weights); else off."""
+        from .quant.adaround import refuse_adaround
+
+        values, on = {}, []
+        for lever in LEVERS:
+            asked = getattr(self, lever)
+            if asked is not None:
+                values[lever] = asked
+                continue
+            values[lever] = calibrates and lever in DEFAULT_LEVERS and (
+                lever != "adaround" or refuse_adaround(self.spec(), self.weight_method) is None)
+            on += [lever] if values[lever] else []
+        return replace(self, **values, by_default=tuple(on))
 
     def spec(self):
         from .quant.spec import BiasMode, Granularity, QuantSpec, Rounding, Target

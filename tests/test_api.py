@@ -95,8 +95,9 @@ def test_validation_dataloader_scores_the_tuned_table_and_picks_the_restart(mode
     result = tune(model, list(loader()), validation_dataloader=held, restart_pick="validation", restarts=3,
                   output_path=tmp_path)
     # validation_score is the square difference of the kept table on the held-out batches, measured anew here
-    ws = load_workspace(*model)
-    judge = Tuner(ws.converted, held, METRICS.get("square"), TuneSettings())
+    # (with the weights the default bias correction wrote, against the fp32 model as given)
+    ws = load_workspace(*model, corrected_model=tmp_path / "corrected.caffemodel")
+    judge = Tuner(ws.converted, held, METRICS.get("square"), TuneSettings(), reference=ws.reference)
     assert result.validation_score == pytest.approx(judge.difference(result.table), rel=1e-6)
     assert tune(model, list(loader()), restarts=2, output_path=tmp_path / "b").validation_score is None
     with pytest.raises(ConfigError, match="validation_dataloader"):

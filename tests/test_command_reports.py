@@ -4,6 +4,7 @@ outputs, and print the same text."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
@@ -68,11 +69,17 @@ def test_benchmark_refuses_a_table_of_other_weights_and_takes_the_corrected_ones
     cal = tmp_path / "cal"
     assert entry.main(["calibrate", "--proto", str(lenet[0]), "--model", str(lenet[1]), *mnist_data,
                        "--output_path", str(cal), "--bias_correction"]) == 0
-    common = ["benchmark", "--proto", str(lenet[0]), "--model", str(lenet[1]), "--calibration_proto",
-              str(cal / "calibration_table.pb"), "--batch_sizes", "1", "--repeat", "2"]
+    alone = tmp_path / "alone"  # the table without the corrected.caffemodel written beside it
+    alone.mkdir()
+    shutil.copy(cal / "calibration_table.pb", alone)
+    common = ["benchmark", "--proto", str(lenet[0]), "--model", str(lenet[1]), "--batch_sizes", "1", "--repeat", "2"]
     capsys.readouterr()
-    assert entry.main(common) == 2
+    assert entry.main(common + ["--calibration_proto", str(alone / "calibration_table.pb")]) == 2
     assert "--corrected_model" in capsys.readouterr().err
-    assert entry.main(common + ["--corrected_model", str(cal / "corrected.caffemodel"), *mnist_data,
-                                "--data_limit", "2"]) == 0
+    check = [*mnist_data, "--data_limit", "2"]
+    assert entry.main(common + ["--calibration_proto", str(alone / "calibration_table.pb"), "--corrected_model",
+                                str(cal / "corrected.caffemodel"), *check]) == 0
+    assert "the deployed model computes what was measured" in capsys.readouterr().out
+    # where calibrate wrote it, the table finds its weights
+    assert entry.main(common + ["--calibration_proto", str(cal / "calibration_table.pb"), *check]) == 0
     assert "the deployed model computes what was measured" in capsys.readouterr().out

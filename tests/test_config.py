@@ -42,7 +42,9 @@ def test_the_fingerprint_of_the_default_settings_is_the_flat_dict_trial_logs_hol
                  "dataset_path": None, "data_limit": None, "batch_size": 1},
         "quant": {"method": "auto", "weight_method": "minmax", "granularity": "mix", "rounding": "half_to_even",
                   "bias": "int32", "unsigned": False, "target": "onnxruntime", "equalize": False, "adaround": False,
-                  "bias_correction": False, "quantize_types": ["Convolution", "Deconvolution", "InnerProduct"],
+                  # on by default since 3cad549 (docs/weight_levers.md): logs of earlier defaults resume with
+                  # --no_bias_correction
+                  "bias_correction": True, "quantize_types": ["Convolution", "Deconvolution", "InnerProduct"],
                   "ignore_layer_names": [], "ignore_layer_types": [], "percentile": 99.99, "bins": 2048},
         "calibration_model": None, "calibration_proto": None, "int8_layer": "", "tune_layer": "", "tune_diff": None,
         "metric": "square", "metric_params": {}, "objective": "outputs", "output_veto": 2.0,

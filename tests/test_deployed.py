@@ -55,7 +55,8 @@ def calibrated(request, assets, tmp_path_factory):
                        "--measure_images", "2", "--output_path", str(out)]) == 0
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])
-    ws = load_workspace(str(d / proto_name), str(d / model_name))
+    # the weights the table belongs to: the default bias correction's corrected.caffemodel
+    ws = load_workspace(str(d / proto_name), str(d / model_name), corrected_model=out / "corrected.caffemodel")
     held_out = images[4:7] if folder != "detection" else images[-3:]
     return name, ws, out, held_out, load_image_params(params)
 

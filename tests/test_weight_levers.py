@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -259,8 +260,13 @@ def test_calibrate_writes_the_corrected_weights_and_test_measures_them_against_t
     assert settings["adaround"] and settings["bias_correction"] and settings["equalize"]
     assert '"adaround": true' in (cal / "int8.prototxt").read_text().split("\nname", 1)[0]
     capsys.readouterr()
-    for table in (["--calibration_proto", str(cal / "calibration_table.pb")],
-                  ["--calibration_model", str(cal / "int8.prototxt")]):
+    alone = root / "alone"  # the table without the corrected.caffemodel calibrate wrote beside it
+    alone.mkdir()
+    for name in ("calibration_table.pb", "int8.prototxt"):
+        shutil.copy(cal / name, alone / name)
+    for k, (option, name) in enumerate((("--calibration_proto", "calibration_table.pb"),
+                                        ("--calibration_model", "int8.prototxt"))):
+        table = [option, str(alone / name)]
         # the original weights alone: refused, naming the file to add
         assert entry.main(["test", *base, "--model", str(model), "--equalize", *table,
                            "--output_path", str(root / "t0")]) == 2
@@ -268,9 +274,15 @@ def test_calibrate_writes_the_corrected_weights_and_test_measures_them_against_t
         # the corrected weights as --model: the fp32 reference would be them, refused
         assert entry.main(["test", *base, "--model", str(corrected), *table, "--output_path", str(root / "t1")]) == 2
         assert "as --corrected_model" in capsys.readouterr().err
+        # the table where calibrate wrote it: the corrected.caffemodel beside it is found, calibrate's figure
+        found = root / f"found{k}"
+        assert entry.main(["test", *base, "--model", str(model), "--equalize", option, str(cal / name),
+                           "--output_path", str(found)]) == 0
+        assert "corrected.caffemodel beside it" in capsys.readouterr().err
+        assert _difference((found / "report.log").read_text()) == _difference(report)
     # the original (equalized) as the fp32 reference and the corrected weights for int8: calibrate's figure
     assert entry.main(["test", *base, "--model", str(model), "--equalize", "--corrected_model", str(corrected),
-                       "--calibration_proto", str(cal / "calibration_table.pb"),
+                       "--calibration_proto", str(alone / "calibration_table.pb"),
                        "--output_path", str(root / "t2")]) == 0
     assert _difference((root / "t2" / "report.log").read_text()) == _difference(report)
 
@@ -324,3 +336,72 @@ def test_main_sh_calibrates_with_the_levers_tunes_and_delivers_the_corrected_wei
     assert entry.main(["test", *base, "--model", str(model), "--corrected_model", str(out / "corrected.caffemodel"),
                        "--calibration_proto", str(out / "tuned" / "calibration_table.pb"),
                        "--output_path", str(tmp_path / "t")]) == 0
+
+
+def test_bias_correction_is_on_by_default_where_a_table_is_calibrated(project, tmp_path, capsys):
+    """calibrate and main.sh correct the biases unless told not to (--no_bias_correction, or bias_correction: false
+    in --config); the report says it was the default; a run with a given table leaves the weights alone."""
+    root, base, model = project
+    on, off, yaml_off = tmp_path / "on", tmp_path / "off", tmp_path / "yaml_off"
+    assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(on)]) == 0
+    assert (on / "corrected.caffemodel").is_file()
+    quant = json.loads((on / "config.json").read_text())["settings"]["quant"]
+    assert quant["bias_correction"] is True and quant["adaround"] is False and quant["by_default"] == [
+        "bias_correction"]
+    assert "bias correction (on by default; --no_bias_correction: off):" in (on / "report.log").read_text()
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--output_path",
+                       str(off)]) == 0
+    assert not (off / "corrected.caffemodel").exists()
+    assert json.loads((off / "config.json").read_text())["settings"]["quant"]["bias_correction"] is False
+    config = tmp_path / "settings.yaml"
+    config.write_text("bias_correction: false\n")
+    assert entry.main(["calibrate", "--config", str(config), *base, "--model", str(model), "--output_path",
+                       str(yaml_off)]) == 0
+    assert not (yaml_off / "corrected.caffemodel").exists()
+    assert (off / "calibration_table.pb").read_bytes() != (on / "calibration_table.pb").read_bytes()
+    # main.sh from calibrate's table (no levers asked): the weights that table belongs to are found beside it
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert entry.main(["auto", *base, "--model", str(model), "--calibration_proto", str(on / "calibration_table.pb"),
+                       "--restarts", "1", "--holdout", "0", "--steps", "2", "--output_path", str(run)]) == 0
+    assert "corrected.caffemodel beside it" in capsys.readouterr().err
+    assert not (run / "corrected.caffemodel").exists()  # nothing corrected in this run
+
+
+def test_default_bias_correction_is_skipped_where_no_layer_has_a_bias_but_asked_for_it_is_an_error(tmp_path, capsys):
+    proto_text = (input_header((1, 3, 8, 8))
+                  + layer("conv", "Convolution", "data", "conv",
+                          "convolution_param { num_output: 4 kernel_size: 3 bias_term: false }")
+                  + layer("relu", "ReLU", "conv", "conv"))
+    proto, model = write_net(tmp_path, proto_text, {"conv": [RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)]})
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"size": [8, 8], "scale": 0.01}))
+    base = ["calibrate", "--proto", str(proto), "--model", str(model), "--data_list", str(folder), "--image_params",
+            str(params), "--threads", "1"]
+    capsys.readouterr()
+    assert entry.main([*base, "--output_path", str(tmp_path / "default")]) == 0
+    assert "bias correction (on by default) skipped: --bias_correction: no int8 layer" in capsys.readouterr().err
+    assert not (tmp_path / "default" / "corrected.caffemodel").exists()
+    assert entry.main([*base, "--bias_correction", "--output_path", str(tmp_path / "asked")]) == 2
+    assert "no int8 layer" in capsys.readouterr().err
+
+
+def test_corrected_weights_with_another_fp32_model_are_refused(project, tmp_path, capsys):
+    """The corrected weights are measured against the caffemodel they were corrected from; another --model would
+    make every difference wrong."""
+    root, base, model = project
+    cal = tmp_path / "cal"
+    assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(cal)]) == 0
+    weights = _weights()
+    weights["conv2"][1] = weights["conv2"][1] + 1.0
+    (tmp_path / "other").mkdir()
+    _, other = write_net(tmp_path / "other", PROTOTXT, weights)
+    capsys.readouterr()
+    assert entry.main(["test", *base, "--model", str(other), "--calibration_proto", str(cal / "calibration_table.pb"),
+                       "--output_path", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "was calibrated on other weights than" in err and "bias_correction corrected a caffemodel" in err

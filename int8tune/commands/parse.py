@@ -58,9 +58,20 @@ def data_config(args) -> DataConfig:
                       data_limit=args.data_limit, batch_size=args.batch_size)
 
 
+def calibrates(args) -> bool:
+    """Whether this command calibrates a table from images, where the default weight levers apply: calibrate
+    (not --simplified) and main.sh without a given table; not with --corrected_model (the weights are fixed)."""
+    if not hasattr(args, "bias_correction") or getattr(args, "simplified", False):
+        return False
+    if getattr(args, "corrected_model", None) is not None:
+        return False
+    return getattr(args, "calibration_proto", None) is None and getattr(args, "calibration_model", None) is None
+
+
 def quant_config(args) -> QuantConfig:
     """The int8 model's settings; a command without some of these options (test reads them from the table) gets
-    the defaults."""
+    the defaults. The weight levers not given on the command line get their defaults (QuantConfig.
+    with_default_levers)."""
     d = QuantConfig()
 
     def arg(name: str, default=None):
@@ -78,10 +89,11 @@ def quant_config(args) -> QuantConfig:
     return QuantConfig(method=arg("method", d.method), weight_method=arg("weight_method", d.weight_method),
                        granularity=arg("granularity", d.granularity), rounding=arg("rounding", d.rounding),
                        bias=arg("bias", d.bias), unsigned=arg("unsigned", d.unsigned), target=arg("target", d.target),
-                       equalize=arg("equalize", d.equalize), adaround=arg("adaround", d.adaround),
-                       bias_correction=arg("bias_correction", d.bias_correction), quantize_types=tuple(quantize),
+                       equalize=arg("equalize", d.equalize), adaround=arg("adaround"),
+                       bias_correction=arg("bias_correction"), quantize_types=tuple(quantize),
                        ignore_layer_names=tuple(dict.fromkeys(names)), ignore_layer_types=tuple(dict.fromkeys(types)),
-                       percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins))
+                       percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins)
+                       ).with_default_levers(calibrates(args))
 
 
 def executor_options(args) -> dict:

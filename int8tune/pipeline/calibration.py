@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..executors import Executor
+from ..log import logger
 from ..metrics import METRICS
 from ..quant.calibrate import (
     all_thresholds,
@@ -62,11 +63,13 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
     from ..outputs import provenance
     from .levers import adaround_workspace, bias_corrected_workspace
 
+    if simplified or measure is None:  # levers on by default are off where nothing is measured
+        quant = replace(quant, **{k: False for k in quant.by_default}, by_default=())
     if quant.levers and (simplified or measure is None):
         raise ConfigError(f"{' and '.join(quant.levers)} learn from the layers' outputs on the calibration images; "
                           f"--simplified measures nothing: drop one or the other")
     if quant.adaround:
-        ws = adaround_workspace(ws, measure, quant, threads)
+        ws = _lever(adaround_workspace, ws, quant, "adaround", measure, quant, threads) or ws
     spec = quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     method = "minmax" if simplified else quant.method
@@ -94,14 +97,32 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
         if method == "auto":
             table, result.scores = choose_calibrators(tuner, table, {v: per_blob[v] for v in values})
             result.table = table
-        if quant.bias_correction:
-            ws = bias_corrected_workspace(ws, table, measure, threads)
+        corrected = (_lever(bias_corrected_workspace, ws, quant, "bias_correction", table, measure, threads)
+                     if quant.bias_correction else None)
+        if corrected is not None:
+            ws = corrected
             tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
                           reference=ws.reference, executor=executor)
         result.measured, result.tuner = measure, tuner
         result.model_difference = tuner.difference(table)
         result.layer_differences = tuner.layer_differences(table)
+    if ws.corrections is not None and quant.by_default:
+        ws.corrections = replace(ws.corrections, by_default=quant.by_default)
     table.provenance = provenance(settings or {}, {"proto": ws.proto, "model": ws.model}, images.paths)
     table.provenance["weights_sha256"] = weights_digest(ws)
     result.ws = ws
     return result
+
+
+def _lever(apply, ws: Workspace, quant: QuantConfig, lever: str, *args) -> Workspace | None:
+    """`apply(ws, *args)`: the lever's new workspace. A lever on by default that finds nothing to change is
+    skipped with a note (None); one asked for is an error."""
+    from .levers import NothingToCorrect
+
+    try:
+        return apply(ws, *args)
+    except NothingToCorrect as e:
+        if lever not in quant.by_default:
+            raise
+        logger.info("%s (on by default) skipped: %s", lever.replace("_", " "), e)
+        return None

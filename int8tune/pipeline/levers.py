@@ -39,13 +39,19 @@ class Corrections:
     changed: frozenset[str] = frozenset()  # layers of the net as written whose blobs differ from the model's
     source: Path | None = None  # --corrected_model: read from this file, not computed in this run
     notes: tuple[str, ...] = field(default=())  # what the checks found (scales a few ulps off, ...)
+    by_default: tuple[str, ...] = ()  # the levers that ran because they are the default (config.DEFAULT_LEVERS)
+
+
+class NothingToCorrect(ConfigError):
+    """A lever found nothing in the net it could change (no int8 weighted layer, no bias anywhere): an error when
+    it was asked for, a note when it was on by default."""
 
 
 def _int8_weighted_layers(ws: Workspace, spec: QuantSpec, what: str) -> list[str]:
     layers = [p.layer for p in plan_quantization(ws.fold.net, spec) if p.int8 and p.type in WEIGHTED_TYPES
               and ws.converted.records[p.layer].weight]
     if not layers:
-        raise ConfigError(f"{what}: no int8 Convolution/InnerProduct layer in {ws.proto} (after the ignore lists)")
+        raise NothingToCorrect(f"{what}: no int8 Convolution/InnerProduct layer in {ws.proto} (after the ignore lists)")
     return layers
 
 
@@ -145,7 +151,7 @@ def bias_corrected_workspace(ws: Workspace, table: CalibrationTable, images: Ima
     biases, results = correct_biases(ws.converted, ws.fp32, table, images.batches, threads, skip)
     corrected = {r.layer for r in results if isinstance(r, CorrectedLayer)}
     if not corrected:
-        raise ConfigError(f"--bias_correction: no int8 layer of {ws.proto} has a bias to correct ("
+        raise NothingToCorrect(f"--bias_correction: no int8 layer of {ws.proto} has a bias to correct ("
                           + "; ".join(f"{r.layer}: {r.reason}" for r in results[:3]) + ")")
     changed = unfold_changes(ws.net, ws.fold, biases={name: biases[name] for name in corrected})
     out = with_weights(ws, with_blobs(ws.net, changed), replace(before, changed=before.changed | set(changed)))

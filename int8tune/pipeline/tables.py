@@ -3,9 +3,11 @@ gives (--calibration_proto, --calibration_model), checked against the net and it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from ..config import QuantConfig, TuneConfig
+from ..config import LEVERS, QuantConfig, TuneConfig
 from ..errors import ConfigError
 from ..log import logger
 from ..outputs import sha256_file
@@ -14,7 +16,7 @@ from ..quant.formats import apply_imported, read_int8_prototxt, read_table_pb, r
 from ..quant.placement import nonnegative_values
 from ..quant.spec import WEIGHTED_TYPES
 from ..quant.table import BlobEntry, CalibrationTable, LayerEntry
-from .workspace import Workspace, weights_digest
+from .workspace import CORRECTED, Workspace, weights_digest
 
 
 def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
@@ -33,6 +35,27 @@ def template_table(ws: Workspace, quant: QuantConfig) -> CalibrationTable:
         table.layers[p.layer] = LayerEntry(p.layer, p.type, p.inputs[0], extra_inputs=p.inputs[1:],
                                            weight_thresholds=np.ones(1) if has_w else None, int8=p.int8, note=p.note)
     return table
+
+
+def corrected_beside(*table_files: Path | None) -> Path | None:
+    """The corrected.caffemodel a table calibrated with the weight levers (bias correction is on by default)
+    belongs to, where calibrate and main.sh write it: beside the table (calibrate, main.sh's calibration/) or one
+    folder up (main.sh's start/ and tuned/). None for a table that does not record the levers, or when no such
+    file is there (the weight check then names the option to give)."""
+    for path in (Path(f) for f in table_files if f is not None):
+        try:
+            record = (read_int8_prototxt(path).weights_record if path.suffix == ".prototxt"
+                      else read_table_pb(path).weights_record())
+        except ConfigError:
+            return None  # unreadable: reading it for the run says what is wrong
+        if not any(record.get(k) for k in LEVERS):
+            return None
+        for folder in (path.parent, path.parent.parent):
+            if (folder / CORRECTED).is_file():
+                logger.info("%s was calibrated with the weight levers: the int8 model quantizes %s beside it "
+                            "(--corrected_model to give another)", path, folder / CORRECTED)
+                return folder / CORRECTED
+    return None
 
 
 def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:
@@ -88,7 +111,7 @@ def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
     if not record or "equalize" not in record or not record.get("model_sha256"):
         return  # a table from another tool or an older version: nothing recorded to check
     recorded = record.get("weights_sha256")
-    levers = [f"--{k}" for k in ("adaround", "bias_correction") if record.get(k)]
+    levers = [f"--{k}" for k in LEVERS if record.get(k)]
     if levers and ws.corrections is None:
         if recorded == weights_digest(ws):
             raise ConfigError(f"{where} was calibrated with {' and '.join(levers)}, and {ws.model} holds its "
@@ -97,6 +120,11 @@ def _check_equalization(record: dict, ws: Workspace, where: str) -> None:
         raise ConfigError(f"{where} was calibrated with {' and '.join(levers)}: its thresholds belong to the "
                           f"corrected weights written beside it; add --corrected_model <that folder>/"
                           f"corrected.caffemodel (with --model {ws.model}, the fp32 original)")
+    if levers and record["model_sha256"] != sha256_file(ws.model):
+        raise ConfigError(f"{where} was calibrated on other weights than {ws.model}: {' and '.join(levers)} "
+                          f"corrected a caffemodel with sha256 {record['model_sha256'][:12]}..., this one is "
+                          f"{sha256_file(ws.model)[:12]}...; the int8 model would be measured against the wrong fp32 "
+                          f"model: give the caffemodel it was calibrated from as --model")
     if recorded and recorded == weights_digest(ws):
         return  # exactly the weights the thresholds were measured with
     if recorded and recorded != weights_digest(ws):

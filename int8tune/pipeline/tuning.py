@@ -84,8 +84,11 @@ def check_plugin_names(cfg: TuneConfig) -> None:
 
 
 def settings_fingerprint(cfg: TuneConfig) -> dict:
-    """The settings a trial log's fingerprint holds: every option that can change a trial, by its flat name."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+    """The settings a trial log's fingerprint holds: every option that can change a trial, by its flat name.
+    (quant's by_default only says why a lever is on: the lever's own value is in the dict.)"""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in SETTINGS_THAT_CHANGE_NO_TRIAL}
+    settings["quant"] = {k: v for k, v in settings["quant"].items() if k != "by_default"}
+    return settings
 
 
 def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: bool,

@@ -84,11 +84,12 @@ def lever_items(ws: Workspace, written: Path | None) -> list[Item]:
         done = [r for r in c.bias if isinstance(r, CorrectedLayer)]
         removed = max(float(abs(r.shift).max()) for r in done)
         left = max((float(abs(r.residual).max()) for r in done if r.residual is not None), default=0.0)
-        lines.append(f"bias correction: {len(done)} layer(s), mean int8 error per channel up to {removed:.3g} removed, "
-                     f"{left:.3g} left (what the int32 bias step allows)")
+        default = " (on by default; --no_bias_correction: off)" if "bias_correction" in c.by_default else ""
+        lines.append(f"bias correction{default}: {len(done)} layer(s), mean int8 error per channel up to "
+                     f"{removed:.3g} removed, {left:.3g} left (what the int32 bias step allows)")
         lines += [f"  {r.layer}: {r.reason}" for r in c.bias if not isinstance(r, CorrectedLayer)]
     lines += [f"  note: {n}" for n in c.notes]
     lines.append(f"the tables belong to the corrected weights {written}: deploy them with {ws.proto} and the table "
-                 f"(test.sh/tune.sh: --model {ws.model} --corrected_model {written}; differences are measured "
-                 f"against {ws.model})")
+                 f"(test.sh/tune.sh find it beside the tables, or give --corrected_model {written} with --model "
+                 f"{ws.model}; differences are measured against {ws.model})")
     return [Paragraph(tuple(lines))]
