@@ -262,7 +262,9 @@ def main() -> int:
                           text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"], capture_output=True,
                            text=True).stdout.strip()
-    print(f"commit {head}{' with uncommitted changes' if dirty else ''}; draws {args.draws}", flush=True)
+    commit = f"commit {head}{' with uncommitted changes' if dirty else ''}" if head else \
+        "commit unknown (not run from a git checkout: name the commit the copy came from)"
+    print(f"{commit}; draws {args.draws}", flush=True)
     spread = " (range over the draws)" if args.draws else ""
     tables = []
     for name in args.models:
