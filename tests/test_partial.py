@@ -48,6 +48,7 @@ def test_suffix_of_the_last_layer_excludes_the_first_conv(setup):
     assert "conv1" not in names and any(n.startswith("fc") for n in names)
 
 
+@pytest.mark.slow  # a real detector end to end: .ci/run runs it (pytest -m slow)
 def test_optimised_simulation_equals_the_unoptimised_graph_on_a_real_detector(assets):
     """Every way of running a table's simulation gives the same numbers: whole graph unoptimised, frozen and
     optimised, partial. (At ORT_ENABLE_ALL the NCHWc kernels' other summation order flips quantizer roundings and

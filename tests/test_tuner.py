@@ -177,6 +177,7 @@ def test_carried_state_changes_no_decision_and_skips_the_baseline_runs(converted
     assert evals_c == evals_p - 2  # two blobs, no baseline run for either
 
 
+@pytest.mark.slow  # a real detector end to end: .ci/run runs it (pytest -m slow)
 def test_carried_state_on_a_real_detector(assets):
     """yolov3_nano_voc, the first blobs of the chain (each bridged from the previous blob's frontier) and a blob
     of the second head (not downstream of the one before it): the same trials as upstream runs from the input."""

@@ -188,6 +188,7 @@ def test_detection_agreement_counts_found_missed_and_extra():
     assert lines[3].startswith("  tuned:")  # the identical table lists no differing image
 
 
+@pytest.mark.slow  # a real detector end to end: .ci/run runs it (pytest -m slow)
 def test_test_command_reports_detection_agreement(assets, tmp_path):
     """test.sh with --metric yolo on yolov3_nano_voc: the fp32 detection count is the reference one (dog 3, person
     3, crowd 10), and the mAP next to the counts is the yolo_map metric of the same table."""
