@@ -336,6 +336,11 @@ def test_main_sh_calibrates_with_the_levers_tunes_and_delivers_the_corrected_wei
     assert entry.main(["test", *base, "--model", str(model), "--corrected_model", str(out / "corrected.caffemodel"),
                        "--calibration_proto", str(out / "tuned" / "calibration_table.pb"),
                        "--output_path", str(tmp_path / "t")]) == 0
+    # without --corrected_model: found one folder up from tuned/ (main.sh's layout), the same int8 model
+    assert entry.main(["test", *base, "--model", str(model), "--calibration_proto",
+                       str(out / "tuned" / "calibration_table.pb"), "--output_path", str(tmp_path / "t_found")]) == 0
+    assert _difference((tmp_path / "t_found" / "report.log").read_text()) == \
+        _difference((tmp_path / "t" / "report.log").read_text())
 
 
 def test_bias_correction_is_on_by_default_where_a_table_is_calibrated(project, tmp_path, capsys):
