@@ -16,6 +16,8 @@ read from the report.log files.
   images/natural; --metric yolo --yolo_cfg MobileNetV2-YOLOv3-Nano-voc.cfg; --restarts 2 both ways (for speed).
 - res10_ssd_face: tuning = the first 8 of images/natural (sorted), TEST = the other 8 + all 12 of
   images/detection; --metric square.
+- yoloface_500k_v2: the yolov3_nano_voc split, --metric yolo with its own .cfg (default restarts).
+- landmark106: the res10_ssd_face split (whole photos at 112x112: no face crops among the assets), --metric square.
 
 Every run: --threads 2, default settings otherwise; outputs under --workdir (wiped per run, so nothing resumes).
 By default main.sh and test.sh run from a copy of the committed HEAD (`git archive HEAD` into --workdir), so
@@ -77,7 +79,7 @@ class Case:
         args = ["--proto", str(self.folder / self.proto), "--model", str(self.folder / self.model),
                 "--image_params", str(CODE / "examples" / "image_params" / f"{self.name}.json"), "--threads", "2"]
         if self.metric == "yolo":
-            args += ["--yolo_cfg", str(self.folder / "MobileNetV2-YOLOv3-Nano-voc.cfg")]
+            args += ["--yolo_cfg", str(next(self.folder.glob("*.cfg")))]  # the darknet .cfg beside the model
         return args
 
 
@@ -91,6 +93,10 @@ def cases() -> list[Case]:
              "yolo", detection[:8], detection[8:] + natural, ["yolo"], ["--restarts", "2"],
              "--restarts 2 both ways (for speed; the default is 4)"),
         Case("res10_ssd_face", "deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel", "square",
+             natural[:8], natural[8:] + detection, ["square"]),
+        Case("yoloface_500k_v2", "yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel", "yolo",
+             detection[:8], detection[8:] + natural, ["yolo"]),
+        Case("landmark106", "landmark106.prototxt", "landmark106.caffemodel", "square",
              natural[:8], natural[8:] + detection, ["square"]),
     ]
 
@@ -226,7 +232,7 @@ def table(rows: list[Row], metric_of: dict[str, str]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/int8tune_delivery_holdout"))
-    ap.add_argument("--models", default="", help="comma-separated subset of the models (default: all three)")
+    ap.add_argument("--models", default="", help="comma-separated subset of the models (default: all five)")
     ap.add_argument("--compare", choices=list(COMPARISONS), default="holdout",
                     help="holdout: --holdout 0.25 against 0; levers: the default bias correction against "
                          "--no_bias_correction")
