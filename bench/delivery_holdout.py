@@ -173,7 +173,7 @@ def auto_run(case: Case, way: str, options: list[str], work: Path, tune_list: Pa
     tuned_on = f"{m[1]} (+{int(m[2]) - int(m[1])} held back)" if m else \
         re.search(r"^images: (\d+) image\(s\)", report, re.M)[1]
     first = report.splitlines()[1]
-    d = re.search(r"^delivered \(tuned/\): (.*?); ", report, re.M)
+    d = re.search(r"^(?:WARNING: )?delivered \(tuned/\): (.*?); ", report, re.M)
     if d:
         what = d[1]
         delivered = what[4:-6] if what.startswith("the ") and what.endswith(" table") else \

@@ -92,3 +92,25 @@ def test_cross_validation_keeps_the_tuned_table_unless_tuning_hurt():
     assert cross_validated(top1, _images(8), lost, {}).delivered == "start"
     one_image = [Fold(None, None, 1.0, 0.75, 0.0, [1, 1, 1, 1], [1, 0, 1, 1]) for _ in range(2)]
     assert cross_validated(top1, _images(8), one_image, {}).delivered == "tuned"  # two images of eight: no evidence
+
+
+def test_the_report_warns_when_the_kept_tuned_table_scored_worse_than_the_start_on_the_folds():
+    """One fold's loss is no evidence to deliver the start (the rule above), but report.log must not call it
+    good: the first line warns and points at start/ (landmark106 in docs/weight_levers.md: 1.06x worse on TEST)."""
+    from types import SimpleNamespace
+
+    from int8tune.pipeline.selection import Fold, cross_validated
+    from int8tune.report.tuning import _delivered
+
+    square = METRICS.get("square")
+    run = SimpleNamespace(tuning=SimpleNamespace(picked=0, restarts=[0], complete=[0]), held_out=None)
+    lost_once = [Fold(None, None, 0.00034, 0.00058, 8e-5, [0.0003, 0.0004], [0.0005, 0.0007]),
+                 Fold(None, None, 0.00084, 0.00089, 1.1e-4, [0.0008, 0.0009], [0.0009, 0.0009])]
+    run.selection = cross_validated(square, _images(8), lost_once, {})
+    assert run.selection.delivered == "tuned"
+    [notice] = _delivered(run, square)
+    assert notice.level.name == "WARNING" and "scored worse than the start" in notice.text and "start/" in notice.text
+    gained = [Fold(None, None, 0.00058, 0.00034, 8e-5, [0.0005, 0.0007], [0.0003, 0.0004]) for _ in range(2)]
+    run.selection = cross_validated(square, _images(8), gained, {})
+    [notice] = _delivered(run, square)
+    assert notice.level.name == "GOOD" and "scored worse" not in notice.text

@@ -323,6 +323,16 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
                    f"the images ({metric.name}: {scores[sel.delivered]:.6g}, tuned "
                    f"{scores.get('tuned', scores[sel.start]):.6g}, start {scores[sel.start]:.6g})")
         what = picked_words(run) if sel.delivered == "tuned" else f"the {sel.delivered} table"
+        start, default = scores[sel.start], scores.get(sel.default, scores[sel.start])
+        if sel.delivered == sel.default and metric.gain(start, default) < -sel.noise:
+            # kept by the rule (one bad fold or a few images are not evidence), but the user must hear of it
+            needed = ("in both folds beyond the noise and consistently over the images"
+                      if sel.source.value == "cross_validation" else "consistently over the images")
+            return [Notice(Level.WARNING, f"delivered (tuned/): {what}; but on {where} it scored worse than the "
+                                          f"start beyond the noise floor {sel.noise:.3g} ({metric.name}: start "
+                                          f"{start:.6g}, tuned {default:.6g}), not {needed} as the start needs to "
+                                          f"be delivered instead. start/ holds the start table: score both on other "
+                                          f"images (test.sh) or give --validation_list")]
         return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
     if h is not None:
