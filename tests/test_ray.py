@@ -201,6 +201,7 @@ def test_a_worker_killed_while_tuning_changes_neither_the_result_nor_the_trial_l
 
 # --- the command line ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # calibrate and main.sh twice each, end to end (10 s): .ci/run runs it
 def test_the_cli_on_ray_writes_the_tables_of_a_local_run(project, cluster, capsys):  # noqa: F811
     root, base = project
     for command, extra in (("calibrate", ["--simplified"]),
