@@ -216,3 +216,85 @@ def test_lenet_calibrated_by_the_cli_agrees_on_this_host(assets, tmp_path, capsy
     assert check.images == 8
     assert check.agrees, text
     assert "computes what was measured" in text
+
+
+# A convolution left in fp32 between two int8 ones, wide enough (64 channels) for onnxruntime's highest level to run
+# it with NCHWc kernels, which sum in another order than the simulation's session (ORT_ENABLE_EXTENDED).
+FLOAT_C = 64
+FLOAT_ISLAND = (input_header((1, 3, 32, 32))
+                + "".join(layer(f"conv{k}", "Convolution", src, f"conv{k}",
+                                f"convolution_param {{ num_output: {FLOAT_C} kernel_size: 3 pad: 1 }}")
+                          + (layer(f"relu{k}", "ReLU", f"conv{k}", f"conv{k}") if k < 3 else "")
+                          for k, src in ((1, "data"), (2, "conv1"), (3, "conv2"))))
+
+
+def test_a_float_layer_s_rounding_flips_are_told_apart_from_int8_errors(tmp_path):
+    """The default session may differ from the simulation in rounding flips after a layer left in fp32; the check
+    then runs the same file at ORT_ENABLE_EXTENDED, which must compute the simulation exactly, says so, and gives
+    the distance from fp32 of both."""
+    rng = np.random.default_rng(3)
+    weights = {f"conv{k}": [rng.standard_normal((FLOAT_C, c, 3, 3)).astype(np.float32) / np.sqrt(9 * c),
+                            rng.standard_normal(FLOAT_C).astype(np.float32) * 0.1]
+               for k, c in ((1, 3), (2, FLOAT_C), (3, FLOAT_C))}
+    converted = convert_net(load_net(*write_net(tmp_path, FLOAT_ISLAND, weights)))
+    x = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    values = Engine(converted).run(x, ["data", "conv1", "conv2", "conv3"])
+    table = CalibrationTable("t", QuantSpec())
+    for v, array in values.items():
+        table.blobs[v] = BlobEntry(v, v, float(np.abs(array).max()), unsigned=v in ("conv1", "conv2"),
+                                   calibrator="test")
+    for name, inp in (("conv1", "data"), ("conv3", "conv2")):
+        w = weights[name][0]
+        table.layers[name] = LayerEntry(name, "Convolution", inp,
+                                        weight_thresholds=2 * np.abs(w).reshape(FLOAT_C, -1).max(1))
+    table.layers["conv2"] = LayerEntry("conv2", "Convolution", "conv1", int8=False)
+    model, _ = export_qdq(converted, table)
+    check = check_export(converted, table, model, [x[:8], x[8:]])
+    if check.exact:
+        pytest.skip("the default session runs the fp32 layer with the simulation's kernels on this CPU (no NCHWc): "
+                    "nothing to tell apart")
+    assert check.float_layers == ("conv2",)
+    assert check.extended is not None and check.extended_exact, render_export_check(check)
+    (name, simulated, deployed), = check.fp32_square
+    assert name == "conv3" and 0 < simulated and deployed == pytest.approx(simulated, rel=0.05)
+    text = "\n".join(render_export_check(check))
+    assert "the same file at graph_optimization_level ORT_ENABLE_EXTENDED: every value equal" in text
+    assert "distance from fp32 on these images (square), measured -> deployed: conv3" in text
+
+
+def test_flips_beyond_the_bounds_after_a_float_layer_get_the_float_kernel_advice():
+    """Past the rounding bounds (yolov3_nano_voc with one early conv in fp32: 6 % of values beyond one step), the
+    advice names the fp32 layers and ORT_ENABLE_EXTENDED, not saturation, when the extended session is exact."""
+    failing = _failing(Target.ONNXRUNTIME, Int8Path.AVX2)
+    exact = OutputCheck("out", 0.1, 0.0, 0.0, 0.0, 100, 0.1)
+    check = dataclasses.replace(failing, extended=(exact,), fp32_square=(("out", 0.0034, 0.0035),),
+                                float_layers=("layer2-conv",))
+    advice = check.advice()
+    assert len(advice) == 1 and "layer2-conv" in advice[0] and "ORT_ENABLE_EXTENDED" in advice[0]
+    assert "x64quantprecision" not in advice[0]
+    text = render_export_check(check)
+    assert text[2].startswith("the deployed model DIFFERS") and "out 0.0034 -> 0.0035" in "\n".join(text)
+    # when the extended session differs too, the int8 arithmetic is in question: the generic advice stays
+    also = dataclasses.replace(check, extended=failing.outputs)
+    assert "x64quantprecision" in also.advice()[0]
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_the_report_section_puts_the_verdict_first_and_the_second_look_after_it(agrees, tmp_path):
+    from int8tune.pipeline.delivery import Delivery
+    from int8tune.report.document import Level, Notice, Paragraph
+    from int8tune.report.sections import delivery_section
+
+    exact = OutputCheck("out", 0.1, 0.0, 0.0, 0.0, 100, 0.1)
+    flips = OutputCheck("out", 0.1, 1.0, 0.0, 1e-7, 100, 0.1)
+    first = flips if agrees else _failing(Target.ONNXRUNTIME, Int8Path.AVX2).outputs[0]
+    check = ExportCheck((first,), 4, "test host", Int8Path.AVX2, Target.ONNXRUNTIME, extended=(exact,),
+                        fp32_square=(("out", 0.01, 0.0101),), float_layers=("conv2",))
+    d = Delivery(tmp_path, CalibrationTable("t", QuantSpec()), files={"qdq": tmp_path / "m.onnx"}, check=check,
+                 check_images="tuning")
+    items = delivery_section(d).items
+    notice = next(i for i in items if isinstance(i, Notice))
+    assert notice.level is (Level.GOOD if agrees else Level.WARNING)
+    assert notice.text.startswith("the deployed model ")
+    after = items[items.index(notice) + 1]
+    assert isinstance(after, Paragraph) and "ORT_ENABLE_EXTENDED: every value equal" in after.lines[0]

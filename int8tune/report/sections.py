@@ -29,7 +29,7 @@ def delivery_section(d: Delivery, title: str = "deployed model") -> Section:
                                          f"is onnxruntime's reading of it, not what {target} computes"))
     if d.check is not None:
         lines = render_export_check(d.check, d.qdq.name, d.check_images)
-        at = len(lines) - 1 if d.check.agrees else next(k for k, line in enumerate(lines) if "DIFFERS" in line)
+        at = next(k for k, line in enumerate(lines) if line.startswith("the deployed model "))  # the verdict
         items.append(Paragraph(tuple(lines[:at])))
         items.append(Notice(Level.GOOD if d.check.agrees else Level.WARNING, lines[at]))
         if lines[at + 1:]:
