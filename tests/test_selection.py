@@ -110,6 +110,9 @@ def test_the_report_warns_when_the_kept_tuned_table_scored_worse_than_the_start_
     assert run.selection.delivered == "tuned"
     [notice] = _delivered(run, square)
     assert notice.level.name == "WARNING" and "scored worse than the start" in notice.text and "start/" in notice.text
+    # what each fold showed, not "both folds" when one was level (the default example: fold 1 level, fold 2 worse)
+    assert "fold 1: worse by 0.00024, beyond its noise floor 8e-05" in notice.text
+    assert "fold 2: level within its noise floor 0.00011" in notice.text
     gained = [Fold(None, None, 0.00058, 0.00034, 8e-5, [0.0005, 0.0007], [0.0003, 0.0004]) for _ in range(2)]
     run.selection = cross_validated(square, _images(8), gained, {})
     [notice] = _delivered(run, square)

@@ -326,13 +326,19 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
         start, default = scores[sel.start], scores.get(sel.default, scores[sel.start])
         if sel.delivered == sel.default and metric.gain(start, default) < -sel.noise:
             # kept by the rule (one bad fold or a few images are not evidence), but the user must hear of it
-            needed = ("in both folds beyond the noise and consistently over the images"
-                      if sel.source.value == "cross_validation" else "consistently over the images")
-            return [Notice(Level.WARNING, f"delivered (tuned/): {what}; but on {where} it scored worse than the "
-                                          f"start beyond the noise floor {sel.noise:.3g} ({metric.name}: start "
-                                          f"{start:.6g}, tuned {default:.6g}), not {needed} as the start needs to "
-                                          f"be delivered instead. start/ holds the start table: score both on other "
-                                          f"images (test.sh) or give --validation_list")]
+            if sel.source.value == "cross_validation":
+                needed = "in both folds beyond the noise and consistently over the images"
+                lost = (f"on the other half of the images of a two-fold cross-validation it scored worse than the "
+                        f"start on average, beyond the noise floor {sel.noise:.3g} ({metric.name}: start {start:.6g}, "
+                        f"tuned {default:.6g}; " + "; ".join(
+                            f"fold {k}: {_fold_verdict(metric, f)}" for k, f in enumerate(sel.folds, 1)) + ")")
+            else:
+                needed = "consistently over the images"
+                lost = (f"on {where} it scored worse than the start beyond the noise floor {sel.noise:.3g} "
+                        f"({metric.name}: start {start:.6g}, tuned {default:.6g})")
+            return [Notice(Level.WARNING, f"delivered (tuned/): {what}; but {lost}, not {needed} as the start needs "
+                                          f"to be delivered instead. start/ holds the start table: score both on "
+                                          f"other images (test.sh) or give --validation_list")]
         return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
     if h is not None:
@@ -342,6 +348,14 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
     return [Notice(Level.INFO, f"tuned/ holds {picked_words(run)}; {metric.name} on the tuning images "
                                f"{run.before_model:.6g} -> {run.after_model:.6g}; no held-out images were given "
                                f"(--validation_list): the tuning images alone cannot show over-fitting")]
+
+
+def _fold_verdict(metric, fold) -> str:
+    """One fold's tuned table against the start on its held-out half, in words."""
+    gain = metric.gain(fold.start, fold.tuned)
+    if abs(gain) <= fold.noise:
+        return f"level within its noise floor {fold.noise:.3g}"
+    return f"{'better' if gain > 0 else 'worse'} by {abs(gain):.3g}, beyond its noise floor {fold.noise:.3g}"
 
 
 def files_named(files: list[Path], name: str) -> Path | None:
