@@ -65,6 +65,20 @@ def new_session(model: onnx.ModelProto, options: ort.SessionOptions, simulation:
                                 disabled_optimizers=SIMULATION_DISABLED_OPTIMIZERS if simulation else None)
 
 
+def needed_for(nodes: list[onnx.NodeProto], outputs: set[str],
+               available: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+    """The nodes among `nodes` (graph order) that contribute to `outputs`, not walking past the tensors in
+    `available` (they are inputs of the cut): the graph cuts of the tuner's partial evaluation (tune/partial.py)
+    and of the bias correction's carried prefix (quant/bias_correction.py)."""
+    needed = set(outputs) - available
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i not in available)
+    return keep[::-1]
+
+
 def with_outputs(model: onnx.ModelProto, values: Iterable[str]) -> onnx.ModelProto:
     """A copy of `model` whose graph outputs are its own plus `values` (in that order, no duplicates)."""
     out = onnx.ModelProto()

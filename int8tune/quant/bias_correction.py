@@ -44,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..convert.converter import ConvertedModel
 from ..progress import Progress
-from ..runtime import Engine, GraphSession, input_feeds
+from ..runtime import Engine, GraphSession, input_feeds, needed_for
 from .emit import BIAS, PRIVATE
 from .simulate import Int8Graph, build_int8_graph
 from .table import CalibrationTable
@@ -282,7 +282,7 @@ class _CarriedPrefix:
         """The mean per channel of layer k's output in `graph` (fed the biases corrected so far); then forgets
         what correcting layer k makes stale."""
         target = self.targets[k]
-        segment = _needed_for(self.nodes, {target}, self.names)
+        segment = needed_for(self.nodes, {target}, self.names)
         keep = self._kept_after(k, {o for n in segment for o in n.output})
         fetch = [target] + sorted(o for n in segment for o in n.output if o in keep and o != target)
         session = _segment(graph, table, segment, fetch, self.names, self.threads) if segment else None
@@ -337,19 +337,6 @@ def _last_uses(nodes: list[onnx.NodeProto], targets: list[str]) -> dict[int, int
             for i in node.input:
                 last[i] = max(last.get(i, -1), k)
     return out
-
-
-# Graph cuts as tune/partial.py makes them (_needed_for, build_prefix); quant sits below tune and cannot import
-# them.
-def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str], available: frozenset[str]) -> list[onnx.NodeProto]:
-    """The nodes among `nodes` (graph order) that `outputs` need, not walking past the `available` tensors."""
-    needed = set(outputs) - available
-    keep = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i not in available)
-    return keep[::-1]
 
 
 def _segment(graph: Int8Graph, table: CalibrationTable, nodes: list[onnx.NodeProto], fetch: list[str],

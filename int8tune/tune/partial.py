@@ -29,7 +29,7 @@ from onnx import TensorProto, helper
 from ..executors import Executor, LocalExecutor
 from ..quant.simulate import Int8Graph
 from ..quant.table import CalibrationTable
-from ..runtime import Engine, GraphSession
+from ..runtime import Engine, GraphSession, needed_for
 from .tasks import FrontierJob, SuffixJob, frontier, suffix_outputs
 
 
@@ -42,19 +42,6 @@ def dependents(model: onnx.ModelProto, sources) -> list[onnx.NodeProto]:
             out.append(node)
             tainted.update(node.output)
     return out
-
-
-def _needed_for(nodes: list[onnx.NodeProto], outputs: set[str],
-                available: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
-    """The nodes among `nodes` that contribute to `outputs` (a layer objective needs only a few of them), not
-    walking past tensors in `available` (they are inputs)."""
-    needed = set(outputs) - available
-    keep = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i not in available)
-    return list(reversed(keep))
 
 
 @dataclass
@@ -74,7 +61,7 @@ def build_suffix(graph: Int8Graph, value: str, outputs: list[str], threads: int,
     model = graph.frozen(table, keep=(value,))
     if not sources:
         return None
-    nodes = _needed_for(dependents(model, sources), set(outputs))
+    nodes = needed_for(dependents(model, sources), set(outputs))
     produced = {o for n in nodes for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name: i for i in model.graph.input}
@@ -104,7 +91,7 @@ def build_prefix(model: onnx.ModelProto, tensors: list[str], threads: int,
                  ) -> GraphSession:
     """A session computing only `tensors` (the nodes they need), from the graph's inputs and the tensors in
     `available` (fed as inputs: the bridge from known tensors). `elem_type`: a tensor's ONNX element type."""
-    nodes = _needed_for(list(model.graph.node), set(tensors), available)
+    nodes = needed_for(list(model.graph.node), set(tensors), available)
     used = {i for n in nodes for i in n.input}
     graph_inputs = {i.name for i in model.graph.input}
     fed = [a for a in sorted(available) if a in used and a not in graph_inputs]
