@@ -170,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "it also checks that the file computes what the simulation does here.")
     _add_model_args(bench)
     bench.add_argument("--calibration_proto", type=Path, default=None, help="table to export as QDQ")
-    bench.add_argument("--equalize", action="store_true",
-                       help="the table was calibrated with --equalize (on --model, the original caffemodel)")
+    _add_follow_equalize_args(bench)
     bench.add_argument("--corrected_model", type=Path, default=None,
                        help="the table was calibrated with --adaround/--bias_correction: the corrected.caffemodel "
                             "written beside it")
@@ -221,8 +220,7 @@ def _add_tuning_args(p: argparse.ArgumentParser, search: bool = True) -> None:
     _add_executor_args(p)
     if not search:
         p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)")
-        p.add_argument("--equalize", action="store_true",
-                       help="the table was calibrated with --equalize on this caffemodel: equalize it the same way")
+        _add_follow_equalize_args(p)
         return
     s = p.add_argument_group("threshold search")
     s.add_argument("--search", default="both_directions", choices=["both_directions", "grid"],
@@ -288,11 +286,15 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unsigned", action="store_true",
                    help="quantize blobs that cannot be negative to [0, 255] with T/255 (implied by the onnxruntime "
                         "targets; refused with ncnn and tensorrt, which run signed activations only)")
-    g.add_argument("--equalize", action="store_true",
+    g.add_argument("--equalize", action="store_true", default=None,
                    help="cross-layer equalization first (DFQ, data-free): rescale the channels between each "
                         "Conv -> ReLU/PReLU -> Conv pair so both weight ranges match; fp32 unchanged, int8 loses "
-                        "less on depthwise-separable nets. calibrate/main.sh write equalized.caffemodel: deploy it "
-                        "with the table (test.sh/tune.sh: --equalize again on the original, or --model it)")
+                        "less on depthwise-separable nets. DEFAULT where a table is calibrated: both ways, keeping "
+                        "the one closer to fp32 on the calibration images (docs/equalization.md); where a table is "
+                        "given: as it records. calibrate/main.sh write equalized.caffemodel when equalized (the "
+                        "corrected.caffemodel of the bias correction holds it too): deploy it with the table")
+    g.add_argument("--no_equalize", dest="equalize", action="store_false",
+                   help="keep the weights' channel ranges as given (no equalization, no second calibration)")
     g.add_argument("--quantize_types", default="",
                    help="comma-separated layer types quantized in addition to Convolution, Deconvolution, "
                         "InnerProduct (e.g. Pooling,Eltwise,Concat)")
@@ -304,6 +306,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="layer names kept in fp32: comma-separated, or a file with one per line (seed tool's option)")
     g.add_argument("--percentile", type=float, default=99.99, help="percentile calibrator's percentile (default 99.99)")
     g.add_argument("--bins", type=int, default=2048, help="histogram bins (default 2048, as ncnn)")
+
+
+def _add_follow_equalize_args(p: argparse.ArgumentParser) -> None:
+    """test, tune, benchmark: the table records whether its weights were equalized; these only override it."""
+    p.add_argument("--equalize", action="store_true", default=None,
+                   help="equalize the caffemodel as the table was calibrated (default: as the table records)")
+    p.add_argument("--no_equalize", dest="equalize", action="store_false",
+                   help="run the caffemodel as given, whatever the table records (a mismatch is refused)")
 
 
 def _add_lever_args(p: argparse.ArgumentParser) -> None:

@@ -214,7 +214,9 @@ class QuantConfig(ConfigBase):
     bias: str = "int32"
     unsigned: bool = False
     target: str = "onnxruntime"  # quant/spec.py Target: the engine whose integer arithmetic is simulated
-    equalize: bool = False  # cross-layer equalization of the weights first (caffe/equalize.py)
+    # Cross-layer equalization of the weights first (caffe/equalize.py). None, the default: decided where it can be
+    # (pipeline/equalize_choice.py: a run that calibrates measures both ways; one given a table follows its record).
+    equalize: bool | None = None
     # The weight levers: True asked for, False refused; None left to the front end's default (off until
     # with_default_levers resolves it: DEFAULT_LEVERS are on where the run calibrates and they apply).
     adaround: bool | None = False  # learn each weight's rounding on the calibration images (quant/adaround.py)
@@ -250,6 +252,9 @@ class QuantConfig(ConfigBase):
             why = refuse_adaround(self.spec(), self.weight_method)
             if why is not None:
                 raise ConfigError(why)
+        if self.equalize not in (True, False, None):
+            raise ConfigError(f"equalize: true, false, or left out (the default: equalized where it measures "
+                              f"better), found {self.equalize!r}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"--percentile must be in (0, 100], found {self.percentile}")
         if self.bins < 128:

@@ -327,8 +327,8 @@ def test_a_log_from_other_settings_is_refused_before_calibrating(project, capsys
     args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
     assert entry.main(args) == 0
     calls = []
-    real = tuning.calibrate
-    monkeypatch.setattr(tuning, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tuning.calibrate_choosing
+    monkeypatch.setattr(tuning, "calibrate_choosing", lambda *a, **k: calls.append(1) or real(*a, **k))
     capsys.readouterr()
     assert entry.main(args + ["--step_ratio", "0.3"]) == 2
     err = capsys.readouterr().err

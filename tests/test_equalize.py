@@ -4,6 +4,7 @@ equal, the written caffemodel reads back, and a table is never paired with the w
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -139,22 +140,28 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     equalized = cal / "equalized.caffemodel"
     assert equalized.is_file()
     table = ["--calibration_proto", str(cal / "calibration_table.pb")]
-    # the table on the original weights without --equalize: refused, naming the way out
-    assert entry.main(["test", *base, "--model", str(model), *table, "--output_path", str(root / "t0")]) == 2
+    # the table on the original weights with --no_equalize: refused, naming the way out
+    assert entry.main(["test", *base, "--model", str(model), "--no_equalize", *table,
+                       "--output_path", str(root / "t0")]) == 2
     message = capsys.readouterr().err
     assert "calibrated with --equalize" in message and "equalized.caffemodel" in message
-    # --equalize on the original and --model on the written weights measure the same int8 model
+    # --equalize on the original, the table's own record (no option) and --model on the written weights measure
+    # the same int8 model
     assert entry.main(["test", *base, "--model", str(model), "--equalize", *table,
                        "--output_path", str(root / "t1")]) == 0
+    assert entry.main(["test", *base, "--model", str(model), *table, "--output_path", str(root / "t7")]) == 0
+    assert "equalizing it the same way" in capsys.readouterr().err
     assert entry.main(["test", *base, "--model", str(equalized), *table, "--output_path", str(root / "t2")]) == 0
-    one, two = ((root / t / "report.log").read_text() for t in ("t1", "t2"))
-    assert _difference(one) == _difference(two)
-    # the int8 prototxt alone records the weights too (its header), so it is refused the same way
+    one, two, followed = ((root / t / "report.log").read_text() for t in ("t1", "t2", "t7"))
+    assert _difference(one) == _difference(two) == _difference(followed)
+    # the int8 prototxt alone records the weights too (its header): followed, and refused the same way
     int8 = ["--calibration_model", str(cal / "int8.prototxt")]
     assert '"equalize": true' in (cal / "int8.prototxt").read_text().split("\nname", 1)[0]
-    assert entry.main(["test", *base, "--model", str(model), *int8, "--output_path", str(root / "t4")]) == 2
+    assert entry.main(["test", *base, "--model", str(model), "--no_equalize", *int8,
+                       "--output_path", str(root / "t4")]) == 2
     message = capsys.readouterr().err
     assert "int8.prototxt was calibrated with --equalize" in message
+    assert entry.main(["test", *base, "--model", str(model), *int8, "--output_path", str(root / "t8")]) == 0
     assert entry.main(["test", *base, "--model", str(model), "--equalize", *int8,
                        "--output_path", str(root / "t5")]) == 0
     # int8.prototxt stores Intel's float32 scales (127/T), so its thresholds are the .pb's to float32 precision and
@@ -163,7 +170,7 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert from_prototxt == pytest.approx(float(_difference(one).rsplit(":", 1)[1]), rel=1e-4)
     # a table calibrated without it is refused with --equalize
     plain = root / "plain"
-    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction",
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_equalize",
                        "--output_path", str(plain)]) == 0
     assert "3 Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize" in \
         (plain / "report.log").read_text()
@@ -198,3 +205,139 @@ def test_opencv_runs_the_written_caffemodel_to_the_same_outputs(assets, tmp_path
         equalized.setInput(blob)
         a, b = original.forward(), equalized.forward()
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+# --- --equalize left to its default: chosen by measurement (pipeline/equalize_choice.py) ----------------------------
+
+def _images(n=4):
+    from int8tune.pipeline.images import Images
+
+    x = np.random.default_rng(11).uniform(-2, 2, (n, 3, 10, 10)).astype(np.float32)
+    return Images(f"{n} random images", n, _batches=[x[:2], x[2:]])
+
+
+@pytest.mark.parametrize("levers", [{"bias_correction": False}, {"bias_correction": True}])
+def test_the_default_calibrates_both_ways_and_keeps_the_lower_difference(net_files, levers):
+    """The two figures are those of calibrating each way alone, the one kept is the lower, and its workspace and
+    provenance say which weights the table belongs to."""
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline.calibration import calibrate
+    from int8tune.pipeline.equalize_choice import calibrate_choosing
+    from int8tune.pipeline.workspace import load_workspace
+
+    images = _images()
+    quant = QuantConfig(method="mse", bins=512, **levers)
+    settings = {"quant": {"equalize": None}}
+    kept = calibrate_choosing(load_workspace(*net_files), images, quant, measure=images, threads=1,
+                              settings=settings)
+    plain = calibrate(load_workspace(*net_files, equalize=False), images, quant, measure=images, threads=1)
+    equal = calibrate(load_workspace(*net_files, equalize=True), images, quant, measure=images, threads=1)
+    choice = kept.equalize_choice
+    assert choice is not None and choice.pairs == 3 and choice.images == 4
+    assert (choice.plain, choice.equalized) == (plain.model_difference, equal.model_difference)
+    assert choice.plain != choice.equalized
+    assert choice.equalize == (equal.model_difference < plain.model_difference)
+    assert kept.model_difference == min(plain.model_difference, equal.model_difference)
+    assert (kept.ws.equalization is not None) == choice.equalize
+    assert kept.table.weights_record()["equalize"] == choice.equalize
+    assert settings == {"quant": {"equalize": None}}  # the caller's settings are not changed
+    words = choice.describe()
+    assert f"{choice.plain:.6g}" in words and f"{choice.equalized:.6g}" in words
+    assert ("kept the weights equalized" if choice.equalize else "kept the weights as given") in words
+
+
+@pytest.mark.parametrize("equalize", [True, False])
+def test_an_explicit_equalize_calibrates_once(net_files, equalize, monkeypatch):
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline import equalize_choice
+    from int8tune.pipeline.workspace import load_workspace
+
+    calls = []
+    real = equalize_choice.calibrate
+    monkeypatch.setattr(equalize_choice, "calibrate", lambda ws, *a, **k: calls.append(ws) or real(ws, *a, **k))
+    images = _images()
+    kept = equalize_choice.calibrate_choosing(load_workspace(*net_files, equalize=equalize), images,
+                                              QuantConfig(method="mse", bins=512, equalize=equalize,
+                                                          bias_correction=False), measure=images, threads=1)
+    assert len(calls) == 1 and kept.equalize_choice is None
+    assert (kept.ws.equalization is not None) == equalize
+
+
+def test_a_net_without_pairs_is_calibrated_once_as_given(tmp_path, monkeypatch):
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline import equalize_choice
+    from int8tune.pipeline.workspace import load_workspace
+
+    proto = (input_header((2, 3, 10, 10))
+             + layer("conv1", "Convolution", "data", "conv1", "convolution_param { num_output: 4 kernel_size: 3 }")
+             + layer("pool", "Pooling", "conv1", "pool", "pooling_param { pool: MAX kernel_size: 2 stride: 2 }"))
+    files = write_net(tmp_path, proto, {"conv1": [RNG.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                                                  RNG.standard_normal(4).astype(np.float32)]})
+    calls = []
+    real = equalize_choice.calibrate
+    monkeypatch.setattr(equalize_choice, "calibrate", lambda ws, *a, **k: calls.append(ws) or real(ws, *a, **k))
+    images = _images()
+    kept = equalize_choice.calibrate_choosing(load_workspace(*files), images, QuantConfig(method="mse", bins=512),
+                                              measure=images, threads=1, settings={"quant": {"equalize": None}})
+    assert len(calls) == 1 and kept.equalize_choice is None and kept.ws.equalization is None
+    assert kept.table.weights_record() == {} or kept.table.weights_record()["equalize"] is False
+
+
+def test_calibrate_by_default_reports_the_choice_and_test_follows_the_table(project, capsys):
+    """No option: calibrate says what it measured and keeps it; test.sh on the original caffemodel, without
+    --equalize, runs the weights the table records and reproduces calibrate's figure."""
+    root, base, model = project
+    cal = root / "chosen"
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction",
+                       "--output_path", str(cal)]) == 0
+    report = (cal / "report.log").read_text()
+    line = next(l for l in report.splitlines() if "--equalize chosen by measurement" in l)
+    plain, equal = (float(w) for w in re.search(r"by ([0-9.e+-]+) with the weights as given and ([0-9.e+-]+) "
+                                                r"with 3 pair", line).groups())
+    chosen = equal < plain
+    assert ("kept the weights equalized" if chosen else "kept the weights as given") in line
+    assert (cal / "equalized.caffemodel").is_file() == chosen
+    assert json.loads((cal / "config.json").read_text())["settings"]["quant"]["equalize"] is chosen
+    figure = _figure(report)
+    assert figure == pytest.approx(min(plain, equal), rel=1e-5)
+    capsys.readouterr()
+    assert entry.main(["test", *base, "--model", str(model), "--calibration_proto", str(cal / "calibration_table.pb"),
+                       "--output_path", str(root / "followed")]) == 0
+    assert ("equalizing it the same way" in capsys.readouterr().err) == chosen
+    assert _figure((root / "followed" / "report.log").read_text()) == figure
+
+
+def _figure(report: str) -> float:
+    """The model difference a calibrate or test report gives."""
+    return float(next(l for l in report.splitlines() if l.strip().startswith("model difference")).rsplit(":", 1)[1])
+
+
+def test_equalize_takes_true_false_or_nothing():
+    from int8tune.config import QuantConfig
+    from int8tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="equalize: true, false, or left out"):
+        QuantConfig(equalize="auto")
+
+
+def test_main_sh_by_default_decides_once_and_its_tables_carry_the_decision(project, capsys):
+    """main.sh calibrates with the choice, reports it, tunes on the weights it kept, and test.sh runs its tuned
+    table on the original caffemodel without options; a second run resumes its trial log."""
+    root, base, model = project
+    out = root / "auto_default"
+    args = ["auto", *base, "--model", str(model), "--restarts", "1", "--output_path", str(out)]
+    assert entry.main(args) == 0
+    report = (out / "report.log").read_text()
+    line = next(l for l in report.splitlines() if "--equalize chosen by measurement" in l)
+    chosen = "kept the weights equalized" in line
+    assert (out / "equalized.caffemodel").is_file() == chosen
+    for folder in ("calibration", "start", "tuned"):
+        table = out / folder / "calibration_table.pb"
+        from int8tune.quant.formats import read_table_pb
+
+        assert read_table_pb(table).weights_record()["equalize"] is chosen, folder
+    capsys.readouterr()
+    assert entry.main(["test", *base, "--model", str(model), "--calibration_proto",
+                       str(out / "tuned" / "calibration_table.pb"), "--output_path", str(root / "t_tuned")]) == 0
+    assert entry.main(args) == 0  # the same inputs resume: every trial replayed from the log
+    assert "resum" in capsys.readouterr().err.lower()

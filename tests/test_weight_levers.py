@@ -279,7 +279,10 @@ def test_calibrate_writes_the_corrected_weights_and_test_measures_them_against_t
         assert entry.main(["test", *base, "--model", str(model), "--equalize", option, str(cal / name),
                            "--output_path", str(found)]) == 0
         assert "corrected.caffemodel beside it" in capsys.readouterr().err
-        assert _difference((found / "report.log").read_text()) == _difference(report)
+        if name == "calibration_table.pb":
+            assert _difference((found / "report.log").read_text()) == _difference(report)
+        else:  # int8.prototxt holds Intel's float32 scales 127/T: a rounding may flip (as in test_equalize.py)
+            assert _difference((found / "report.log").read_text()) == pytest.approx(_difference(report), rel=1e-4)
     # the original (equalized) as the fp32 reference and the corrected weights for int8: calibrate's figure
     assert entry.main(["test", *base, "--model", str(model), "--equalize", "--corrected_model", str(corrected),
                        "--calibration_proto", str(alone / "calibration_table.pb"),

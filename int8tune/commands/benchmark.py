@@ -13,7 +13,7 @@ from ..benchmark import BenchmarkResult, SpeedRow, time_model
 from ..errors import ConfigError
 from ..hostcpu import describe_host
 from ..outputs import atomic_write_json
-from ..pipeline.tables import check_table_weights, corrected_beside
+from ..pipeline.tables import check_table_weights, corrected_beside, recorded_equalize
 from ..pipeline.workspace import load_workspace
 from ..quant.census import census, render_census
 from ..quant.formats import read_table_pb
@@ -25,7 +25,8 @@ from .parse import default_threads, input_shape, split_list
 
 
 def run_benchmark(args: argparse.Namespace, prepare_image=None) -> int:
-    ws = load_workspace(args.proto, args.model, args.equalize, input_shape(args.input_shape),
+    equalize = args.equalize if args.equalize is not None else recorded_equalize(args.model, args.calibration_proto)
+    ws = load_workspace(args.proto, args.model, equalize, input_shape(args.input_shape),
                         args.corrected_model or corrected_beside(args.calibration_proto))
     table = None
     if args.qdq is not None:

@@ -19,7 +19,7 @@ import time
 
 from ..config import CalibrateConfig
 from ..executors import open_executor
-from ..pipeline.calibration import calibrate
+from ..pipeline.equalize_choice import calibrate_choosing
 from ..pipeline.workspace import load_workspace
 from ..report.calibration import calibration_document
 from ..report.write import write_report
@@ -33,8 +33,9 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
     _, images = images_of(cfg.data, prepare_image, ws)
     with open_executor(cfg.execution()) as executor:
-        cal = calibrate(ws, images, cfg.quant, measure=None if cfg.simplified else images.head(cfg.measure_images),
-                        simplified=cfg.simplified, threads=cfg.threads, settings=cfg.to_dict(), executor=executor)
+        measure = None if cfg.simplified else images.head(cfg.measure_images)
+        cal = calibrate_choosing(ws, images, cfg.quant, measure=measure, simplified=cfg.simplified,
+                                 threads=cfg.threads, settings=cfg.to_dict(), executor=executor)
         ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
         delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
         doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),

@@ -15,7 +15,7 @@ from ..config import RestartPick, TuneConfig
 from ..errors import ConfigError
 from ..executors import Executor, open_executor
 from ..outputs import atomic_write_text
-from ..pipeline.tables import corrected_beside
+from ..pipeline.tables import corrected_beside, with_table_equalize
 from ..pipeline.tuning import measure, measure_layer, open_session, sweep
 from ..pipeline.workspace import load_workspace
 from ..quant.formats import unscale_weights, write_int8_prototxt, write_table_pb
@@ -26,6 +26,7 @@ from .common import images_of
 
 
 def _open(cfg: TuneConfig, prepare_image, executor: Executor, **kw):
+    cfg = with_table_equalize(cfg)
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
                         cfg.model.corrected_model or corrected_beside(cfg.calibration_proto, cfg.calibration_model))
     items, images = images_of(cfg.data, prepare_image, ws)
@@ -76,6 +77,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     if cfg.delivery.restart_pick is RestartPick.VALIDATION and cfg.delivery.validation_list is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give "
                           "--validation_list")
+    cfg = with_table_equalize(cfg)  # without a table, calibrating decides it (pipeline/equalize_choice.py)
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
                         cfg.model.corrected_model or corrected_beside(cfg.calibration_proto, cfg.calibration_model))
     items, images = images_of(cfg.data, prepare_image, ws)

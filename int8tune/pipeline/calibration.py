@@ -4,6 +4,7 @@ it leaves (the model's and each int8 layer's own, on the measurement images)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..config import QuantConfig
 from ..errors import ConfigError
@@ -27,6 +28,9 @@ from ..tune.tuner import Tuner, TuneSettings
 from .images import Images
 from .workspace import Workspace, weights_digest
 
+if TYPE_CHECKING:
+    from .equalize_choice import EqualizeChoice
+
 
 @dataclass
 class Calibration:
@@ -42,6 +46,7 @@ class Calibration:
     model_difference: float | None = None  # square, summed over the outputs, on `measured`
     layer_differences: dict[str, float] = field(default_factory=dict)  # int8 layer -> its own output's square
     ws: Workspace | None = None  # the workspace the table belongs to (with --adaround/--bias_correction: new weights)
+    equalize_choice: EqualizeChoice | None = None  # --equalize left to its default: what decided it
 
     def alternatives(self) -> dict[str, CalibrationTable]:
         """The whole table of each calibrator (model-wise candidates for the strategies and the start pick)."""

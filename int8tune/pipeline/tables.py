@@ -3,6 +3,7 @@ gives (--calibration_proto, --calibration_model), checked against the net and it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,8 @@ def corrected_beside(*table_files: Path | None) -> Path | None:
     folder up (main.sh's start/ and tuned/). None for a table that does not record the levers, or when no such
     file is there (the weight check then names the option to give)."""
     for path in (Path(f) for f in table_files if f is not None):
-        try:
-            record = (read_int8_prototxt(path).weights_record if path.suffix == ".prototxt"
-                      else read_table_pb(path).weights_record())
-        except ConfigError:
+        record = _record_of(path)
+        if record is None:
             return None  # unreadable: reading it for the run says what is wrong
         if not any(record.get(k) for k in LEVERS):
             return None
@@ -56,6 +55,40 @@ def corrected_beside(*table_files: Path | None) -> Path | None:
                             "(--corrected_model to give another)", path, folder / CORRECTED)
                 return folder / CORRECTED
     return None
+
+
+def recorded_equalize(model: Path, *table_files: Path | None) -> bool:
+    """Whether to equalize `model` for the table in these files (--calibration_proto, --calibration_model), as the
+    table records: what test.sh, tune.sh and benchmark do when --equalize is not given. True only when the table
+    was calibrated on this very caffemodel, equalized (a --model that is the equalized.caffemodel or the
+    corrected.caffemodel written beside the table holds the equalized weights already). False for a table that
+    does not say (another tool's), or when no file is given."""
+    for path in (Path(f) for f in table_files if f is not None):
+        record = _record_of(path)
+        if record and "equalize" in record:
+            follow = bool(record["equalize"]) and record.get("model_sha256") == sha256_file(model)
+            if follow:
+                logger.info("%s was calibrated on %s equalized: equalizing it the same way", path, model)
+            return follow
+    return False
+
+
+def with_table_equalize(cfg: TuneConfig) -> TuneConfig:
+    """`cfg` with --equalize left to its default decided by the table it reads, when it reads one (a run that
+    calibrates decides it by measurement instead, pipeline/equalize_choice.py)."""
+    if cfg.quant.equalize is not None or (cfg.calibration_proto is None and cfg.calibration_model is None):
+        return cfg
+    follow = recorded_equalize(cfg.model.model, cfg.calibration_proto, cfg.calibration_model)
+    return replace(cfg, quant=replace(cfg.quant, equalize=follow))
+
+
+def _record_of(path: Path) -> dict | None:
+    """The weights record of a table file (.pb/.pbtxt provenance, int8.prototxt header); None when unreadable."""
+    try:
+        return (read_int8_prototxt(path).weights_record if path.suffix == ".prototxt"
+                else read_table_pb(path).weights_record())
+    except ConfigError:
+        return None
 
 
 def load_table(cfg: TuneConfig, ws: Workspace) -> CalibrationTable | None:

@@ -25,7 +25,8 @@ from ..tune.start import best_start
 from ..tune.strategies import STRATEGIES, StrategyContext, StrategySettings
 from ..tune.trials import Trial, TrialLog, read_header, refuse_other_inputs
 from ..tune.tuner import BlobResult, Tuner, TuneSettings, metric_outputs
-from .calibration import Calibration, calibrate
+from .calibration import Calibration
+from .equalize_choice import calibrate_choosing
 from .images import Images
 from .selection import HeldOutSource, Selection, cross_validated, select
 from .tables import load_table
@@ -122,10 +123,12 @@ def open_session(cfg: TuneConfig, ws: Workspace, images: Images, *, need_table: 
                               "and/or --calibration_model (int8.prototxt); `int8tune calibrate` writes both")
         logger.info("no table given: calibrating first (method %s)", cfg.quant.method)
         cal_images = calibration_images or images
-        calibration = calibrate(ws, cal_images, cfg.quant, measure=cal_images.head(32), threads=cfg.run.threads,
-                                settings=cfg.to_dict(), executor=executor)
+        calibration = calibrate_choosing(ws, cal_images, cfg.quant, measure=cal_images.head(32),
+                                         threads=cfg.run.threads, settings=cfg.to_dict(), executor=executor)
         table = calibration.table
         ws = calibration.ws or ws  # with --adaround/--bias_correction: the weights the table belongs to
+        # --equalize left to its default is decided now: the session's settings say which weights the tables hold
+        cfg = replace(cfg, quant=replace(cfg.quant, equalize=ws.equalization is not None))
     session = Session(cfg, ws, images, metric, None, table, calibration, executor=executor)  # type: ignore[arg-type]
     if adjust is not None:
         table = adjust(table)

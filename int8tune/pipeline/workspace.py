@@ -44,12 +44,32 @@ class Workspace:
         return self.reference if self.reference is not None else self.converted
 
 
-def load_workspace(proto: Path, model: Path, equalize: bool = False,
+def load_workspace(proto: Path, model: Path, equalize: bool | None = False,
                    input_shape: tuple[int, ...] | None = None, corrected_model: Path | None = None) -> Workspace:
     """`input_shape`: run a fully convolutional net at another input size than its prototxt says.
+    `equalize`: True equalizes the weights; None (not decided yet, pipeline/equalize_choice.py) loads them as given.
     `corrected_model`: the caffemodel written by --adaround/--bias_correction (corrected.caffemodel): the int8
     model quantizes its weights, and is measured against `model` (equalized with `equalize`)."""
     net = _load(proto, model, input_shape)
+    ws = _build(Path(proto), Path(model), net, equalize=bool(equalize))
+    if corrected_model is None:
+        return ws
+    from .levers import Corrections
+
+    corrected = _load(proto, corrected_model, input_shape)
+    _check_same_structure(ws.net, corrected, corrected_model)
+    return with_weights(ws, corrected, Corrections(source=Path(corrected_model)))
+
+
+def equalized(ws: Workspace) -> Workspace:
+    """`ws` (weights as given, no levers applied) with its weights equalized, as load_workspace(equalize=True)
+    would load it, without reading the files again."""
+    if ws.equalization is not None or ws.corrections is not None:
+        raise ValueError("equalized() takes the workspace of the weights as given")
+    return _build(ws.proto, ws.model, ws.net, equalize=True)
+
+
+def _build(proto: Path, model: Path, net: CaffeNet, *, equalize: bool) -> Workspace:
     equalization = None
     if equalize:
         equalization = equalize_net(net)
@@ -64,14 +84,7 @@ def load_workspace(proto: Path, model: Path, equalize: bool = False,
         logger.info("folded %d BatchNorm/Scale layer(s) after %d Eltwise sum(s) into the convolutions feeding them "
                     "(the sums stay int8 in onnxruntime)", sum(len(v) for v in fold.through_sums.values()),
                     len(fold.through_sums))
-    ws = Workspace(Path(proto), Path(model), net, fold, convert_net(fold.net), equalization)
-    if corrected_model is None:
-        return ws
-    from .levers import Corrections
-
-    corrected = _load(proto, corrected_model, input_shape)
-    _check_same_structure(net, corrected, corrected_model)
-    return with_weights(ws, corrected, Corrections(source=Path(corrected_model)))
+    return Workspace(proto, model, net, fold, convert_net(fold.net), equalization)
 
 
 def _load(proto: Path, model: Path, input_shape: tuple[int, ...] | None) -> CaffeNet:

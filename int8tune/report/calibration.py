@@ -30,7 +30,7 @@ def calibration_sections(cal: Calibration, ws: Workspace, equalized: Path | None
         Fact("activation calibrator", f"{cal.method}; weights: {_weight_method(cal)}; granularity "
              f"{spec.granularity.value}; rounding {spec.rounding.value}; bias {spec.bias.value}; target "
              f"{spec.target.value}{'; unsigned for non-negative blobs' if spec.unsigned_blobs else ''}"),
-        *equalization_items(ws, equalized), *lever_items(ws, corrected)]
+        *equalization_items(ws, equalized, cal.equalize_choice), *lever_items(ws, corrected)]
     sections = [Section("calibration", tuple(setup))]
     if cal.model_difference is not None and cal.measured is not None:
         worst = sorted(cal.layer_differences.items(), key=lambda kv: -kv[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..pipeline.delivery import Delivery
+from ..pipeline.equalize_choice import EqualizeChoice
 from ..pipeline.workspace import Workspace, equalizable
 from ..quant.adaround import RoundedLayer
 from ..quant.bias_correction import CorrectedLayer
@@ -42,21 +43,23 @@ def verdict(section: Section) -> list[Item]:
     return [i for i in section.items if isinstance(i, Notice) and i.level is not Level.INFO][:1]
 
 
-def equalization_items(ws: Workspace, written: Path | None) -> list[Item]:
-    """With --equalize: which weights the tables belong to; without: a hint when the net has pairs to equalize."""
+def equalization_items(ws: Workspace, written: Path | None, choice: EqualizeChoice | None = None) -> list[Item]:
+    """Equalized: which weights the tables belong to; not: a hint when the net has pairs to equalize. `choice`:
+    --equalize left to its default, what the run measured to decide (first)."""
+    chosen = [Notice(Level.INFO, choice.describe())] if choice is not None else []
     if ws.equalization is None:
         n = equalizable(ws)
-        return [Notice(Level.INFO, f"{n} Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize: "
-                                   f"fp32 unchanged; deploy the equalized.caffemodel it writes; docs/equalization.md)")
-                ] if n else []
+        return chosen or ([Notice(Level.INFO, f"{n} Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first "
+                                              f"(--equalize: fp32 unchanged; deploy the equalized.caffemodel it "
+                                              f"writes; docs/equalization.md)")] if n else [])
     eq = ws.equalization
     lines = [f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) rescaled; "
              f"fp32 outputs unchanged): the thresholds are for {written}; deploy it with {ws.proto} and the table "
-             f"(test.sh/tune.sh: --model {written} without --equalize)"]
+             f"(test.sh/tune.sh equalize --model {ws.model} as the table records, or take --model {written})"]
     lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
     if len(eq.pairs) > 10:
         lines.append(f"  ... and {len(eq.pairs) - 10} more")
-    return [Paragraph(tuple(lines))]
+    return chosen + [Paragraph(tuple(lines))]
 
 
 def lever_items(ws: Workspace, written: Path | None) -> list[Item]:

@@ -230,7 +230,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
                                 + ", ".join(f"{k} {v:.5g}" for k, v in s.start_scores.items())
                                 + f"; started from {s.start_choice}") if s.start_scores else
              ("calibrated in this run" if s.calibration is not None else "given"))]
-    setup += equalization_items(s.ws, equalized) + lever_items(s.ws, corrected)
+    setup += equalization_items(s.ws, equalized, _choice(s)) + lever_items(s.ws, corrected)
     result: list[Item] = [Fact(f"model difference ({metric.name})", f"before {run.before_model:.6g}, after "
                                                                      f"{run.after_model:.6g}"
                                + (f" ({run.after_model / run.before_model:.3f}x)" if run.before_model else ""))]
@@ -384,7 +384,7 @@ def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: l
         items.append(Paragraph.of(f"{run.evaluations} evaluations on {s.images.count} images, {run.seconds:.1f}s"))
     if run.interrupted:
         items.append(Notice(Level.WARNING, "INTERRUPTED: the tables under tuned/ are the best found so far"))
-    items += equalization_items(s.ws, equalized) + lever_items(s.ws, corrected)
+    items += equalization_items(s.ws, equalized, _choice(s)) + lever_items(s.ws, corrected)
     sections = [Section("", tuple(items))]
     if run.held_out is not None:
         sections.append(held_out_section(run.held_out, cfg, files_named(files, "validation.csv"),
@@ -392,3 +392,8 @@ def strategy_document(s: Session, run: StrategyRun, delivery: Delivery, files: l
     sections.append(delivery_section(delivery, "deployed model (tuned/)"))
     return Document(_title(s, f"auto --strategy {cfg.accuracy.strategy}"), tuple(sections),
                     tuple(delivery.files.values()) + tuple(files), (Fact("total time", f"{seconds:.1f}s"),))
+
+
+def _choice(s: Session):
+    """What decided --equalize when the run calibrated with it left to its default."""
+    return s.calibration.equalize_choice if s.calibration is not None else None
