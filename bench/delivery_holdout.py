@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """main.sh's held-back delivery (`--holdout 0.25`, the default) against the old way (`--holdout 0`), or
-(`--compare levers`) its default bias correction against `--no_bias_correction`, judged on TEST images that
-neither run saw.
+(`--compare levers`) its default bias correction against `--no_bias_correction`, or (`--compare equalize`) its
+default choice of --equalize against `--no_equalize`, judged on TEST images that neither run saw.
 
 For each model, main.sh runs twice on the same tuning list: `--holdout 0.25` (every 4th image held back from
 calibration and tuning; tuned/ gets the table those images score best among the start, the tuned pick, each
@@ -25,7 +25,7 @@ edits in progress in the working tree do not leak into the figures and the print
 `--source worktree` runs the working tree instead.
 
     python bench/delivery_holdout.py [--workdir /tmp/int8tune_delivery_holdout] [--models squeezenet_v1.0,...]
-                                     [--compare holdout|levers] [--source head|worktree]
+                                     [--compare holdout|levers|equalize] [--source head|worktree]
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ COMPARISONS = {
     "holdout": (("holdout 0.25", ["--holdout", "0.25"]), ("holdout 0", ["--holdout", "0"])),
     # the default bias correction (config.py DEFAULT_LEVERS) against the weights as given
     "levers": (("default levers", []), ("--no_bias_correction", ["--no_bias_correction"])),
+    # --equalize left to its default (chosen by measurement, pipeline/equalize_choice.py) against the weights as given
+    "equalize": (("default (--equalize chosen)", []), ("--no_equalize", ["--no_equalize"])),
 }
 
 
@@ -184,6 +186,9 @@ def auto_run(case: Case, way: str, options: list[str], work: Path, tune_list: Pa
     tuning = (number(rf"model difference \({re.escape(case.metric)}\): before {v}", report),
               number(rf"model difference \({re.escape(case.metric)}\): before [^,]+, after {v}", report))
     notes = [f"report.log: {first}"]
+    choice = re.search(r"--equalize chosen by measurement.*", report)
+    if choice:
+        notes.append(f"report.log: {choice[0]}")
     held = re.search(r"^held-out check: .*\n(.*)", report, re.M)
     if held:
         notes.append(f"report.log held-out check: {held[1].strip()}")
@@ -235,7 +240,7 @@ def main() -> int:
     ap.add_argument("--models", default="", help="comma-separated subset of the models (default: all five)")
     ap.add_argument("--compare", choices=list(COMPARISONS), default="holdout",
                     help="holdout: --holdout 0.25 against 0; levers: the default bias correction against "
-                         "--no_bias_correction")
+                         "--no_bias_correction; equalize: the default choice of --equalize against --no_equalize")
     ap.add_argument("--source", choices=("head", "worktree"), default="head",
                     help="run main.sh/test.sh from a git-archive copy of HEAD (default) or from the working tree")
     args = ap.parse_args()
