@@ -20,13 +20,6 @@ from .calibration import Calibration, calibrate
 from .images import Images
 from .workspace import Workspace, equalized
 
-# Equalized weights are kept only when they lower the difference by more than this fraction. Below it the two are
-# level within the rounding noise of a few images (moving every threshold by a relative 1e-6 moves the square
-# distance of 10 photos by 1.1-1.8 % std, bench/objective_noise.py), and the weights as given are the simpler thing
-# to deploy. Measured margins: equalized 16-44 % lower on the three nets it helps held out, SqueezeNet 13 % higher,
-# res10_ssd_face within 3 % either way (a tie held out).
-MARGIN = 0.05
-
 
 @dataclass(frozen=True)
 class EqualizeChoice:
@@ -39,12 +32,7 @@ class EqualizeChoice:
     images: int  # the measurement images both were scored on
 
     def describe(self) -> str:
-        if self.equalize:
-            kept = "equalized"
-        elif self.equalized < self.plain:
-            kept = f"as given (equalized is not lower by more than {MARGIN:.0%}, the noise of a few images)"
-        else:
-            kept = "as given"
+        kept = "equalized" if self.equalize else "as given"
         return (f"--equalize chosen by measurement (the default): on the {self.images} calibration image(s) the "
                 f"int8 model differs from fp32 by {self.plain:.6g} with the weights as given and {self.equalized:.6g} "
                 f"with {self.pairs} pair(s) equalized: kept the weights {kept} (--equalize / --no_equalize decide "
@@ -56,7 +44,7 @@ def calibrate_choosing(ws: Workspace, images: Images, quant: QuantConfig, *, mea
                        executor: Executor | None = None) -> Calibration:
     """pipeline.calibration.calibrate, with `quant.equalize` None (the default) decided: where the net has pairs to
     equalize and the calibration measures its difference, both ways are calibrated and the lower difference is
-    kept (the equalized weights only when lower by more than MARGIN). `ws` holds the weights as given. Returns the
+    kept (a tie: the weights as given). `ws` holds the weights as given. Returns the
     calibration kept: its `ws` equalized or not, its `equalize_choice` what was measured (None when nothing was
     chosen by measurement)."""
     kw = dict(measure=measure, simplified=simplified, threads=threads, executor=executor)
@@ -73,7 +61,7 @@ def calibrate_choosing(ws: Workspace, images: Images, quant: QuantConfig, *, mea
     plain = calibrate(ws, images, replace(quant, equalize=False), settings=_with(settings, False), **kw)
     eq = calibrate(equalized(ws), images, replace(quant, equalize=True), settings=_with(settings, True), **kw)
     assert plain.model_difference is not None and eq.model_difference is not None  # measured: `measure` given
-    choice = EqualizeChoice(eq.model_difference < (1 - MARGIN) * plain.model_difference, plain.model_difference,
+    choice = EqualizeChoice(eq.model_difference < plain.model_difference, plain.model_difference,
                             eq.model_difference, pairs, measure.count)
     logger.info("%s", choice.describe())
     kept = eq if choice.equalize else plain
