@@ -53,9 +53,13 @@ def equalization_items(ws: Workspace, written: Path | None, choice: EqualizeChoi
                                               f"(--equalize: fp32 unchanged; deploy the equalized.caffemodel it "
                                               f"writes; docs/equalization.md)")] if n else [])
     eq = ws.equalization
-    lines = [f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) rescaled; "
-             f"fp32 outputs unchanged): the thresholds are for {written}; deploy it with {ws.proto} and the table "
-             f"(test.sh/tune.sh equalize --model {ws.model} as the table records, or take --model {written})"]
+    head = f"equalized {len(eq.pairs)} Conv -> ReLU/PReLU -> Conv pair(s) ({len(eq.changed)} layer(s) rescaled; fp32 " \
+           f"outputs unchanged)"
+    if ws.corrections is not None:  # the weight levers corrected the equalized weights: their file is the one
+        lines = [f"{head}: the corrected weights below are these, corrected; {written} holds them equalized only"]
+    else:
+        lines = [f"{head}: the thresholds are for {written}; deploy it with {ws.proto} and the table (test.sh/tune.sh "
+                 f"equalize --model {ws.model} as the table records, or take --model {written})"]
     lines += [f"  {p.describe()}" for p in eq.pairs[:10]]
     if len(eq.pairs) > 10:
         lines.append(f"  ... and {len(eq.pairs) - 10} more")
