@@ -17,7 +17,7 @@ from ..executors import Executor, open_executor
 from ..outputs import atomic_write_text
 from ..pipeline.tables import corrected_beside, with_table_equalize
 from ..pipeline.tuning import measure, measure_layer, open_session, sweep
-from ..pipeline.workspace import load_workspace
+from ..pipeline.workspace import Workspace, load_workspace
 from ..quant.formats import unscale_weights, write_int8_prototxt, write_table_pb
 from ..report.csvs import write_csv
 from ..report.tuning import layer_test_document, sweep_document, test_document
@@ -25,10 +25,18 @@ from ..report.write import write_report
 from .common import images_of
 
 
-def _open(cfg: TuneConfig, prepare_image, executor: Executor, **kw):
+def _workspace(cfg: TuneConfig) -> tuple[TuneConfig, Workspace]:
+    """The model as the run's table belongs to it: equalized as the table records (unless --equalize or
+    --no_equalize says; without a table, calibrating decides, pipeline/equalize_choice.py), with the corrected
+    weights beside the table or given."""
     cfg = with_table_equalize(cfg)
-    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
-                        cfg.model.corrected_model or corrected_beside(cfg.calibration_proto, cfg.calibration_model))
+    return cfg, load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
+                               cfg.model.corrected_model or corrected_beside(cfg.calibration_proto,
+                                                                             cfg.calibration_model))
+
+
+def _open(cfg: TuneConfig, prepare_image, executor: Executor, **kw):
+    cfg, ws = _workspace(cfg)
     items, images = images_of(cfg.data, prepare_image, ws)
     return open_session(cfg, ws, images, executor=executor, **kw)
 
@@ -77,9 +85,7 @@ def run_auto(cfg: TuneConfig, prepare_image) -> int:
     if cfg.delivery.restart_pick is RestartPick.VALIDATION and cfg.delivery.validation_list is None:
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give "
                           "--validation_list")
-    cfg = with_table_equalize(cfg)  # without a table, calibrating decides it (pipeline/equalize_choice.py)
-    ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape,
-                        cfg.model.corrected_model or corrected_beside(cfg.calibration_proto, cfg.calibration_model))
+    cfg, ws = _workspace(cfg)
     items, images = images_of(cfg.data, prepare_image, ws)
     held_out = None
     if cfg.delivery.validation_list is not None:
