@@ -270,7 +270,7 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
         sections.append(Section("cross-validation (too few images to hold some back)", (
             Paragraph.of("each fold tunes on half of the images (one restart, from the same start) and scores the "
                          "start and tuned tables on the other half; the table tuned on every image is delivered "
-                         "unless tuning lost to the start beyond the noise in both folds, consistently"),
+                         "only when it beat the start beyond the noise in both folds, consistently; else the start"),
             Table(("fold", "tuned on", "scored on", f"start {metric.name}", f"tuned {metric.name}", "gain",
                    "noise floor", *(("start square", "tuned square", "square noise") if dense else ())), rows_cv),)))
     elif run.selection is not None:
@@ -302,9 +302,10 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
 def _delivered(run: LayerwiseRun, metric) -> list[Item]:
     """What tuned/ holds and why, first thing in the report."""
     sel = run.selection
+    if sel is not None and sel.source.value == "cross_validation":
+        return _cross_validated_words(run, metric)
     if sel is not None:
-        where = {"validation_list": "the held-out images", "held_back": "the images held back from tuning",
-                 "cross_validation": "the other half of the images, in both folds of a cross-validation"}[
+        where = {"validation_list": "the held-out images", "held_back": "the images held back from tuning"}[
             sel.source.value]
         scores = sel.scores
         if sel.delivered == sel.default:
@@ -315,9 +316,6 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
             why = (f"{metric.name} could not tell the tables apart on {where}; the square distance of the outputs "
                    f"did, consistently over the images ({metric.name}: {scores[sel.delivered]:.6g}, start "
                    f"{scores[sel.start]:.6g})")
-        elif sel.source.value == "cross_validation":
-            why = (f"on {where} the tuned table lost to the start beyond the noise and consistently: tuning did not "
-                   f"hold ({metric.name}: start {scores['start']:.6g}, tuned {scores['tuned']:.6g})")
         else:
             why = (f"on {where} it beat the tuned table beyond the noise floor {sel.noise:.3g} and consistently over "
                    f"the images ({metric.name}: {scores[sel.delivered]:.6g}, tuned "
@@ -325,20 +323,12 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
         what = picked_words(run) if sel.delivered == "tuned" else f"the {sel.delivered} table"
         start, default = scores[sel.start], scores.get(sel.default, scores[sel.start])
         if sel.delivered == sel.default and metric.gain(start, default) < -sel.noise:
-            # kept by the rule (one bad fold or a few images are not evidence), but the user must hear of it
-            if sel.source.value == "cross_validation":
-                needed = "in both folds beyond the noise and consistently over the images"
-                lost = (f"on the other half of the images of a two-fold cross-validation it scored worse than the "
-                        f"start on average, beyond the noise floor {sel.noise:.3g} ({metric.name}: start {start:.6g}, "
-                        f"tuned {default:.6g}; " + "; ".join(
-                            f"fold {k}: {_fold_verdict(metric, f)}" for k, f in enumerate(sel.folds, 1)) + ")")
-            else:
-                needed = "consistently over the images"
-                lost = (f"on {where} it scored worse than the start beyond the noise floor {sel.noise:.3g} "
-                        f"({metric.name}: start {start:.6g}, tuned {default:.6g})")
-            return [Notice(Level.WARNING, f"delivered (tuned/): {what}; but {lost}, not {needed} as the start needs "
-                                          f"to be delivered instead. start/ holds the start table: score both on "
-                                          f"other images (test.sh) or give --validation_list")]
+            # kept by the rule (a few images are not evidence), but the user must hear of it
+            return [Notice(Level.WARNING, f"delivered (tuned/): {what}; but on {where} it scored worse than the start "
+                                          f"beyond the noise floor {sel.noise:.3g} ({metric.name}: start {start:.6g}, "
+                                          f"tuned {default:.6g}), not consistently over the images as the start "
+                                          f"needs to be delivered instead. start/ holds the start table: score both "
+                                          f"on other images (test.sh) or give --validation_list")]
         return [Notice(Level.GOOD, f"delivered (tuned/): {what}; {why}")]
     h = run.held_out
     if h is not None:
@@ -348,6 +338,26 @@ def _delivered(run: LayerwiseRun, metric) -> list[Item]:
     return [Notice(Level.INFO, f"tuned/ holds {picked_words(run)}; {metric.name} on the tuning images "
                                f"{run.before_model:.6g} -> {run.after_model:.6g}; no held-out images were given "
                                f"(--validation_list): the tuning images alone cannot show over-fitting")]
+
+
+def _cross_validated_words(run: LayerwiseRun, metric) -> list[Item]:
+    """What tuned/ holds after a cross-validation (a handful of images): the tuned table only when both folds
+    showed its gain on the half they did not tune on."""
+    sel = run.selection
+    folds = "; ".join(f"fold {k}: {_fold_verdict(metric, f)}" for k, f in enumerate(sel.folds, 1))
+    scores = f"{metric.name} on the held-out halves: start {sel.scores['start']:.6g}, tuned {sel.scores['tuned']:.6g}"
+    if sel.delivered == "tuned":
+        by = "" if sel.decided_by == metric.name else f" ({metric.name} saw no change; the square distance did)"
+        return [Notice(Level.GOOD, f"delivered (tuned/): {picked_words(run)}; in both folds of a cross-validation the "
+                                   f"table tuned on half of the images beat the start on the other half beyond the "
+                                   f"noise and consistently{by} ({scores}; {folds})")]
+    kept = (f"the tuned table, {picked_words(run)}, is in restarts/restart_{run.tuning.picked + 1}/"
+            if run.tuning.picked is not None and len(run.tuning.restarts) > 1 else
+            "the tuned table is not kept (with --restarts 2 or more each restart's table is, under restarts/)")
+    return [Notice(Level.INFO, f"delivered (tuned/): the start table; tuning did not show a gain on images it did not "
+                               f"tune on ({scores}; {folds}). With a handful of images the start is delivered unless "
+                               f"both folds of the cross-validation show the tuned table better beyond the noise and "
+                               f"consistently; {kept}: score it on other images (test.sh) or give --validation_list")]
 
 
 def _fold_verdict(metric, fold) -> str:
