@@ -104,7 +104,8 @@ def test_test_tune_and_auto(project):
     candidates = sorted(p.name for p in (root / "u").iterdir() if p.name.startswith("candidate_"))
     assert len(candidates) == 4  # the baseline and the three multipliers
     assert (root / "u" / "best_candidate.txt").read_text().strip() in candidates
-    assert entry.main(["auto", *base, "--output_path", str(root / "a")]) == 0
+    # --holdout 0: tune on every image and deliver it (6 images would cross-validate, and the folds decide)
+    assert entry.main(["auto", *base, "--output_path", str(root / "a"), "--holdout", "0"]) == 0
     a = root / "a"
     assert (a / "tuned" / "calibration_table.pb").is_file() and (a / "layers.csv").is_file()
     assert (a / "plots" / "layer_differences.png").is_file()
@@ -117,7 +118,7 @@ def test_test_tune_and_auto(project):
     header = (a / "layers.csv").read_text().splitlines()[0].split(",")
     assert ([h for h in header if h.startswith("multiplier_restart_")]
             == [f"multiplier_restart_{k}" for k in range(1, 5)])
-    assert entry.main(["auto", *base, "--output_path", str(a)]) == 0  # resumes from trials.jsonl
+    assert entry.main(["auto", *base, "--output_path", str(a), "--holdout", "0"]) == 0  # resumes from trials.jsonl
     second = (a / "report.log").read_text()
     assert "(0 replayed" in first and "(0 replayed" not in second
     assert read_table_pb(a / "tuned" / "calibration_table.pb").thresholds() == tuned
@@ -126,7 +127,7 @@ def test_test_tune_and_auto(project):
 def test_one_restart_is_a_single_plain_run(project):
     root, base = project
     out = root / "one"
-    assert entry.main(["auto", *base, "--output_path", str(out), "--restarts", "1"]) == 0
+    assert entry.main(["auto", *base, "--output_path", str(out), "--restarts", "1", "--holdout", "0"]) == 0
     report = (out / "report.log").read_text()
     assert "x 1 restart(s)" in report and "restarts (" not in report
     assert not (out / "restarts").exists()
@@ -154,7 +155,7 @@ def test_auto_scores_candidates_by_the_dense_output_difference_by_default(projec
     tune's default stays the metric."""
     root, base = project
     out = root / "obj"
-    assert entry.main(["auto", *base, "--output_path", str(out), "--metric", "top1_agreement"]) == 0
+    assert entry.main(["auto", *base, "--output_path", str(out), "--metric", "top1_agreement", "--holdout", "0"]) == 0
     report = (out / "report.log").read_text()
     assert "objective: outputs" in report and "model difference (top1_agreement)" in report
     line = next(l.strip() for l in report.splitlines()
@@ -163,7 +164,7 @@ def test_auto_scores_candidates_by_the_dense_output_difference_by_default(projec
     assert after <= before
     model = root / "obj_model"
     assert entry.main(["auto", *base, "--output_path", str(model), "--metric", "top1_agreement",
-                       "--objective", "model"]) == 0
+                       "--objective", "model", "--holdout", "0"]) == 0
     report = (model / "report.log").read_text()
     assert "objective: model" in report and "objective (the square" not in report
     # tune.sh keeps --metric itself: its candidates read in the units of test.sh's model difference (--tune_diff)
@@ -418,7 +419,7 @@ def test_a_failed_rerun_leaves_the_delivered_files_whole(project, capsys):
     leaves the previous delivery exactly as it was."""
     root, base = project
     out = root / "whole"
-    args = ["auto", *base, "--output_path", str(out), "--restarts", "1"]
+    args = ["auto", *base, "--output_path", str(out), "--restarts", "1", "--holdout", "0"]
     assert entry.main(args) == 0
     before = _digests(out / "tuned")
     assert {"calibration_table.pb", "int8.prototxt", "model_int8_qdq.onnx", "ncnn.table"} <= set(before)
@@ -464,7 +465,8 @@ def test_a_handful_of_images_is_cross_validated(project):
     delivered = re.search(r"delivered \(tuned/\): (.*?); ", report)[1]
     if "restart 1" in delivered:
         assert gained_in_both
-    else:  # no evidence that tuning helped: the start is delivered
+    else:  # no evidence that tuning helped: the start is delivered, and the tuning on every image is not run
         assert delivered == "the start table"
+        assert "the tuning on every image was not run" in report and "no tuning on every image" in report
         assert read_table_pb(out / "tuned" / "calibration_table.pb").thresholds() == \
             read_table_pb(out / "start" / "calibration_table.pb").thresholds()

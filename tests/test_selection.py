@@ -121,6 +121,9 @@ def test_the_report_says_why_the_start_was_delivered_and_where_the_tuned_table_i
     run.tuning = SimpleNamespace(picked=0, restarts=[0], complete=[0])
     [notice] = _delivered(run, square)
     assert "not kept (with --restarts 2 or more" in notice.text
+    run.tuning = SimpleNamespace(picked=None, restarts=[], complete=[])  # main.sh: the folds declined, not run
+    [notice] = _delivered(run, square)
+    assert "the tuning on every image was not run (--holdout 0 runs it" in notice.text
     gained = [Fold(None, None, 0.00058, 0.00034, 8e-5, [0.0005, 0.0007], [0.0003, 0.0004]) for _ in range(2)]
     run.selection = cross_validated(square, _images(8), gained, {})
     [notice] = _delivered(run, square)

@@ -373,6 +373,12 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give --validation_list "
                           "(API: validation_dataloader)")
     cv = cross_validate(s) if cross_validate_first and val is None else []
+    if cv and not cross_validated(s.metric, s.images, cv, {}).delivered == "tuned":
+        # The folds decide before the tuning on every image runs: without their gain its table cannot be delivered
+        # (selection.cross_validated), so it is not run (--holdout 0 tunes on every image and delivers that).
+        logger.info("cross-validation: the folds show no gain from tuning, so the start is delivered and the tuning "
+                    "on every image is skipped (--holdout 0 runs and delivers it anyway)")
+        restarts = 0
     t0 = time.perf_counter()
 
     def blob_done(restart: int, i: int, table: CalibrationTable) -> None:
@@ -392,7 +398,7 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
             on_progress(picked)
         logger.info("restart %d/%d done in %.1fs", run.number + 1, restarts, run.seconds)
 
-    if order:
+    if order and restarts:
         logger.info("[restart 1/%d, 1/%d] tuning blob %s", restarts, len(order), start.blobs[order[0]].blob)
     tuning = tune_with_restarts(tuner, start, order, restarts, blob_done, restart_done, pick,
                                 Judge(val.difference, val.metric.better) if pick is RestartPick.VALIDATION else None)

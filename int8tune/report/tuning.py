@@ -246,10 +246,14 @@ def auto_document(s: Session, run: LayerwiseRun, tuned: Delivery, start: Deliver
     result += _outputs_table(run.before_outputs, run.after_outputs)
     result += _veto_items(s, run)
     result += _restart_items(s, run)
-    result.append(Paragraph.of(
-        f"tuned {len(run.order)} blob(s) x {len(run.tuning.restarts)} restart(s) in {run.seconds:.1f}s; "
-        f"{run.candidates} candidates ({run.replayed} replayed from the trial log), "
-        f"{run.seconds / max(run.candidates, 1):.3f}s per candidate"))
+    if not run.tuning.restarts and run.selection is not None and run.selection.folds:
+        result.append(Paragraph.of("no tuning on every image: the cross-validation folds showed no gain, so its table "
+                                   "could not be delivered (see the cross-validation section)"))
+    else:
+        result.append(Paragraph.of(
+            f"tuned {len(run.order)} blob(s) x {len(run.tuning.restarts)} restart(s) in {run.seconds:.1f}s; "
+            f"{run.candidates} candidates ({run.replayed} replayed from the trial log), "
+            f"{run.seconds / max(run.candidates, 1):.3f}s per candidate"))
     if run.interrupted:
         result.append(Notice(Level.WARNING, "INTERRUPTED: the tables under tuned/ are the best found so far"
                              + (f" (picked from the {len(run.tuning.complete)} complete restart(s))"
@@ -345,19 +349,25 @@ def _cross_validated_words(run: LayerwiseRun, metric) -> list[Item]:
     showed its gain on the half they did not tune on."""
     sel = run.selection
     folds = "; ".join(f"fold {k}: {_fold_verdict(metric, f)}" for k, f in enumerate(sel.folds, 1))
-    scores = f"{metric.name} on the held-out halves: start {sel.scores['start']:.6g}, tuned {sel.scores['tuned']:.6g}"
+    scores = (f"{metric.name} on the held-out halves: start {sel.scores['start']:.6g}, tuned on the other half "
+              f"{sel.scores['tuned']:.6g}")
     if sel.delivered == "tuned":
         by = "" if sel.decided_by == metric.name else f" ({metric.name} saw no change; the square distance did)"
         return [Notice(Level.GOOD, f"delivered (tuned/): {picked_words(run)}; in both folds of a cross-validation the "
                                    f"table tuned on half of the images beat the start on the other half beyond the "
                                    f"noise and consistently{by} ({scores}; {folds})")]
-    kept = (f"the tuned table, {picked_words(run)}, is in restarts/restart_{run.tuning.picked + 1}/"
-            if run.tuning.picked is not None and len(run.tuning.restarts) > 1 else
-            "the tuned table is not kept (with --restarts 2 or more each restart's table is, under restarts/)")
+    if not run.tuning.restarts:
+        kept = "so the tuning on every image was not run (--holdout 0 runs it and delivers its table)"
+    elif run.tuning.picked is not None and len(run.tuning.restarts) > 1:
+        kept = f"the tuned table, {picked_words(run)}, is in restarts/restart_{run.tuning.picked + 1}/"
+    else:
+        kept = "the tuned table is not kept (with --restarts 2 or more each restart's table is, under restarts/)"
     return [Notice(Level.INFO, f"delivered (tuned/): the start table; tuning did not show a gain on images it did not "
                                f"tune on ({scores}; {folds}). With a handful of images the start is delivered unless "
                                f"both folds of the cross-validation show the tuned table better beyond the noise and "
-                               f"consistently; {kept}: score it on other images (test.sh) or give --validation_list")]
+                               f"consistently; {kept}" + ("" if not run.tuning.restarts else
+                                                          ": score it on other images (test.sh)")
+                               + "; --validation_list with more images decides on them")]
 
 
 def _fold_verdict(metric, fold) -> str:
