@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"without --validation_list: hold this share of the images back from calibration and "
                            f"tuning, and deliver the table they score best (start, tuned, each restart, each "
                            f"calibrator's table) when it beats the start by more than the noise floor (default "
-                           f"{DeliveryConfig.holdout}; 0: tune on every image and deliver the tuned table)")
+                           f"{DeliveryConfig.holdout}; under 20 images: two folds, the tuned table only when both "
+                           f"show its gain; 0: tune on every image and deliver the tuned table)")
     auto.add_argument("--validation_list", type=Path, default=None,
                       help="images held out of tuning (a list file or a folder, read like --data_list): report.log "
                            "scores the start table, the tuned one and each restart on them (--metric, and the "
