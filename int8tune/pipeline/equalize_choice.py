@@ -44,9 +44,8 @@ def calibrate_choosing(ws: Workspace, images: Images, quant: QuantConfig, *, mea
                        executor: Executor | None = None) -> Calibration:
     """pipeline.calibration.calibrate, with `quant.equalize` None (the default) decided: where the net has pairs to
     equalize and the calibration measures its difference, both ways are calibrated and the lower difference is
-    kept (a tie: the weights as given). `ws` holds the weights as given. Returns the
-    calibration kept: its `ws` equalized or not, its `equalize_choice` what was measured (None when nothing was
-    chosen by measurement)."""
+    kept (a tie: the weights as given). `ws` holds the weights as given. Returns the calibration kept: its `ws`
+    equalized or not, its `equalize_choice` what was measured (None when nothing was chosen by measurement)."""
     kw = dict(measure=measure, simplified=simplified, threads=threads, executor=executor)
     if quant.equalize is not None:
         return calibrate(ws, images, quant, settings=settings, **kw)

@@ -373,7 +373,7 @@ def tune_layerwise(s: Session, held_out_images: Images | None = None,
         raise ConfigError("--restart_pick validation scores the restarts on held-out images: give --validation_list "
                           "(API: validation_dataloader)")
     cv = cross_validate(s) if cross_validate_first and val is None else []
-    if cv and not cross_validated(s.metric, s.images, cv, {}).delivered == "tuned":
+    if cv and cross_validated(s.metric, s.images, cv, {}).delivered != "tuned":
         # The folds decide before the tuning on every image runs: without their gain its table cannot be delivered
         # (selection.cross_validated), so it is not run (--holdout 0 tunes on every image and delivers that).
         logger.info("cross-validation: the folds show no gain from tuning, so the start is delivered and the tuning "
