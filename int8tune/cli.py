@@ -465,7 +465,10 @@ def with_config_file(argv: list[str], parser: argparse.ArgumentParser) -> list[s
                     if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction))}  # noqa: SLF001
         flag = actions[0].option_strings[0]
         if switches:  # the form that gives `value`; none when only the other form exists (the value is the default)
-            extra += [switches[bool(value)]] if bool(value) in switches else []
+            if not isinstance(value, bool):  # `equalize: auto` must not read as true
+                raise ConfigError(f"--config {path}: {key} takes true or false, found {value!r}"
+                                  + (" (leave it out for the default)" if len(switches) == 2 else ""))
+            extra += [switches[value]] if value in switches else []
         else:
             text = ",".join(map(str, value)) if isinstance(value, list) else \
                 (json.dumps(value) if isinstance(value, dict) else str(value))

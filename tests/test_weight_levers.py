@@ -318,12 +318,19 @@ def test_main_refuses_levers_with_a_given_table_or_given_corrected_weights(proje
 def test_the_levers_are_settings_of_the_yaml_file_and_the_api(tmp_path):
     from int8tune.api import load_settings
     from int8tune.cli import build_parser, with_config_file
+    from int8tune.errors import ConfigError
 
     assert load_settings({"adaround": True}, {"bias_correction": True}) == {"adaround": True, "bias_correction": True}
     config = tmp_path / "settings.yaml"
     config.write_text("adaround: true\nbias_correction: true\n")
     argv = with_config_file(["calibrate", "--config", str(config), "--proto", "p"], build_parser())
     assert "--adaround" in argv and "--bias_correction" in argv
+    config.write_text("equalize: false\n")
+    assert "--no_equalize" in with_config_file(["calibrate", "--config", str(config), "--proto", "p"], build_parser())
+    # a switch given another value than true/false is refused, naming the file and the key (it read as true before)
+    config.write_text("equalize: auto\n")
+    with pytest.raises(ConfigError, match=r"settings.yaml: equalize takes true or false, found 'auto' \(leave it out"):
+        with_config_file(["calibrate", "--config", str(config), "--proto", "p"], build_parser())
 
 
 def test_main_sh_calibrates_with_the_levers_tunes_and_delivers_the_corrected_weights(project, tmp_path):
