@@ -24,7 +24,8 @@ correction with the table after).
 
 With --draws N each table is also scored under N relative 1e-6 moves of all its thresholds (another rounding
 realization, as main.sh's restarts): the min-max over the draws is the spread a difference must beat to mean
-anything. Wall time of every lever is printed.
+anything. Wall time of every lever is printed, and the square distance on the calibration images ("in-sample": what
+calibrate reports), with what --equalize left to its default would keep for each set of levers (the lower of the two).
 
     python bench/weight_levers.py [--models squeezenet_v1.0 yolov3_nano_voc ...] [--draws 2] [--threads 2]
 """
@@ -49,7 +50,7 @@ from int8tune.pipeline.levers import adaround_workspace, bias_corrected_workspac
 from int8tune.pipeline.workspace import load_workspace
 from int8tune.runtime import Engine
 from int8tune.tune.restarts import restart_start
-from int8tune.tune.tuner import metric_outputs
+from int8tune.tune.tuner import Tuner, TuneSettings, metric_outputs
 from int8tune.yolo import YoloParams, detection_agreement, detections_of
 
 LEVERS = ("plain", "bias correction", "AdaRound", "AdaRound + bias correction")
@@ -88,6 +89,14 @@ def box_f1(truth, predicted) -> tuple[float, int, int]:
     return (2 * found / (ref + pred) if ref + pred else 1.0), found, ref
 
 
+def in_sample(ws, table, measure: Images, threads: int) -> float:
+    """The square distance of the outputs from fp32 on the calibration images: what calibrate reports as the model
+    difference, and what --equalize left to its default compares (pipeline/equalize_choice.py)."""
+    tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
+                  reference=ws.reference)
+    return tuner.difference(table)
+
+
 def configurations(ws_of, cal_images: Images, threads: int):
     """(equalize, lever, workspace, table, seconds of the lever) for the 8 configurations of one model."""
     for equalize in (False, True):
@@ -115,6 +124,7 @@ def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[n
     by `score(outputs) -> tuple` for the table and each jitter draw."""
     rows = []
     cal_images = Images(cal_what, sum(len(b) for b in cal_b), _batches=cal_b)
+    inside: dict[tuple[bool, str], float] = {}
     for equalize, lever, ws, table, seconds in configurations(
             lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
         draws = []
@@ -122,8 +132,13 @@ def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[n
         for k in range(args.draws + 1):
             t = restart_start(table, table.active_blobs(), 1000 + k) if k else table
             draws.append(score(outputs_of(ws.converted, t, held_b, names, args.threads)))
-        rows.append(["yes" if equalize else "no", lever, *_cells(draws, formats), f"{seconds:.0f}"])
+        inside[equalize, lever] = in_sample(ws, table, cal_images.head(32), args.threads)
+        rows.append(["yes" if equalize else "no", lever, *_cells(draws, formats), f"{inside[equalize, lever]:.4g}",
+                     f"{seconds:.0f}"])
         print("  " + " | ".join(rows[-1]), flush=True)
+    for lever in LEVERS:  # what --equalize left to its default keeps with these levers: the lower in-sample square
+        kept = "equalized" if inside[True, lever] < inside[False, lever] else "as given"
+        rows.append(["(default)", f"{lever}: --equalize chosen", kept, *[""] * (len(formats) - 1), "", ""])
     return rows
 
 
@@ -269,7 +284,8 @@ def main() -> int:
     tables = []
     for name in args.models:
         run, columns = TABLES[name]
-        header = ["equalize", "levers", *(c + (spread if k == 0 else "") for k, c in enumerate(columns)), "lever s"]
+        header = ["equalize", "levers", *(c + (spread if k == 0 else "") for k, c in enumerate(columns)),
+                  "in-sample square", "lever s"]
         tables.append((name, header, run(args)))
     for name, header, rows in tables:
         print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
