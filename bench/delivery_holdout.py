@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """main.sh's held-back delivery (`--holdout 0.25`, the default) against the old way (`--holdout 0`), or
 (`--compare levers`) its default bias correction against `--no_bias_correction`, or (`--compare equalize`) its
-default choice of --equalize against `--no_equalize`, judged on TEST images that neither run saw.
+default choice of --equalize against `--no_equalize`, or (`--compare adaround`) its default AdaRound against
+`--no_adaround`, judged on TEST images that neither run saw.
 
 For each model, main.sh runs twice on the same tuning list: `--holdout 0.25` (every 4th image held back from
 calibration and tuning; tuned/ gets the table those images score best among the start, the tuned pick, each
@@ -25,7 +26,7 @@ edits in progress in the working tree do not leak into the figures and the print
 `--source worktree` runs the working tree instead.
 
     python bench/delivery_holdout.py [--workdir /tmp/int8tune_delivery_holdout] [--models squeezenet_v1.0,...]
-                                     [--compare holdout|levers|equalize] [--source head|worktree]
+                                     [--compare holdout|levers|equalize|adaround] [--source head|worktree]
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ COMPARISONS = {
     "levers": (("default levers", []), ("--no_bias_correction", ["--no_bias_correction"])),
     # --equalize left to its default (chosen by measurement, pipeline/equalize_choice.py) against the weights as given
     "equalize": (("default (--equalize chosen)", []), ("--no_equalize", ["--no_equalize"])),
+    # the default AdaRound (config.py DEFAULT_LEVERS) against the weights rounded to nearest
+    "adaround": (("default (AdaRound)", []), ("--no_adaround", ["--no_adaround"])),
 }
 
 

@@ -320,12 +320,12 @@ def _add_follow_equalize_args(p: argparse.ArgumentParser) -> None:
 def _add_lever_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weight levers (docs/weight_levers.md)")
     g.add_argument("--adaround", action="store_true", default=None,
-                   help="learn each weight's rounding (up or down) per layer so that the layer's output on the "
+                   help="ON BY DEFAULT where a table is calibrated with per-channel min-max weights (--no_adaround: "
+                        "off): learn each weight's rounding (up or down) per layer so that the layer's output on the "
                         "calibration images stays closest to fp32 (AdaRound), before the thresholds are calibrated; "
-                        "writes corrected.caffemodel, whose weights quantize back to exactly those integers. Off by "
-                        "default (it costs minutes on larger nets)")
+                        "writes corrected.caffemodel, whose weights quantize back to exactly those integers")
     g.add_argument("--no_adaround", dest="adaround", action="store_false",
-                   help="no AdaRound (the default; overrides adaround: true in --config)")
+                   help="round the weights to nearest (the AdaRound calibrate and main.sh apply by default off)")
     g.add_argument("--bias_correction", action="store_true", default=None,
                    help="ON BY DEFAULT where a table is calibrated (--no_bias_correction: off): subtract from each "
                         "int8 layer's bias the mean of its int8-minus-fp32 output per channel on the calibration "

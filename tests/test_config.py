@@ -41,11 +41,11 @@ def test_the_fingerprint_of_the_default_settings_is_the_flat_dict_trial_logs_hol
         "data": {"data_list": str(files / "images"), "image_params": str(files / "image_params.json"),
                  "dataset_path": None, "data_limit": None, "batch_size": 1},
         "quant": {"method": "auto", "weight_method": "minmax", "granularity": "mix", "rounding": "half_to_even",
-                  # equalize: None (chosen by measurement) since this change, docs/equalization.md; logs of earlier
+                  # equalize: None (chosen by measurement) since 98abc52, docs/equalization.md; logs of earlier
                   # defaults resume with --no_equalize
-                  "bias": "int32", "unsigned": False, "target": "onnxruntime", "equalize": None, "adaround": False,
-                  # on by default since 3cad549 (docs/weight_levers.md): logs of earlier defaults resume with
-                  # --no_bias_correction
+                  # adaround on by default since this change and bias_correction since 3cad549
+                  # (docs/weight_levers.md): logs of earlier defaults resume with --no_adaround / --no_bias_correction
+                  "bias": "int32", "unsigned": False, "target": "onnxruntime", "equalize": None, "adaround": True,
                   "bias_correction": True, "quantize_types": ["Convolution", "Deconvolution", "InnerProduct"],
                   "ignore_layer_names": [], "ignore_layer_types": [], "percentile": 99.99, "bins": 2048},
         "calibration_model": None, "calibration_proto": None, "int8_layer": "", "tune_layer": "", "tune_diff": None,

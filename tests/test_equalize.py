@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -131,10 +132,10 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     root, base, model = project
     capsys.readouterr()
     cal = root / "cal"
-    # --no_bias_correction: the equalized weights alone (with the default bias correction test.sh would run the
-    # corrected.caffemodel written beside the table, which is equalized too: tests/test_weight_levers.py)
+    # no levers: the equalized weights alone (with the default levers test.sh would run the corrected.caffemodel
+    # written beside the table, which is equalized too: tests/test_weight_levers.py)
     assert entry.main(["calibrate", *base, "--model", str(model), "--equalize", "--no_bias_correction",
-                       "--output_path", str(cal)]) == 0
+                       "--no_adaround", "--output_path", str(cal)]) == 0
     report = (cal / "report.log").read_text()
     assert "equalized 3 Conv -> ReLU/PReLU -> Conv pair(s)" in report
     equalized = cal / "equalized.caffemodel"
@@ -170,8 +171,8 @@ def test_calibrate_equalize_writes_the_weights_and_a_table_only_runs_with_them(p
     assert from_prototxt == pytest.approx(float(_difference(one).rsplit(":", 1)[1]), rel=1e-4)
     # a table calibrated without it is refused with --equalize
     plain = root / "plain"
-    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_equalize",
-                       "--output_path", str(plain)]) == 0
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_adaround",
+                       "--no_equalize", "--output_path", str(plain)]) == 0
     assert "3 Conv -> ReLU/PReLU -> Conv pair(s) could be equalized first (--equalize" in \
         (plain / "report.log").read_text()
     assert not (plain / "equalized.caffemodel").exists()
@@ -246,6 +247,37 @@ def test_the_default_calibrates_both_ways_and_keeps_the_lower_difference(net_fil
     assert ("kept the weights equalized" if choice.equalize else "kept the weights as given") in words
 
 
+def test_with_adaround_both_ways_are_compared_before_it_and_it_rounds_the_weights_kept_once(net_files, monkeypatch):
+    """AdaRound (on by default) is left out of the comparison, whose figures are those of each way with bias
+    correction alone; then it learns the rounding of the weights kept, once, and the table kept is that of the
+    weights kept with both levers, as calibrating that way alone gives."""
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline import calibration, equalize_choice, levers
+    from int8tune.pipeline.workspace import load_workspace
+
+    rounded = []
+    real = levers.adaround_workspace  # calibrate imports it when it runs
+    monkeypatch.setattr(levers, "adaround_workspace", lambda ws, *a, **k: rounded.append(ws) or real(ws, *a, **k))
+    images = _images()
+    quant = QuantConfig(method="mse", bins=512, adaround=None, bias_correction=None).with_default_levers(True)
+    assert quant.adaround and quant.bias_correction and quant.by_default == ("adaround", "bias_correction")
+    kept = equalize_choice.calibrate_choosing(load_workspace(*net_files), images, quant, measure=images, threads=1)
+    choice = kept.equalize_choice
+    assert len(rounded) == 1 and (rounded[0].equalization is not None) == choice.equalize
+    assert choice.before_adaround and "(before AdaRound)" in choice.describe()
+    without = replace(quant, adaround=False, by_default=("bias_correction",))
+    plain = calibration.calibrate(load_workspace(*net_files), images, replace(without, equalize=False),
+                                  measure=images, threads=1)
+    equal = calibration.calibrate(load_workspace(*net_files, equalize=True), images, replace(without, equalize=True),
+                                  measure=images, threads=1)
+    assert (choice.plain, choice.equalized) == (plain.model_difference, equal.model_difference)
+    alone = calibration.calibrate(load_workspace(*net_files, equalize=choice.equalize), images,
+                                  replace(quant, equalize=choice.equalize), measure=images, threads=1)
+    assert kept.model_difference == alone.model_difference
+    assert kept.ws.corrections.adaround and kept.ws.corrections.bias
+    assert kept.ws.corrections.by_default == ("adaround", "bias_correction")
+
+
 @pytest.mark.parametrize("equalize", [True, False])
 def test_an_explicit_equalize_calibrates_once(net_files, equalize, monkeypatch):
     from int8tune.config import QuantConfig
@@ -288,7 +320,7 @@ def test_calibrate_by_default_reports_the_choice_and_test_follows_the_table(proj
     --equalize, runs the weights the table records and reproduces calibrate's figure."""
     root, base, model = project
     cal = root / "chosen"
-    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction",
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_adaround",
                        "--output_path", str(cal)]) == 0
     report = (cal / "report.log").read_text()
     line = next(l for l in report.splitlines() if "--equalize chosen by measurement" in l)

@@ -97,7 +97,7 @@ def calibrated(tmp_path):
     out = tmp_path / "cal"
     assert entry.main(["calibrate", "--proto", str(proto), "--model", str(model), "--data_list", str(images),
                        "--image_params", str(params), "--output_path", str(out), "--method", "minmax",
-                       "--no_bias_correction"]) == 0  # the table of the weights as given: the files' thresholds
+                       "--no_bias_correction", "--no_adaround"]) == 0  # the weights as given: the files' thresholds
     return proto, model, out
 
 

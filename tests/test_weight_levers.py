@@ -361,15 +361,16 @@ def test_bias_correction_is_on_by_default_where_a_table_is_calibrated(project, t
     assert entry.main(["calibrate", *base, "--model", str(model), "--output_path", str(on)]) == 0
     assert (on / "corrected.caffemodel").is_file()
     quant = json.loads((on / "config.json").read_text())["settings"]["quant"]
-    assert quant["bias_correction"] is True and quant["adaround"] is False and quant["by_default"] == [
-        "bias_correction"]
+    assert quant["bias_correction"] is True and quant["adaround"] is True and quant["by_default"] == [
+        "adaround", "bias_correction"]
+    assert "AdaRound (on by default; --no_adaround: off):" in (on / "report.log").read_text()
     assert "bias correction (on by default; --no_bias_correction: off):" in (on / "report.log").read_text()
-    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--output_path",
-                       str(off)]) == 0
+    assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_adaround",
+                       "--output_path", str(off)]) == 0
     assert not (off / "corrected.caffemodel").exists()
     assert json.loads((off / "config.json").read_text())["settings"]["quant"]["bias_correction"] is False
     config = tmp_path / "settings.yaml"
-    config.write_text("bias_correction: false\n")
+    config.write_text("bias_correction: false\nadaround: false\n")
     assert entry.main(["calibrate", "--config", str(config), *base, "--model", str(model), "--output_path",
                        str(yaml_off)]) == 0
     assert not (yaml_off / "corrected.caffemodel").exists()
@@ -396,7 +397,7 @@ def test_default_bias_correction_is_skipped_where_no_layer_has_a_bias_but_asked_
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"size": [8, 8], "scale": 0.01}))
     base = ["calibrate", "--proto", str(proto), "--model", str(model), "--data_list", str(folder), "--image_params",
-            str(params), "--threads", "1"]
+            str(params), "--threads", "1", "--no_adaround"]  # AdaRound (on by default) would write new weights
     capsys.readouterr()
     assert entry.main([*base, "--output_path", str(tmp_path / "default")]) == 0
     assert "bias correction (on by default) skipped: --bias_correction: no int8 layer" in capsys.readouterr().err
