@@ -25,8 +25,12 @@ By default main.sh and test.sh run from a copy of the committed HEAD (`git archi
 edits in progress in the working tree do not leak into the figures and the printed commit is what was measured;
 `--source worktree` runs the working tree instead.
 
+With --wide each model tunes on 40 images, so main.sh holds back every 4th (the mode for 20 images or more) instead
+of cross-validating: SqueezeNet on the first 40 imagenet_dev images, TEST the next 100; the other four on 40 later
+imagenet_dev images (natural photos), TEST the 28 detection/natural photos.
+
     python bench/delivery_holdout.py [--workdir /tmp/int8tune_delivery_holdout] [--models squeezenet_v1.0,...]
-                                     [--compare holdout|levers|equalize|adaround] [--source head|worktree]
+                                     [--compare holdout|levers|equalize|adaround] [--wide] [--source head|worktree]
 """
 
 from __future__ import annotations
@@ -88,9 +92,24 @@ class Case:
         return args
 
 
-def cases() -> list[Case]:
+def cases(wide: bool = False) -> list[Case]:
     imagenet = image_files("imagenet_dev")
     detection, natural = image_files("detection"), image_files("natural")
+    if wide:  # 40 tuning images: main.sh holds back every 4th (20 or more: no cross-validation)
+        photos = detection + natural
+        return [
+            Case("squeezenet_v1.0", "deploy.prototxt", "squeezenet_v1.0.caffemodel", "top1_agreement",
+                 imagenet[:40], imagenet[40:140], ["top1_agreement", "square"]),
+            Case("yolov3_nano_voc", "MobileNetV2-YOLOv3-Nano-voc.prototxt", "MobileNetV2-YOLOv3-Nano-voc.caffemodel",
+                 "yolo", imagenet[140:180], photos, ["yolo"], ["--restarts", "2"],
+                 "--restarts 2 both ways (for speed; the default is 4)"),
+            Case("res10_ssd_face", "deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel", "square",
+                 imagenet[140:180], photos, ["square"]),
+            Case("yoloface_500k_v2", "yoloface-500k-v2.prototxt", "yoloface-500k-v2.caffemodel", "yolo",
+                 imagenet[140:180], photos, ["yolo"]),
+            Case("landmark106", "landmark106.prototxt", "landmark106.caffemodel", "square",
+                 imagenet[140:180], photos, ["square"]),
+        ]
     return [
         Case("squeezenet_v1.0", "deploy.prototxt", "squeezenet_v1.0.caffemodel", "top1_agreement",
              imagenet[:16], imagenet[16:116], ["top1_agreement", "square"]),
@@ -243,7 +262,12 @@ def main() -> int:
     ap.add_argument("--models", default="", help="comma-separated subset of the models (default: all five)")
     ap.add_argument("--compare", choices=list(COMPARISONS), default="holdout",
                     help="holdout: --holdout 0.25 against 0; levers: the default bias correction against "
-                         "--no_bias_correction; equalize: the default choice of --equalize against --no_equalize")
+                         "--no_bias_correction; equalize: the default choice of --equalize against --no_equalize; "
+                         "adaround: the default AdaRound against --no_adaround")
+    ap.add_argument("--wide", action="store_true",
+                    help="40 tuning images (main.sh holds back every 4th instead of cross-validating): SqueezeNet "
+                         "the first 40 imagenet_dev images, TEST the next 100; the others 40 later imagenet_dev "
+                         "images, TEST the 28 detection/natural photos")
     ap.add_argument("--source", choices=("head", "worktree"), default="head",
                     help="run main.sh/test.sh from a git-archive copy of HEAD (default) or from the working tree")
     args = ap.parse_args()
@@ -268,7 +292,7 @@ def main() -> int:
     print(f"CPU: {cpu}")
     print(f"command: python bench/delivery_holdout.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S')}\n", flush=True)
-    chosen = [c for c in cases() if not args.models or c.name in args.models.split(",")]
+    chosen = [c for c in cases(args.wide) if not args.models or c.name in args.models.split(",")]
     rows: list[Row] = []
     for case in chosen:
         work = args.workdir / case.name
