@@ -397,11 +397,19 @@ def test_default_bias_correction_is_skipped_where_no_layer_has_a_bias_but_asked_
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"size": [8, 8], "scale": 0.01}))
     base = ["calibrate", "--proto", str(proto), "--model", str(model), "--data_list", str(folder), "--image_params",
-            str(params), "--threads", "1", "--no_adaround"]  # AdaRound (on by default) would write new weights
+            str(params), "--threads", "1"]
     capsys.readouterr()
-    assert entry.main([*base, "--output_path", str(tmp_path / "default")]) == 0
-    assert "bias correction (on by default) skipped: --bias_correction: no int8 layer" in capsys.readouterr().err
-    assert not (tmp_path / "default" / "corrected.caffemodel").exists()
+    # the table records the levers that ran: test.sh runs it on the weights they wrote, or on the weights as given
+    # when none did (it refused that table before: "calibrated with --bias_correction ... give --corrected_model")
+    for way, options, adaround in (("default", [], True), ("rounded_to_nearest", ["--no_adaround"], False)):
+        assert entry.main([*base, *options, "--output_path", str(tmp_path / way)]) == 0
+        assert "bias correction (on by default) skipped: --bias_correction: no int8 layer" in capsys.readouterr().err
+        assert (tmp_path / way / "corrected.caffemodel").exists() == adaround  # AdaRound's weights
+        quant = json.loads((tmp_path / way / "config.json").read_text())["settings"]["quant"]
+        assert quant["bias_correction"] is False and quant["adaround"] is adaround
+        assert quant["by_default"] == (["adaround"] if adaround else [])
+        assert entry.main(["test", *base[1:], "--calibration_proto", str(tmp_path / way / "calibration_table.pb"),
+                           "--output_path", str(tmp_path / f"t_{way}")]) == 0
     assert entry.main([*base, "--bias_correction", "--output_path", str(tmp_path / "asked")]) == 2
     assert "no int8 layer" in capsys.readouterr().err
 

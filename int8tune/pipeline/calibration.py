@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from ..config import QuantConfig
+from ..config import LEVERS, QuantConfig
 from ..errors import ConfigError
 from ..executors import Executor
 from ..log import logger
@@ -73,8 +73,10 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
     if quant.levers and (simplified or measure is None):
         raise ConfigError(f"{' and '.join(quant.levers)} learn from the layers' outputs on the calibration images; "
                           f"--simplified measures nothing: drop one or the other")
+    ran = dict.fromkeys(LEVERS, False)  # what the table's provenance records: the levers that changed the weights
     if quant.adaround:
-        ws = _lever(adaround_workspace, ws, quant, "adaround", measure, quant, threads) or ws
+        rounded = _lever(adaround_workspace, ws, quant, "adaround", measure, quant, threads)
+        ws, ran["adaround"] = rounded or ws, rounded is not None
     spec = quant.spec()
     plan = plan_quantization(ws.fold.net, spec)
     method = "minmax" if simplified else quant.method
@@ -105,7 +107,7 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
         corrected = (_lever(bias_corrected_workspace, ws, quant, "bias_correction", table, measure, threads)
                      if quant.bias_correction else None)
         if corrected is not None:
-            ws = corrected
+            ws, ran["bias_correction"] = corrected, True
             tuner = Tuner(ws.converted, measure.batches, METRICS.get("square"), TuneSettings(threads=threads),
                           reference=ws.reference, executor=executor)
         result.measured, result.tuner = measure, tuner
@@ -113,10 +115,25 @@ def calibrate(ws: Workspace, images: Images, quant: QuantConfig, *, measure: Ima
         result.layer_differences = tuner.layer_differences(table)
     if ws.corrections is not None and quant.by_default:
         ws.corrections = replace(ws.corrections, by_default=quant.by_default)
-    table.provenance = provenance(settings or {}, {"proto": ws.proto, "model": ws.model}, images.paths)
+    table.provenance = provenance(_as_run(settings or {}, ran), {"proto": ws.proto, "model": ws.model},
+                                  images.paths)
     table.provenance["weights_sha256"] = weights_digest(ws)
     result.ws = ws
     return result
+
+
+def _as_run(settings: dict, ran: dict[str, bool]) -> dict:
+    """The run's settings with each lever that was on but changed nothing (skipped: on by default where it does not
+    apply) recorded as off: the table then belongs to the weights as given, and test.sh does not look for a
+    corrected.caffemodel that was never written."""
+    quant = settings.get("quant")
+    if not isinstance(quant, dict) or not any(quant.get(k) and not ran[k] for k in ran):
+        return settings
+    off = [k for k in ran if quant.get(k) and not ran[k]]
+    quant = {**quant, **dict.fromkeys(off, False)}
+    if isinstance(quant.get("by_default"), (list, tuple)):
+        quant["by_default"] = [k for k in quant["by_default"] if k not in off]
+    return {**settings, "quant": quant}
 
 
 def _lever(apply, ws: Workspace, quant: QuantConfig, lever: str, *args) -> Workspace | None:
