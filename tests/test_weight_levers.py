@@ -429,3 +429,21 @@ def test_corrected_weights_with_another_fp32_model_are_refused(project, tmp_path
                        "--output_path", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert "was calibrated on other weights than" in err and "bias_correction corrected a caffemodel" in err
+
+
+def test_a_layer_that_cannot_have_enough_input_rows_is_skipped_before_its_gram_matrix_is_built(net_files, images,
+                                                                                              monkeypatch):
+    """On by default, AdaRound meets nets like VGG-16, whose fc6 (25088 weights per output) would need a 5 GB Gram
+    matrix that round_layer then discards (too few samples): such a layer is skipped before the images run."""
+    from int8tune.quant import adaround as module
+
+    asked = []
+    real = module.layer_inputs
+    monkeypatch.setattr(module, "layer_inputs", lambda converted, layers, *a, **k: asked.extend(layers)
+                        or real(converted, layers, *a, **k))
+    ws = load_workspace(*net_files)
+    results = {r.layer: r for r in adaround_workspace(ws, images, QuantConfig(adaround=True), threads=1)
+               .corrections.adaround}
+    assert "fc" not in asked and "conv2" in asked
+    assert results["fc"].reason.startswith(f"at most {IMAGES} input sample(s) for 288 weights per channel: too few")
+    assert isinstance(results["conv2"], RoundedLayer)

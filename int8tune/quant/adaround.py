@@ -372,6 +372,15 @@ def round_layer(converted: ConvertedModel, layer: str, spec: QuantSpec, weight_m
                         int((levels != nearest).sum()))
 
 
+def _rows_per_image(converted: ConvertedModel, layer: str, op_type: str) -> int:
+    """How many im2col rows one image gives `layer`: its output positions (Conv), the rows of a MatMul's input,
+    one for a Gemm."""
+    shape = converted.shapes[converted.records[layer].outputs[0]]
+    if op_type == "Conv":
+        return int(np.prod(shape[2:]))
+    return int(np.prod(shape[1:-1])) if op_type == "MatMul" else 1
+
+
 def adaround(converted: ConvertedModel, layers: Iterable[str], batches: list[np.ndarray], spec: QuantSpec,
              weight_method: str, options: AdaRoundOptions = AdaRoundOptions(), threads: int = 2
              ) -> list[RoundedLayer | SkippedLayer]:
@@ -384,11 +393,25 @@ def adaround(converted: ConvertedModel, layers: Iterable[str], batches: list[np.
     ops = {layer: layer_weight(converted, layer) for layer in layers}
     learn = [layer for layer in layers if ops[layer][1] in ROUNDED_OPS
              and (ops[layer][1] != "Conv" or ops[layer][0].ndim == 4)]
+    # Known before any image runs: a layer with more weights per channel than input rows there can be is skipped
+    # (round_layer would skip it), and its K x K Gram matrix never built: VGG-16's fc6 (K = 25088) would take 5 GB
+    images = sum(len(b) for b in batches)
+    too_few = {}
+    for layer in learn:
+        weight, op_type, group = ops[layer]
+        k = to_output_matrix(weight, op_type, group).shape[1]
+        most = min(images * _rows_per_image(converted, layer, op_type), options.rows + images)
+        if most < k:
+            too_few[layer] = (f"at most {most} input sample(s) for {k} weights per channel: too few to learn the "
+                              f"rounding without fitting the images; left to round-to-nearest")
+    learn = [layer for layer in learn if layer not in too_few]
     inputs = layer_inputs(converted, learn, batches, options, threads)
     out: list[RoundedLayer | SkippedLayer] = []
     with Progress(len(layers), "AdaRound", unit="layer") as bar:
         for layer in layers:
-            if layer not in inputs:
+            if layer in too_few:
+                out.append(SkippedLayer(layer, too_few[layer]))
+            elif layer not in inputs:
                 out.append(SkippedLayer(layer, f"{ops[layer][1]} with {ops[layer][0].ndim}-D weights is left to "
                                                f"round-to-nearest"))
             else:
