@@ -48,12 +48,11 @@ from int8tune.pipeline.calibration import calibrate
 from int8tune.pipeline.images import Images
 from int8tune.pipeline.levers import adaround_workspace, bias_corrected_workspace
 from int8tune.pipeline.workspace import load_workspace
+from int8tune.quant.rounding_solver import Solver
 from int8tune.runtime import Engine
 from int8tune.tune.restarts import restart_start
 from int8tune.tune.tuner import Tuner, TuneSettings, metric_outputs
 from int8tune.yolo import YoloParams, detection_agreement, detections_of
-
-LEVERS = ("plain", "bias correction", "AdaRound", "AdaRound + bias correction")
 
 
 def photos() -> list[Path]:
@@ -97,8 +96,9 @@ def in_sample(ws, table, measure: Images, threads: int) -> float:
     return tuner.difference(table)
 
 
-def configurations(ws_of, cal_images: Images, threads: int):
-    """(equalize, lever, workspace, table, seconds of the lever) for the 8 configurations of one model."""
+def configurations(ws_of, cal_images: Images, solvers: list[str], threads: int):
+    """(equalize, lever, workspace, table, seconds of the lever) for the configurations of one model: plain, bias
+    correction, and AdaRound alone and with bias correction for each of `solvers`."""
     for equalize in (False, True):
         ws = ws_of(equalize)
         measure = cal_images.head(32)
@@ -107,15 +107,16 @@ def configurations(ws_of, cal_images: Images, threads: int):
         t = time.perf_counter()
         bc = bias_corrected_workspace(plain.ws, plain.table, measure, threads)
         yield equalize, "bias correction", bc, plain.table, time.perf_counter() - t
-        # what calibrate --adaround does: AdaRound, then the statistics and the table on the rounded weights
-        t = time.perf_counter()
-        rounded = adaround_workspace(ws, measure, QuantConfig(equalize=equalize, adaround=True), threads)
-        t_ar = time.perf_counter() - t
-        ar = calibrate(rounded, cal_images, QuantConfig(equalize=equalize), measure=measure, threads=threads)
-        yield equalize, "AdaRound", ar.ws, ar.table, t_ar
-        t = time.perf_counter()
-        both = bias_corrected_workspace(ar.ws, ar.table, measure, threads)
-        yield equalize, "AdaRound + bias correction", both, ar.table, t_ar + time.perf_counter() - t
+        for solver in solvers:  # what calibrate --adaround does: rounding, then the statistics and the table on it
+            quant = QuantConfig(equalize=equalize, adaround=True, adaround_solver=solver)
+            t = time.perf_counter()
+            rounded = adaround_workspace(ws, measure, quant, threads)
+            t_ar = time.perf_counter() - t
+            ar = calibrate(rounded, cal_images, QuantConfig(equalize=equalize), measure=measure, threads=threads)
+            yield equalize, f"AdaRound ({solver})", ar.ws, ar.table, t_ar
+            t = time.perf_counter()
+            both = bias_corrected_workspace(ar.ws, ar.table, measure, threads)
+            yield equalize, f"AdaRound ({solver}) + bias correction", both, ar.table, t_ar + time.perf_counter() - t
 
 
 def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[np.ndarray], score, formats,
@@ -126,7 +127,7 @@ def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[n
     cal_images = Images(cal_what, sum(len(b) for b in cal_b), _batches=cal_b)
     inside: dict[tuple[bool, str], float] = {}
     for equalize, lever, ws, table, seconds in configurations(
-            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.threads):
+            lambda eq: load_workspace(*model_paths(name), eq), cal_images, args.solvers, args.threads):
         draws = []
         names = metric_outputs(ws.converted)
         for k in range(args.draws + 1):
@@ -136,7 +137,8 @@ def lever_rows(name: str, cal_b: list[np.ndarray], cal_what: str, held_b: list[n
         rows.append(["yes" if equalize else "no", lever, *_cells(draws, formats), f"{inside[equalize, lever]:.4g}",
                      f"{seconds:.0f}"])
         print("  " + " | ".join(rows[-1]), flush=True)
-    for lever in LEVERS:  # what --equalize left to its default keeps with these levers: the lower in-sample square
+    # what --equalize left to its default keeps with these levers: the lower in-sample square
+    for lever in dict.fromkeys(k[1] for k in inside):
         kept = "equalized" if inside[True, lever] < inside[False, lever] else "as given"
         rows.append(["(default)", f"{lever}: --equalize chosen", kept, *[""] * (len(formats) - 1), "", ""])
     return rows
@@ -270,6 +272,8 @@ def main() -> int:
     ap.add_argument("--wide", type=int, default=150, help="yolov3: imagenet_dev images added to the held-out photos")
     ap.add_argument("--draws", type=int, default=2, help="threshold jitter draws per table (the noise floor)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--solvers", nargs="+", default=[s.value for s in Solver], choices=[s.value for s in Solver],
+                    help="the --adaround_solver values to measure")
     args = ap.parse_args()
     require_assets()
     start = time.perf_counter()

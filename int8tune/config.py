@@ -221,6 +221,7 @@ class QuantConfig(ConfigBase):
     # The weight levers: True asked for, False refused; None left to the front end's default (off until
     # with_default_levers resolves it: DEFAULT_LEVERS are on where the run calibrates and they apply).
     adaround: bool | None = False  # learn each weight's rounding on the calibration images (quant/adaround.py)
+    adaround_solver: str = "sequential"  # quant/adaround.Solver: how it is learned
     bias_correction: bool | None = False  # each int8 layer's mean error off its bias (quant/bias_correction.py)
     by_default: tuple[str, ...] = ()  # the levers on because they are the default, not asked for (may be skipped)
     quantize_types: tuple[str, ...] = DEFAULT_QUANTIZE_TYPES
@@ -247,6 +248,9 @@ class QuantConfig(ConfigBase):
         if Target(self.target).onnxruntime and self.rounding != Rounding.HALF_EVEN.value:
             raise ConfigError(f"--rounding {self.rounding}: onnxruntime's QuantizeLinear rounds half to even; use "
                               f"--rounding half_to_even with --target {self.target}")
+        from .quant.rounding_solver import solver_named
+
+        solver_named(self.adaround_solver)
         if self.adaround and "adaround" not in self.by_default:
             from .quant.adaround import refuse_adaround
 

@@ -43,9 +43,11 @@ def test_the_fingerprint_of_the_default_settings_is_the_flat_dict_trial_logs_hol
         "quant": {"method": "auto", "weight_method": "minmax", "granularity": "mix", "rounding": "half_to_even",
                   # equalize: None (chosen by measurement) since 98abc52, docs/equalization.md; logs of earlier
                   # defaults resume with --no_equalize
-                  # adaround on by default since this change and bias_correction since 3cad549
-                  # (docs/weight_levers.md): logs of earlier defaults resume with --no_adaround / --no_bias_correction
+                  # adaround on by default since 7999379 and bias_correction since 3cad549
+                  # (docs/weight_levers.md): logs of earlier defaults resume with --no_adaround / --no_bias_correction;
+                  # its solver sequential since this change: logs of AdaRound's Adam resume with --adaround_solver adam
                   "bias": "int32", "unsigned": False, "target": "onnxruntime", "equalize": None, "adaround": True,
+                  "adaround_solver": "sequential",
                   "bias_correction": True, "quantize_types": ["Convolution", "Deconvolution", "InnerProduct"],
                   "ignore_layer_names": [], "ignore_layer_types": [], "percentile": 99.99, "bins": 2048},
         "calibration_model": None, "calibration_proto": None, "int8_layer": "", "tune_layer": "", "tune_diff": None,

@@ -30,6 +30,7 @@ from int8tune.quant.bias_correction import CorrectedLayer
 from int8tune.quant.calibrate import layer_weight, weight_thresholds
 from int8tune.quant.calibrators import CalibratorOptions, minmax_weights
 from int8tune.quant.emit import PRIVATE
+from int8tune.quant.rounding_solver import Solver
 from int8tune.quant.simulate import build_int8_graph
 from int8tune.quant.weights import from_output_matrix, quantize_matrix, to_output_matrix
 from int8tune.runtime import Engine
@@ -145,12 +146,13 @@ def _layer_output(converted, layer: str, weight: np.ndarray, x: np.ndarray) -> n
     return engine.run_tensors(x, [out])[out].astype(np.float64)
 
 
-def test_adaround_never_rounds_a_layer_worse_than_to_nearest_on_its_own_inputs(net_files, images):
+@pytest.mark.parametrize("solver", list(Solver))
+def test_adaround_never_rounds_a_layer_worse_than_to_nearest_on_its_own_inputs(net_files, images, solver):
     proto, model = net_files
     ws = load_workspace(proto, model)
     quant = QuantConfig(adaround=True)
     # every im2col row of the 8 images: the learned rounding is judged on exactly the data it saw
-    out = adaround_workspace(ws, images, quant, threads=1, options=AdaRoundOptions(rows=10 ** 6))
+    out = adaround_workspace(ws, images, quant, threads=1, options=AdaRoundOptions(rows=10 ** 6, solver=solver))
     results = {r.layer: r for r in out.corrections.adaround}
     assert not isinstance(results["fc"], RoundedLayer) and "too few" in results["fc"].reason
     x = np.concatenate(images.batches)
@@ -172,12 +174,13 @@ def test_adaround_never_rounds_a_layer_worse_than_to_nearest_on_its_own_inputs(n
     assert min(gains) < 0.9  # and it does round better somewhere
 
 
-def test_exported_integer_weights_are_the_learned_ones(net_files, images, tmp_path):
+@pytest.mark.parametrize("solver", list(Solver))
+def test_exported_integer_weights_are_the_learned_ones(net_files, images, tmp_path, solver):
     """--target onnxruntime (widened channels included): the QDQ model and a calibration of the written
     caffemodel both quantize the weights to AdaRound's integers, at AdaRound's scale."""
     proto, model = net_files
     ws = load_workspace(proto, model)
-    cal = calibrate(ws, images, QuantConfig(adaround=True), measure=images, threads=1)
+    cal = calibrate(ws, images, QuantConfig(adaround=True, adaround_solver=solver.value), measure=images, threads=1)
     save_calibration(cal, cal.ws, tmp_path, threads=1)
     qdq = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "model_int8_qdq.onnx")).graph.initializer}
     again = load_workspace(proto, model, corrected_model=tmp_path / "corrected.caffemodel")
@@ -363,7 +366,7 @@ def test_bias_correction_is_on_by_default_where_a_table_is_calibrated(project, t
     quant = json.loads((on / "config.json").read_text())["settings"]["quant"]
     assert quant["bias_correction"] is True and quant["adaround"] is True and quant["by_default"] == [
         "adaround", "bias_correction"]
-    assert "AdaRound (on by default; --no_adaround: off):" in (on / "report.log").read_text()
+    assert "AdaRound (on by default; --no_adaround: off; solver: sequential):" in (on / "report.log").read_text()
     assert "bias correction (on by default; --no_bias_correction: off):" in (on / "report.log").read_text()
     assert entry.main(["calibrate", *base, "--model", str(model), "--no_bias_correction", "--no_adaround",
                        "--output_path", str(off)]) == 0

@@ -90,6 +90,7 @@ def quant_config(args) -> QuantConfig:
                        granularity=arg("granularity", d.granularity), rounding=arg("rounding", d.rounding),
                        bias=arg("bias", d.bias), unsigned=arg("unsigned", d.unsigned), target=arg("target", d.target),
                        equalize=arg("equalize", d.equalize), adaround=arg("adaround"),
+                       adaround_solver=arg("adaround_solver") or d.adaround_solver,
                        bias_correction=arg("bias_correction"), quantize_types=tuple(quantize),
                        ignore_layer_names=tuple(dict.fromkeys(names)), ignore_layer_types=tuple(dict.fromkeys(types)),
                        percentile=arg("percentile", d.percentile), bins=arg("bins", d.bins)

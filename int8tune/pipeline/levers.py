@@ -17,7 +17,7 @@ from ..caffe.unfold import bias_carrier, unfold_changes, with_blobs
 from ..config import QuantConfig
 from ..errors import ConfigError, ModelError
 from ..log import logger
-from ..quant.adaround import AdaRoundOptions, RoundedLayer, adaround, refuse_adaround
+from ..quant.adaround import AdaRoundOptions, RoundedLayer, adaround, refuse_adaround, solver_named
 from ..quant.adaround import SkippedLayer as SkippedRounding
 from ..quant.bias_correction import CorrectedLayer, correct_biases
 from ..quant.bias_correction import SkippedLayer as SkippedCorrection
@@ -40,6 +40,7 @@ class Corrections:
     source: Path | None = None  # --corrected_model: read from this file, not computed in this run
     notes: tuple[str, ...] = field(default=())  # what the checks found (scales a few ulps off, ...)
     by_default: tuple[str, ...] = ()  # the levers that ran because they are the default (config.DEFAULT_LEVERS)
+    solver: str = ""  # --adaround_solver, where AdaRound ran
 
 
 class NothingToCorrect(ConfigError):
@@ -74,15 +75,18 @@ def _caffe_layout(ws: Workspace, layer: str, onnx_weight: np.ndarray, op_type: s
 
 
 def adaround_workspace(ws: Workspace, images: Images, quant: QuantConfig, threads: int = 2,
-                       options: AdaRoundOptions = AdaRoundOptions()) -> Workspace:
-    """The workspace with AdaRound's weights, checked to quantize back to AdaRound's integers."""
+                       options: AdaRoundOptions | None = None) -> Workspace:
+    """The workspace with AdaRound's weights, checked to quantize back to AdaRound's integers. `options`: the
+    defaults with quant's solver unless given."""
+    options = options or AdaRoundOptions(solver=solver_named(quant.adaround_solver))
     spec = quant.spec()
     why = refuse_adaround(spec, quant.weight_method)
     if why is not None:
         raise ConfigError(why)
     before = _corrections(ws)
     layers = _int8_weighted_layers(ws, spec, "--adaround")
-    logger.info("AdaRound: learning the rounding of %d layer(s) on %s", len(layers), images.description)
+    logger.info("AdaRound: learning the rounding of %d layer(s) on %s (solver: %s)", len(layers), images.description,
+                options.solver.value)
     results = adaround(ws.converted, layers, images.batches, spec, quant.weight_method, options, threads)
     rounded = {r.layer: r for r in results if isinstance(r, RoundedLayer) and r.rounded.any()}
     original = {name: layer_weight(ws.converted, name) for name in rounded}
@@ -115,7 +119,7 @@ def adaround_workspace(ws: Workspace, images: Images, quant: QuantConfig, thread
         f"AdaRound: {sum(n for n, _ in off_scale.values())} rounded channel(s) of {len(off_scale)} layer(s) with "
         f"BatchNorm/Scale get a weight scale up to {max(u for _, u in off_scale.values())} float32 ulp(s) from the "
         f"one rounded to (the fold rounds each weight once more); their integer weights are the learned ones"]
-    out.corrections = replace(out.corrections, adaround=final, notes=tuple(notes))
+    out.corrections = replace(out.corrections, adaround=final, notes=tuple(notes), solver=options.solver.value)
     if not rounded:
         logger.info("AdaRound: no channel rounds better than to nearest on these images; weights unchanged")
     return out

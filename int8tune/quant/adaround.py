@@ -1,6 +1,10 @@
 """Adaptive rounding of the weights (`--adaround`): each weight rounds up or down, whichever makes the layer's
 output closer to fp32 on the calibration images, instead of to the nearest level.
 
+The objective is AdaRound's layer-local one below; two solvers (`--adaround_solver`, rounding_solver.Solver) choose
+the ups and downs from the same Gram matrices: `sequential` (the default, quant/sequential_rounding.py: one input
+at a time, the error left fed forward) and `adam` (AdaRound's relaxation, this module's _optimize).
+
 AdaRound (Nagel et al., "Up or Down? Adaptive Rounding for Post-Training Quantization", ICML 2020): with the
 weight scale s fixed, weight w becomes s * (floor(w/s) + h) with h in {0, 1} learned per weight. Relaxed,
 h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1) (zeta = 1.1, gamma = -0.1: the rectified sigmoid, which
@@ -43,7 +47,9 @@ from ..progress import Progress
 from ..runtime import Engine
 from .calibrate import layer_weight, weight_thresholds
 from .calibrators import CalibratorOptions, minmax_weights
+from .rounding_solver import Solver, solver_named
 from .saturation import is_depthwise
+from .sequential_rounding import sequential_rounding
 from .spec import QuantSpec
 from .weights import from_output_matrix, quantize_matrix, to_output_matrix
 
@@ -54,7 +60,10 @@ PAIR_LIMIT = 128  # quant/saturation.py: the largest same-sign pair sum that nev
 
 @dataclass(frozen=True)
 class AdaRoundOptions:
-    iterations: int = 400  # Adam steps per layer (the full Gram matrix is the exact gradient: no minibatches)
+    solver: Solver = Solver.SEQUENTIAL  # the default since it measured closer and faster (sequential_rounding.py)
+    damping: float = 0.01  # sequential: share of the Gram matrix's mean diagonal added to it (GPTQ's 1 %)
+    block: int = 128  # sequential: columns whose fed-forward error is applied to the rest at once
+    iterations: int = 400  # adam: steps per layer (the full Gram matrix is the exact gradient: no minibatches)
     rows: int = 8192  # im2col rows sampled per layer over the images (the Gram matrix's samples)
     regularization: float = 0.01  # lambda, against the channel's error relative to round-to-nearest's
     beta: tuple[float, float] = (20.0, 2.0)  # the regularizer's exponent, annealed from the first to the second
@@ -63,8 +72,11 @@ class AdaRoundOptions:
     seed: int = 0  # which im2col rows are sampled
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.rows < 1:
-            raise ConfigError(f"AdaRound needs iterations >= 1 and rows >= 1, found {self.iterations}, {self.rows}")
+        if not isinstance(self.solver, Solver):
+            object.__setattr__(self, "solver", solver_named(self.solver))
+        if self.iterations < 1 or self.rows < 1 or self.block < 1 or self.damping <= 0:
+            raise ConfigError(f"AdaRound needs iterations, rows and block >= 1 and damping > 0, found "
+                              f"{self.iterations}, {self.rows}, {self.block}, {self.damping}")
         if not 0 <= self.warmup < 1 or self.regularization < 0 or self.learning_rate <= 0:
             raise ConfigError("AdaRound: warmup in [0, 1), regularization >= 0 and learning_rate > 0 expected")
 
@@ -354,7 +366,10 @@ def round_layer(converted: ConvertedModel, layer: str, spec: QuantSpec, weight_m
     low = np.clip(np.floor(x), -spec.qmax, spec.qmax)
     step = np.clip(np.floor(x) + 1, -spec.qmax, spec.qmax) - low
     gram = inputs.gram / inputs.rows
-    up = _optimize(x, low, step, nearest.astype(np.float64), gram, groups, options)
+    if options.solver is Solver.SEQUENTIAL:
+        up = sequential_rounding(x, low, step, gram, groups, options.damping, options.block)
+    else:
+        up = _optimize(x, low, step, nearest.astype(np.float64), gram, groups, options)
     q = low + up * step
     widened = thresholds > minmax_weights(matrix, CalibratorOptions()) * (1 + 1e-12)
     pair_safe = spec.target.pair_safe_weights and not is_depthwise(op_type, weight.shape, group)

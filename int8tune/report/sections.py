@@ -80,8 +80,9 @@ def lever_items(ws: Workspace, written: Path | None) -> list[Item]:
         done = [r for r in c.adaround if isinstance(r, RoundedLayer)]
         before, after = sum(r.error_nearest for r in done), sum(r.error for r in done)
         channels = sum(int(r.rounded.sum()) for r in done)
-        default = " (on by default; --no_adaround: off)" if "adaround" in c.by_default else ""
-        lines.append(f"AdaRound{default}: {channels} of {sum(r.rounded.size for r in done)} output channel(s) of "
+        default = "on by default; --no_adaround: off; " if "adaround" in c.by_default else ""
+        solver = f" ({default}solver: {c.solver})" if c.solver else (f" ({default[:-2]})" if default else "")
+        lines.append(f"AdaRound{solver}: {channels} of {sum(r.rounded.size for r in done)} output channel(s) of "
                      f"{len(done)} layer(s) rounded as learned, {sum(r.flipped for r in done)} weight(s) the other "
                      f"way than to nearest; the layers' output error on their calibration inputs x"
                      f"{after / before if before > 0 else 1.0:.3f} of round-to-nearest's (summed)")
