@@ -199,8 +199,8 @@ LEVERS = ("adaround", "bias_correction")  # the weight levers, in the order a ca
 # The levers calibrate, main.sh and the API apply unless told otherwise (--no_adaround, --no_bias_correction). On
 # held-out images of the shared models, with --equalize chosen as by default, both levers beat bias correction alone
 # on four of five (SqueezeNet top-1 0.660 -> 0.685, fp32 0.675; yoloface box F1 0.936 -> 0.968; yolov3 0.933 ->
-# 0.943; landmark106 -24 % square) and lost one face of 53 on res10; AdaRound costs 2-40 s there
-# (docs/weight_levers.md "The default").
+# 0.943; landmark106 -24 % square) and lost one face of 53 on res10 (docs/weight_levers.md "The default"). With
+# the sequential solver (adaround_solver, the default since 983fb29) res10 finds all 53 faces.
 DEFAULT_LEVERS = ("adaround", "bias_correction")
 
 
