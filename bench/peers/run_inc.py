@@ -37,6 +37,9 @@ def quantize(job: Job) -> str | None:
              f"onnxruntime {peer_common.version('onnxruntime')}")
     job.capture_log("neural_compressor", "FP32 baseline", "Found a quantized model", "Not found", "Specified timeout",
                     last=("result is:",))
+    if job.mode not in ("plain", "accuracy"):  # otherwise any other mode would silently run plain
+        job.not_available(f"run_inc.py has no mode {job.mode!r} (modes: plain, accuracy)")
+        return None
     model = onnx.load(job.fp32_onnx)
     x = job.calibration()
     accuracy = job.mode == "accuracy"

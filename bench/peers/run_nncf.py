@@ -24,6 +24,9 @@ def quantize(job: Job) -> str | None:
     job.note(f"nncf {nncf.__version__}, onnx {onnx.__version__}, onnxruntime {peer_common.version('onnxruntime')}")
     job.capture_log("nncf", "Metric of", "Accuracy drop", "Reverted", "were reverted", "could not achieve",
                     "Maximum number of iteration", "Algorithm completed", "Total number of quantized")
+    if job.mode not in ("plain", "accuracy"):
+        job.not_available(f"run_nncf.py has no mode {job.mode!r} (modes: plain, accuracy)")
+        return None
     model = onnx.load(job.fp32_onnx)
     x = job.calibration()
     calibration = nncf.Dataset([x[i:i + 1] for i in range(len(x))], lambda item: {job.input_name: item})
