@@ -329,8 +329,8 @@ def _add_lever_args(p: argparse.ArgumentParser) -> None:
                    help="round the weights to nearest (the AdaRound calibrate and main.sh apply by default off)")
     g.add_argument("--adaround_solver", choices=[s.value for s in Solver], default=None,
                    help="how --adaround chooses each weight's up or down: sequential (default: one input at a time, "
-                        "the error left fed to the weights not yet rounded, as GPTQ; closer to fp32 on held-out "
-                        "images and 10x faster) or adam (AdaRound's relaxation, 400 Adam steps per layer)")
+                        "the error left fed to the weights not yet rounded, as GPTQ; one pass per layer) or adam "
+                        "(AdaRound's relaxation, 400 Adam steps per layer; docs/weight_levers.md compares them)")
     g.add_argument("--bias_correction", action="store_true", default=None,
                    help="ON BY DEFAULT where a table is calibrated (--no_bias_correction: off): subtract from each "
                         "int8 layer's bias the mean of its int8-minus-fp32 output per channel on the calibration "
@@ -477,6 +477,9 @@ def with_config_file(argv: list[str], parser: argparse.ArgumentParser) -> list[s
         else:
             text = ",".join(map(str, value)) if isinstance(value, list) else \
                 (json.dumps(value) if isinstance(value, dict) else str(value))
+            if actions[0].choices is not None and text not in actions[0].choices:  # argparse would not name the file
+                raise ConfigError(f"--config {path}: {key} must be one of "
+                                  f"{', '.join(map(str, actions[0].choices))}, found {value!r}")
             extra += [flag, text]
     at = rest.index(command) + 1
     return rest[:at] + extra + rest[at:]

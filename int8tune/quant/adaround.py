@@ -367,7 +367,11 @@ def round_layer(converted: ConvertedModel, layer: str, spec: QuantSpec, weight_m
     step = np.clip(np.floor(x) + 1, -spec.qmax, spec.qmax) - low
     gram = inputs.gram / inputs.rows
     if options.solver is Solver.SEQUENTIAL:
-        up = sequential_rounding(x, low, step, gram, groups, options.damping, options.block)
+        try:
+            up = sequential_rounding(x, low, step, gram, groups, options.damping, options.block)
+        except np.linalg.LinAlgError as e:  # a sum of x x^T damped cannot be indefinite unless its inputs are broken
+            return SkippedLayer(layer, f"its inputs' Gram matrix cannot be factorized ({e}); left to "
+                                       f"round-to-nearest")
     else:
         up = _optimize(x, low, step, nearest.astype(np.float64), gram, groups, options)
     q = low + up * step
