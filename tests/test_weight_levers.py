@@ -483,3 +483,49 @@ def test_a_layer_that_cannot_have_enough_input_rows_is_skipped_before_its_gram_m
     assert "fc" not in asked and "conv2" in asked
     assert results["fc"].reason.startswith(f"at most {IMAGES} input sample(s) for 288 weights per channel: too few")
     assert isinstance(results["conv2"], RoundedLayer)
+
+
+def test_passes_keep_the_gram_matrices_held_at_once_within_the_budget():
+    from int8tune.quant.adaround import passes
+
+    sizes = {"a": 40, "b": 50, "c": 20, "d": 200, "e": 10}
+    assert passes(sizes, 100) == [["a", "b"], ["c"], ["d"], ["e"]]  # d alone is over the budget: a pass of its own
+    assert passes(sizes, 1000) == [list(sizes)]
+    assert passes({}, 100) == []
+
+
+def test_a_small_gram_budget_rounds_in_several_passes_to_the_same_weights(net_files, images, monkeypatch):
+    """A big net's Gram matrices do not all fit in memory: with a budget below two layers' matrices, each pass over
+    the images holds at most that, and the rounding is the one a single pass gives (each layer samples its own
+    rows, whatever else is rounded beside it)."""
+    from int8tune.quant import adaround as module
+
+    ws = load_workspace(*net_files)
+    quant = QuantConfig(adaround=True)
+    one = adaround_workspace(ws, images, quant, threads=1, options=AdaRoundOptions())
+    held, real = [], module.layer_inputs
+    monkeypatch.setattr(module, "layer_inputs", lambda converted, layers, *a, **k: held.append(list(layers))
+                        or real(converted, layers, *a, **k))
+    conv1 = 27 ** 2 * 8  # conv1's Gram matrix in bytes: K = 3 x 3 x 3, float64; conv2's (K = 16) is smaller
+    split = adaround_workspace(ws, images, quant, threads=1, options=AdaRoundOptions(gram_budget_mb=conv1 / 2 ** 20))
+    assert len(held) > 1 and all(len(p) == 1 or "conv1" not in p for p in held), held
+    a = {r.layer: r for r in one.corrections.adaround}
+    b = {r.layer: r for r in split.corrections.adaround}
+    assert a.keys() == b.keys() and any(isinstance(r, RoundedLayer) for r in a.values())
+    for name, r in a.items():
+        assert type(r) is type(b[name]), name
+        if isinstance(r, RoundedLayer):
+            np.testing.assert_array_equal(r.levels, b[name].levels, err_msg=name)
+            np.testing.assert_array_equal(layer_weight(one.converted, name)[0], layer_weight(split.converted, name)[0])
+
+
+def test_a_layers_sampled_rows_do_not_depend_on_the_other_layers_rounded(net_files, images):
+    from int8tune.quant.adaround import layer_inputs
+
+    ws = load_workspace(*net_files)
+    options = AdaRoundOptions(rows=40)  # fewer rows than positions: a sample
+    alone = layer_inputs(ws.converted, ["conv2"], images.batches, options, threads=1)["conv2"]
+    beside = layer_inputs(ws.converted, ["conv1", "conv2", "conv4"], images.batches, options, threads=1)["conv2"]
+    np.testing.assert_array_equal(alone.gram, beside.gram)
+    other = layer_inputs(ws.converted, ["conv2"], images.batches, AdaRoundOptions(rows=40, seed=1), threads=1)
+    assert not np.array_equal(alone.gram, other["conv2"].gram)  # the seed still picks the rows

@@ -35,6 +35,7 @@ tensor (--granularity per_tensor) the channels share their scale, and AdaRound i
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -69,14 +70,16 @@ class AdaRoundOptions:
     beta: tuple[float, float] = (20.0, 2.0)  # the regularizer's exponent, annealed from the first to the second
     warmup: float = 0.2  # share of the iterations without the regularizer (the paper's 20 %)
     learning_rate: float = 0.05
-    seed: int = 0  # which im2col rows are sampled
+    seed: int = 0  # which im2col rows are sampled (with the layer's name: a layer's rows do not depend on the others)
+    gram_budget_mb: float = 1024.0  # Gram matrices held at once; more layers take more passes over the images
 
     def __post_init__(self) -> None:
         if not isinstance(self.solver, Solver):
             object.__setattr__(self, "solver", solver_named(self.solver))
-        if self.iterations < 1 or self.rows < 1 or self.block < 1 or self.damping <= 0:
-            raise ConfigError(f"AdaRound needs iterations, rows and block >= 1 and damping > 0, found "
-                              f"{self.iterations}, {self.rows}, {self.block}, {self.damping}")
+        if self.iterations < 1 or self.rows < 1 or self.block < 1 or self.damping <= 0 or self.gram_budget_mb <= 0:
+            raise ConfigError(f"AdaRound needs iterations, rows and block >= 1, damping and gram_budget_mb > 0, "
+                              f"found {self.iterations}, {self.rows}, {self.block}, {self.damping}, "
+                              f"{self.gram_budget_mb}")
         if not 0 <= self.warmup < 1 or self.regularization < 0 or self.learning_rate <= 0:
             raise ConfigError("AdaRound: warmup in [0, 1), regularization >= 0 and learning_rate > 0 expected")
 
@@ -163,8 +166,14 @@ def _layer_rows(x: np.ndarray, node, weight_shape, rows: int, rng: np.random.Gen
     return flat[None]
 
 
+def _layer_rng(seed: int, layer: str) -> np.random.Generator:
+    """The generator that samples `layer`'s rows: seeded by its name, so that which rows a layer gets does not
+    depend on which other layers are rounded, nor on how they are split into passes."""
+    return np.random.default_rng([seed, zlib.crc32(layer.encode())])
+
+
 def layer_inputs(converted: ConvertedModel, layers: list[str], batches: list[np.ndarray], options: AdaRoundOptions,
-                 threads: int = 2) -> dict[str, LayerInputs]:
+                 threads: int = 2, what: str = "AdaRound: the layers' inputs") -> dict[str, LayerInputs]:
     """The Gram matrices of the fp32 inputs of `layers` (2-D Conv, Gemm, MatMul) over `batches`, im2col rows
     sampled evenly over the images (`options.rows` per layer in all), in one pass."""
     nodes = {n.name: n for n in converted.model.graph.node}
@@ -172,12 +181,12 @@ def layer_inputs(converted: ConvertedModel, layers: list[str], batches: list[np.
     shapes = {layer: layer_weight(converted, layer)[0].shape for layer in layers}
     tensors = list(dict.fromkeys(mains[layer].input[0] for layer in layers))
     images = sum(len(b) for b in batches)
-    rng = np.random.default_rng(options.seed)
+    rngs = {layer: _layer_rng(options.seed, layer) for layer in layers}
     grams: dict[str, np.ndarray] = {}
     counts = dict.fromkeys(layers, 0)
     engine = Engine(converted, threads=threads)
     chunk = 2  # a few images per run: every requested input comes back at once (see quant/calibrate.STATS_CHUNK)
-    with Progress(images, "AdaRound: the layers' inputs", unit="image") as bar:
+    with Progress(images, what, unit="image") as bar:
         for batch in batches:
             for start in range(0, len(batch), chunk):
                 part = batch[start:start + chunk]
@@ -185,12 +194,26 @@ def layer_inputs(converted: ConvertedModel, layers: list[str], batches: list[np.
                 for layer in layers:
                     per_image = -(-options.rows // images)
                     x = _layer_rows(got[mains[layer].input[0]].astype(np.float64), mains[layer], shapes[layer],
-                                    per_image * len(part), rng)
+                                    per_image * len(part), rngs[layer])
                     g = np.matmul(x.transpose(0, 2, 1), x)
                     grams[layer] = g if layer not in grams else grams[layer] + g
                     counts[layer] += x.shape[1]
                 bar.update(len(part))
     return {layer: LayerInputs(grams[layer], counts[layer]) for layer in layers}
+
+
+def passes(sizes: dict[str, int], budget: float) -> list[list[str]]:
+    """`sizes` (layer -> bytes, in net order) cut into consecutive runs whose sum stays within `budget`; a layer
+    larger than the budget alone gets a run of its own."""
+    out: list[list[str]] = []
+    held = budget + 1
+    for layer, size in sizes.items():
+        if held + size > budget:
+            out.append([])
+            held = 0
+        out[-1].append(layer)
+        held += size
+    return out
 
 
 # --- one layer ------------------------------------------------------------------------------------------------
@@ -424,17 +447,27 @@ def adaround(converted: ConvertedModel, layers: Iterable[str], batches: list[np.
             too_few[layer] = (f"at most {most} input sample(s) for {k} weights per channel: too few to learn the "
                               f"rounding without fitting the images; left to round-to-nearest")
     learn = [layer for layer in learn if layer not in too_few]
-    inputs = layer_inputs(converted, learn, batches, options, threads)
+    # The Gram matrices of a big net do not all fit at once (VGG-16's thirteen convolutions: 1.2 GB in float64, a
+    # full YOLOv3 more): the layers are rounded in passes over the images, each holding at most the budget
+    runs = passes({layer: ops[layer][2] * to_output_matrix(*ops[layer]).shape[1] ** 2 * 8 for layer in learn},
+                  options.gram_budget_mb * 2 ** 20)  # (groups, K, K) float64 each
+    done: dict[str, RoundedLayer | SkippedLayer] = {}
+    for i, run in enumerate(runs):
+        of = f" (pass {i + 1} of {len(runs)})" if len(runs) > 1 else ""
+        inputs = layer_inputs(converted, run, batches, options, threads, f"AdaRound: the layers' inputs{of}")
+        with Progress(len(run), f"AdaRound{of}", unit="layer") as bar:
+            for layer in run:
+                done[layer] = round_layer(converted, layer, spec, weight_method, inputs.pop(layer), options)
+                logger.debug("AdaRound %s", done[layer].describe() if isinstance(done[layer], RoundedLayer)
+                             else done[layer])
+                bar.update()
     out: list[RoundedLayer | SkippedLayer] = []
-    with Progress(len(layers), "AdaRound", unit="layer") as bar:
-        for layer in layers:
-            if layer in too_few:
-                out.append(SkippedLayer(layer, too_few[layer]))
-            elif layer not in inputs:
-                out.append(SkippedLayer(layer, f"{ops[layer][1]} with {ops[layer][0].ndim}-D weights is left to "
-                                               f"round-to-nearest"))
-            else:
-                out.append(round_layer(converted, layer, spec, weight_method, inputs[layer], options))
-                logger.debug("AdaRound %s", out[-1].describe() if isinstance(out[-1], RoundedLayer) else out[-1])
-            bar.update()
+    for layer in layers:
+        if layer in too_few:
+            out.append(SkippedLayer(layer, too_few[layer]))
+        elif layer not in done:
+            out.append(SkippedLayer(layer, f"{ops[layer][1]} with {ops[layer][0].ndim}-D weights is left to "
+                                           f"round-to-nearest"))
+        else:
+            out.append(done[layer])
     return out
