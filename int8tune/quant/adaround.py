@@ -388,7 +388,7 @@ def round_layer(converted: ConvertedModel, layer: str, spec: QuantSpec, weight_m
     x = matrix / scale.astype(np.float64)[:, None]
     low = np.clip(np.floor(x), -spec.qmax, spec.qmax)
     step = np.clip(np.floor(x) + 1, -spec.qmax, spec.qmax) - low
-    gram = inputs.gram / inputs.rows
+    gram = inputs.gram  # summed over the rows: the losses below are divided by them; the solver is scale-free
     if options.solver is Solver.SEQUENTIAL:
         try:
             up = sequential_rounding(x, low, step, gram, groups, options.damping, options.block)
@@ -396,20 +396,20 @@ def round_layer(converted: ConvertedModel, layer: str, spec: QuantSpec, weight_m
             return SkippedLayer(layer, f"its inputs' Gram matrix cannot be factorized ({e}); left to "
                                        f"round-to-nearest")
     else:
-        up = _optimize(x, low, step, nearest.astype(np.float64), gram, groups, options)
+        up = _optimize(x, low, step, nearest.astype(np.float64), gram / inputs.rows, groups, options)
     q = low + up * step
     widened = thresholds > minmax_weights(matrix, CalibratorOptions()) * (1 + 1e-12)
     pair_safe = spec.target.pair_safe_weights and not is_depthwise(op_type, weight.shape, group)
     q = _keep_scale(q, x, nearest.astype(np.float64), widened, pair_safe, _kernel_permutation(op_type, weight.shape),
                     spec.qmax)
-    error_nearest = _losses(nearest - x, gram, groups)
-    better = _losses(q - x, gram, groups) <= error_nearest
+    error_nearest = _losses(nearest - x, gram, groups) / inputs.rows
+    better = _losses(q - x, gram, groups) / inputs.rows <= error_nearest
     better &= (q != nearest).any(axis=1)
     written, out_scale, back = _written(q, scale, weight, op_type, group, better, spec, weight_method)
     rounded = better & back
     levels = np.where(rounded[:, None], q, nearest)
     scale_sq = scale.astype(np.float64) ** 2
-    error = float((_losses(levels - x, gram, groups) * scale_sq).sum())
+    error = float((_losses(levels - x, gram, groups) / inputs.rows * scale_sq).sum())
     return RoundedLayer(layer, written, levels, out_scale, rounded, float((error_nearest * scale_sq).sum()), error,
                         int((levels != nearest).sum()))
 

@@ -13,8 +13,9 @@ layers' output error relative to round-to-nearest's summed over each model was 0
 inputs against Adam's 0.39-0.72, in a tenth of the time or less (one pass of (M x K) x (K x K) work instead of 400;
 docs/weight_levers.md, "Sequential rounding").
 
-Per group of channels with Gram matrix H (K x K): H is damped (`damping` x its mean diagonal added, as GPTQ does:
-the inverse must exist where inputs are (nearly) collinear), columns are visited by decreasing diagonal (GPTQ's
+Per group of channels with Gram matrix H (K x K): H is damped (`damping` x the mean diagonal of its live inputs
+added, as GPTQ does: the inverse must exist where inputs are (nearly) collinear; the rounding does not depend on the
+scale of H), columns are visited by decreasing diagonal (GPTQ's
 "act order": the inputs with the most energy first, while the most columns are left to absorb their error), and
 with U the upper Cholesky factor of H^-1, column j's error e_j = (w_j - q_j) / U_jj updates w_{j+1:} -= e_j U_{j, j+1:}
 (lazily per block of `block` columns: the same arithmetic in matrix products).
@@ -35,13 +36,19 @@ def sequential_rounding(x: np.ndarray, low: np.ndarray, step: np.ndarray, gram: 
     levels = np.empty_like(x)
     for g in range(groups):
         rows = slice(g * per, (g + 1) * per)
-        h = np.array(gram[g], dtype=np.float64)
-        dead = np.diag(h) <= 0  # an input that is always 0: any rounding of its weight costs nothing
-        h[dead, dead] = 1.0
-        h[np.diag_indices(k)] += damping * float(np.mean(np.diag(h)))
-        order = np.argsort(-np.diag(h), kind="stable")
-        h = h[np.ix_(order, order)]
-        u = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, U upper triangular
+        # one K x K copy at a time beside the caller's (K = 4608: 170 MB each): permuted, damped, inverted, factored
+        diag = np.diag(gram[g]).astype(np.float64)
+        dead = diag <= 0  # an input that is always 0: any rounding of its weight costs nothing
+        # the damping is relative to the live inputs' energy (GPTQ averages in a 1 for each dead one, which is not
+        # scale-free: with inputs of small energy it would swamp them); a dead input's diagonal just has to be > 0
+        mean = float(np.mean(diag[~dead])) if (~dead).any() else 1.0
+        diag[dead] = mean
+        order = np.argsort(-diag, kind="stable")
+        h = np.asarray(gram[g], dtype=np.float64)[np.ix_(order, order)]
+        h[np.diag_indices(k)] = diag[order] + damping * mean
+        h = np.linalg.inv(h)
+        u = np.linalg.cholesky(h).T  # H^-1 = U^T U, U upper triangular
+        del h
         w = x[rows][:, order].astype(np.float64)
         lo, hi = low[rows][:, order], (low + step)[rows][:, order]
         q = np.empty_like(w)
