@@ -33,7 +33,10 @@ def session_options(threads: int | None = None, optimize: bool = True, simulatio
     rounding boundary of the next quantizer; over yolov3_nano_voc such flips add up to 2 % of the output range
     between two sessions of the same table. At ORT_ENABLE_EXTENDED every session of a table (whole graph, prefix,
     suffix, fed or frozen thresholds) uses the same kernels and gives the same numbers, so the tuner's decisions
-    do not depend on how a candidate was evaluated (tests/test_partial.py pins this)."""
+    do not depend on how a candidate was evaluated (tests/test_partial.py pins this).
+
+    `arena`: onnxruntime's memory arena, on in a default session. The tool's own sessions (Engine, GraphSession)
+    run without it (TOOL_ARENA)."""
     opts = ort.SessionOptions()
     if simulation:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
@@ -49,6 +52,14 @@ def session_options(threads: int | None = None, optimize: bool = True, simulatio
     opts.enable_cpu_mem_arena = arena
     return opts
 
+
+# The tool's own sessions run without onnxruntime's memory arena. An arena keeps the largest batch its session ever
+# ran, for as long as the session lives, and a run keeps several alive (the fp32 references, the int8 model, the
+# statistics, a calibration's measurement beside the next one's). Measured on the AMD EPYC AVX2 host, alternating
+# runs (A B A B), 2026-12-07: squeezenet_v1.0 calibrate on 100 images peaked at 2568 / 2640 MB with arenas and
+# 1273 / 1167 MB without, in 77.2 / 81.2 s against 83.0 / 84.8 s (6 % slower); main.sh on yolov3_nano_voc (8
+# photos, --restarts 2) 918 / 894 MB against 500 / 505 MB, 124.2 / 148.5 s against 146.1 / 128.4 s (level).
+TOOL_ARENA = False
 
 # Graph rewrites that fold a constant multiplier or addend into a convolution's or a matrix product's weights. The
 # simulation keeps integer-valued weights and multiplies the exact integer sum by the requantization multiplier
@@ -153,13 +164,9 @@ class Engine:
             if len(self._sessions) >= self.MAX_SESSIONS:  # bounded: each session holds a copy of the weights
                 self._sessions.pop(next(iter(self._sessions)))
             model = with_outputs(self.converted.model, sorted(key, key=self._order))
-            # A session that hands back intermediate blobs (statistics, references) runs without onnxruntime's
-            # memory arena: the arena keeps every session's peak, and these sessions come and go (SqueezeNet
-            # calibration: 2.1 GB peak with arenas, 1.0 GB without, 9 % slower).
-            arena = key <= {o.name for o in self.converted.model.graph.output}
             logger.debug("new onnxruntime session exposing %d values", len(key))
             self._sessions[key] = new_session(
-                model, session_options(self.threads, self.optimize, self.simulation, arena), self.simulation)
+                model, session_options(self.threads, self.optimize, self.simulation, TOOL_ARENA), self.simulation)
         return self._sessions[key]
 
     def _order(self, value: str) -> int:
@@ -244,8 +251,8 @@ class GraphSession:
     @property
     def session(self) -> ort.InferenceSession:
         if self._session is None:
-            self._session = new_session(self.model, session_options(self.threads, simulation=self.simulation),
-                                        self.simulation)
+            self._session = new_session(self.model, session_options(self.threads, simulation=self.simulation,
+                                                                    arena=TOOL_ARENA), self.simulation)
         return self._session
 
     @property

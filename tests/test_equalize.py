@@ -278,6 +278,33 @@ def test_with_adaround_both_ways_are_compared_before_it_and_it_rounds_the_weight
     assert kept.ws.corrections.by_default == ("adaround", "bias_correction")
 
 
+def test_with_adaround_the_two_trials_are_freed_before_the_weights_kept_are_calibrated(net_files, monkeypatch):
+    """The trials' calibrations (their tuners and onnxruntime sessions, whose arenas hold a batch's activations) are
+    not alive while the third calibration runs: on SqueezeNet they held 0.9 GB of the run's 3.9 GB peak."""
+    import weakref
+
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline import equalize_choice
+    from int8tune.pipeline.workspace import load_workspace
+
+    made, alive_at_third = [], []
+    real = equalize_choice.calibrate
+
+    def tracked(ws, *a, **k):
+        if len(made) == 2:
+            alive_at_third.extend(r() is not None for r in made)
+        result = real(ws, *a, **k)
+        made.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(equalize_choice, "calibrate", tracked)
+    images = _images()
+    quant = QuantConfig(method="mse", bins=512, adaround=None, bias_correction=None).with_default_levers(True)
+    kept = equalize_choice.calibrate_choosing(load_workspace(*net_files), images, quant, measure=images, threads=1)
+    assert len(made) == 3 and made[2]() is kept
+    assert alive_at_third == [False, False]
+
+
 @pytest.mark.parametrize("equalize", [True, False])
 def test_an_explicit_equalize_calibrates_once(net_files, equalize, monkeypatch):
     from int8tune.config import QuantConfig
