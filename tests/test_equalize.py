@@ -305,6 +305,30 @@ def test_with_adaround_the_two_trials_are_freed_before_the_weights_kept_are_cali
     assert alive_at_third == [False, False]
 
 
+@pytest.mark.parametrize("adaround", [True, False])
+def test_only_the_calibration_kept_measures_its_layers(net_files, monkeypatch, adaround):
+    """Each int8 layer's own difference (the report's per-layer table) is measured once, for the calibration kept,
+    and is what calibrating that way alone gives."""
+    from int8tune.config import QuantConfig
+    from int8tune.pipeline import calibration, equalize_choice
+    from int8tune.pipeline.workspace import load_workspace
+    from int8tune.tune.tuner import Tuner
+
+    measured = []
+    real = Tuner.layer_differences
+    monkeypatch.setattr(Tuner, "layer_differences", lambda self, table: measured.append(table) or real(self, table))
+    images = _images()
+    quant = QuantConfig(method="mse", bins=512, adaround=None, bias_correction=None).with_default_levers(adaround)
+    kept = equalize_choice.calibrate_choosing(load_workspace(*net_files), images, quant, measure=images, threads=1)
+    assert measured == []  # nothing asked for them yet
+    layers = kept.layer_differences
+    assert len(measured) == 1 and measured[0] is kept.table and kept.layer_differences is layers
+    alone = calibration.calibrate(load_workspace(*net_files, equalize=kept.equalize_choice.equalize), images,
+                                  replace(quant, equalize=kept.equalize_choice.equalize), measure=images, threads=1)
+    assert layers == alone.layer_differences
+    assert set(layers) == {name for name, e in kept.table.layers.items() if e.int8}
+
+
 @pytest.mark.parametrize("equalize", [True, False])
 def test_an_explicit_equalize_calibrates_once(net_files, equalize, monkeypatch):
     from int8tune.config import QuantConfig
