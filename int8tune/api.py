@@ -15,8 +15,9 @@
   tuned table on them, and `restart_pick="validation"` keeps the restart they score best.
 - `resume_file`: the trial log (default `output_path`/trials.jsonl); a killed run restarted with the same inputs
   resumes from it.
-- `config`: a YAML file or dict with the CLI's settings (strategy, metric, threshold, target_accuracy, method,
-  granularity, ...); unknown keys are errors naming the key. Keyword arguments override it.
+- `config`: a YAML file or dict with main.sh's settings by their option names (strategy, metric, threshold, holdout,
+  restarts, method, granularity, metric_module, ...); unknown keys are errors naming the key, and the few the API
+  takes otherwise (validation_list: validation_dataloader) say what to pass. Keyword arguments override it.
 The run is the one `int8tune auto` (main.sh) makes, through the same function (workflow.auto): every output the
 CLI writes (calibration/, start/, tuned/ with the QDQ model checked on this CPU, layers.csv, plots/,
 report.log, report.html, trials.jsonl) is written under `output_path`. The result also carries the run's
@@ -37,12 +38,18 @@ from .metrics import Direction, Metric
 from .outputs import output_lock
 from .workflow import AutoResult
 
-# Settings the API and the YAML file accept: the TuneConfig options (by their flat names) and QuantConfig fields a
-# run uses.
-TUNE_KEYS = {"metric", "metric_params", "objective", "strategy", "max_iter_per_node", "acc_drop_skip",
-             "target_accuracy", "threshold", "progress", "fallback", "search", "step_ratio", "steps", "patience",
-             "multipliers", "search_subset", "min_gain", "output_veto", "confirm", "restarts", "restart_pick",
-             "threads", "bayesian_trials", "tiebreak", "executor", "ray_address"}
+# The TuneConfig options the API takes another way, or that belong to other commands: what to pass instead.
+TAKEN_OTHERWISE = {
+    "validation_list": "pass the held-out batches as validation_dataloader",
+    "calibration_model": "the API always calibrates on q_dataloader; q_func(table) can adjust the table",
+    "calibration_proto": "the API always calibrates on q_dataloader; q_func(table) can adjust the table",
+    "int8_layer": "an option of test.sh (main.py test)",
+    "tune_layer": "an option of tune.sh (main.py tune)",
+    "tune_diff": "an option of tune.sh (main.py tune)",
+}
+# Settings the API and the YAML file accept: every other TuneConfig option by its flat name, as main.sh takes it
+# (derived, so an option added to the CLI's loop reaches the API too), and the QuantConfig fields a run uses.
+TUNE_KEYS = TuneConfig.option_names() - set(TAKEN_OTHERWISE)
 QUANT_KEYS = {f.name for f in fields(QuantConfig)} - {"by_default"}
 
 
@@ -67,6 +74,9 @@ def load_settings(config: str | Path | Mapping | None, overrides: Mapping[str, A
     elif config is not None:
         data.update(config)
     data.update(overrides)
+    elsewhere = sorted(set(data) & set(TAKEN_OTHERWISE))
+    if elsewhere:
+        raise ConfigError(f"{source}: " + "; ".join(f"{k}: {TAKEN_OTHERWISE[k]}" for k in elsewhere))
     unknown = sorted(set(data) - TUNE_KEYS - QUANT_KEYS)
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: "
@@ -91,6 +101,11 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     quant = QuantConfig(**{**levers, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
                                         if k in QUANT_KEYS}}).with_default_levers(calibrates=True)
     tune_values = {k: v for k, v in values.items() if k in TUNE_KEYS}
+    if tune_values.get("metric_module") is not None:  # as the command line does before the run: its metrics
+        from .metrics import load_metric_module
+
+        tune_values["metric_module"] = Path(tune_values["metric_module"])
+        load_metric_module(tune_values["metric_module"])
     if "multipliers" in tune_values:
         tune_values["multipliers"] = tuple(tune_values["multipliers"])
     if "executor" in tune_values:  # ray: the address given, else $RAY_ADDRESS, else this machine's cluster

@@ -102,3 +102,43 @@ def test_validation_dataloader_scores_the_tuned_table_and_picks_the_restart(mode
     assert tune(model, list(loader()), restarts=2, output_path=tmp_path / "b").validation_score is None
     with pytest.raises(ConfigError, match="validation_dataloader"):
         tune(model, list(loader()), restart_pick="validation", output_path=tmp_path / "c")
+
+
+def test_every_option_of_main_sh_is_a_setting():
+    """The API and YAML settings are main.sh's options: each option of `auto` that TuneConfig holds is accepted, but
+    the few the API takes another way, which say what to pass instead."""
+    import argparse
+
+    from int8tune.api import TAKEN_OTHERWISE, TUNE_KEYS
+    from int8tune.cli import build_parser
+    from int8tune.config import TuneConfig
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["auto"]
+    auto_options = {a.dest for a in sub._actions} & TuneConfig.option_names()
+    assert {"holdout", "restarts", "metric_module", "plots"} <= auto_options
+    assert auto_options - set(TAKEN_OTHERWISE) <= TUNE_KEYS
+    assert load_settings({"holdout": 0, "plots": 2}, {}) == {"holdout": 0, "plots": 2}
+    with pytest.raises(ConfigError, match="validation_list: pass the held-out batches as validation_dataloader"):
+        load_settings({"validation_list": "held/"}, {})
+
+
+def test_holdout_reaches_the_delivery(model, tmp_path):
+    """Under 20 batches main.sh cross-validates (the delivery chosen by two folds); holdout=0 tunes on every batch
+    and delivers the tuned table, from the API as from the command line."""
+    default = tune(model, list(loader()), restarts=1, output_path=tmp_path / "a")
+    assert default.run.selection is not None and default.run.selection.folds
+    every = tune(model, list(loader()), restarts=1, holdout=0, output_path=tmp_path / "b")
+    assert every.run.selection is None and every.run.delivered == "tuned"
+
+
+def test_metric_module_from_the_api(model, tmp_path):
+    path = tmp_path / "my_metrics.py"
+    path.write_text("from int8tune.metrics import register_metric\n\n"
+                    "@register_metric('api_mean_abs', 'lower')\n"
+                    "def api_mean_abs(fp32, int8, params):\n"
+                    "    return float(sum(abs(fp32[k] - int8[k]).mean() for k in fp32))\n")
+    for out in ("a", "b"):  # the same file twice in one process: loaded once
+        result = tune(model, list(loader()), metric="api_mean_abs", metric_module=str(path), restarts=1,
+                      output_path=tmp_path / out)
+        assert result.run.held_out is None and result.score >= 0
+        assert "api_mean_abs" in (tmp_path / out / "report.log").read_text()

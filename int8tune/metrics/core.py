@@ -89,14 +89,20 @@ def normalised_square(err: float, energy: float) -> float:
     return err / energy if energy > 0 else err
 
 
+_LOADED: dict[Path, list[str]] = {}  # metric files imported by this process -> the names each registered
+
+
 def load_metric_module(path: Path) -> list[str]:
     """--metric_module FILE.py: import a file of @register_metric functions from anywhere; returns the names it
-    registered. A file that does not exist, does not import, or registers nothing is an error naming it."""
+    registered. A file that does not exist, does not import, or registers nothing is an error naming it. A file
+    already loaded by this process (the API called again with the same metric_module) is not imported twice."""
     import importlib.util
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--metric_module {path}: no such file")
+    if path.resolve() in _LOADED:
+        return _LOADED[path.resolve()]
     before = set(METRICS.names())
     spec = importlib.util.spec_from_file_location(f"int8tune_user_metrics_{abs(hash(str(path.resolve())))}", path)
     if spec is None or spec.loader is None:
@@ -112,4 +118,5 @@ def load_metric_module(path: Path) -> list[str]:
     if not added:
         raise ConfigError(f"--metric_module {path}: it registers no new metric (use @register_metric from "
                           f"int8tune.metrics); registered: {', '.join(METRICS.names())}")
+    _LOADED[path.resolve()] = added
     return added
