@@ -153,7 +153,7 @@ def scored_model(name: str, held: list[DataItem], args):
     return params, ws0, held_b, names, outputs_of(ws0.converted, None, held_b, names, args.threads)
 
 
-def squeezenet(args) -> list[list[str]]:
+def squeezenet(args, rows=None) -> list[list[str]]:
     name = "squeezenet_v1.0"
     items = labelled("imagenet_dev")
     cal_items, held = items[:32], items[32:32 + args.held_out]
@@ -168,8 +168,8 @@ def squeezenet(args) -> list[list[str]]:
         logits = out[names[0]].reshape(len(held), -1)
         return top1(logits, labels), float((logits.argmax(axis=1) == fp32_top).mean()), square(fp32, out, {})
 
-    return lever_rows(name, batches_of(cal_items, params, ws0.input_shape, 8), "the first 32 imagenet_dev images",
-                      held_b, score, (".4f", ".4f", ".3g"), args)
+    return (rows or lever_rows)(name, batches_of(cal_items, params, ws0.input_shape, 8),
+                                "the first 32 imagenet_dev images", held_b, score, (".4f", ".4f", ".3g"), args)
 
 
 def photo_split(args) -> tuple[list[DataItem], list[DataItem], int]:
@@ -182,7 +182,7 @@ def photo_split(args) -> tuple[list[DataItem], list[DataItem], int]:
     return cal, held + wide, len(held)
 
 
-def yolo_model(name: str, args) -> list[list[str]]:
+def yolo_model(name: str, args, rows=None) -> list[list[str]]:
     """A YOLO detector: box F1 of the int8 detections against fp32's, and the yolo metric."""
     cal, held, n_photos = photo_split(args)
     params, ws0, held_b, names, fp32 = scored_model(name, held, args)
@@ -198,11 +198,11 @@ def yolo_model(name: str, args) -> list[list[str]]:
         f1, n_found, _ = box_f1(truth, found)
         return f1, box_f1(truth[:n_photos], found[:n_photos])[0], n_found, yolo(fp32, out, mparams)
 
-    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+    return (rows or lever_rows)(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
                       (".4f", ".4f", ".1f", ".4f"), args)
 
 
-def res10(args) -> list[list[str]]:
+def res10(args, rows=None) -> list[list[str]]:
     """The SSD face detector: its own DetectionOutput decodes fp32 and int8; box F1 at confidence 0.5, ssd_map,
     and the square distance of the graph's outputs (the heads before DetectionOutput)."""
     name = "res10_ssd_face"
@@ -218,11 +218,11 @@ def res10(args) -> list[list[str]]:
         f1, n_found, _ = box_f1(truth, ssd_detections(out, mparams, 0.5))
         return f1, n_found, ssd(fp32, out, mparams), square(fp32, out, {})
 
-    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+    return (rows or lever_rows)(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
                       (".4f", ".1f", ".4f", ".3g"), args)
 
 
-def landmark106(args) -> list[list[str]]:
+def landmark106(args, rows=None) -> list[list[str]]:
     """The landmark net (112x112 input): mean distance of the 106 int8 points from fp32's, in pixels of the crop,
     and the square distance. No face crops among the assets: whole photos resized to the input stand in."""
     name = "landmark106"
@@ -237,7 +237,7 @@ def landmark106(args) -> list[list[str]]:
         moved = np.linalg.norm(out[names[0]].reshape(points.shape) - points, axis=-1) * side
         return float(moved.mean()), float(moved.max()), square(fp32, out, {})
 
-    return lever_rows(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
+    return (rows or lever_rows)(name, batches_of(cal, params, ws0.input_shape, 7), f"{len(cal)} photos", held_b, score,
                       (".3f", ".2f", ".3g"), args)
 
 
@@ -253,16 +253,27 @@ def _cells(draws, formats) -> list[str]:
     return out
 
 
-# per model: the function that scores it and the columns of its scores (the first with the draws' range)
+# per model: the function that scores it (`rows`: what makes its rows from the split and the score, lever_rows
+# unless given) and the columns of its scores (the first with the draws' range)
 TABLES = {
     "squeezenet_v1.0": (squeezenet, ["top-1", "top-1 agreement", "square"]),
-    "yolov3_nano_voc": (lambda args: yolo_model("yolov3_nano_voc", args),
+    "yolov3_nano_voc": (lambda args, rows=None: yolo_model("yolov3_nano_voc", args, rows),
                         ["box F1, all", "box F1, 14 photos", "fp32 boxes found", "yolo (lower better)"]),
-    "yoloface_500k_v2": (lambda args: yolo_model("yoloface_500k_v2", args),
+    "yoloface_500k_v2": (lambda args, rows=None: yolo_model("yoloface_500k_v2", args, rows),
                          ["box F1, all", "box F1, 14 photos", "fp32 boxes found", "yolo (lower better)"]),
     "res10_ssd_face": (res10, ["box F1 (conf 0.5)", "fp32 faces found", "ssd_map", "square"]),
     "landmark106": (landmark106, ["mean point shift px", "max point shift px", "square"]),
 }
+
+
+def commit_line() -> str:
+    """The commit measured, saying so when the tree has uncommitted changes or is not a checkout."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return f"commit {head}{' with uncommitted changes' if dirty else ''}" if head else \
+        "commit unknown (not run from a git checkout: name the commit the copy came from)"
 
 
 def main() -> int:
@@ -277,13 +288,7 @@ def main() -> int:
     args = ap.parse_args()
     require_assets()
     start = time.perf_counter()
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
-    commit = f"commit {head}{' with uncommitted changes' if dirty else ''}" if head else \
-        "commit unknown (not run from a git checkout: name the commit the copy came from)"
-    print(f"{commit}; draws {args.draws}", flush=True)
+    print(f"{commit_line()}; draws {args.draws}", flush=True)
     spread = " (range over the draws)" if args.draws else ""
     tables = []
     for name in args.models:
