@@ -26,9 +26,8 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from common import model_paths, require_assets, yolo_params
-from weight_levers import TABLES, configurations, in_sample, outputs_of
+from weight_levers import TABLES, commit_line, configurations, in_sample, outputs_of, print_tables
 
 from int8tune.api import tune
 from int8tune.config import QuantConfig
@@ -108,8 +107,6 @@ def main() -> int:
     args = ap.parse_args()
     args.draws = 0
     require_assets()
-    from weight_levers import commit_line
-
     start = time.perf_counter()
     print(commit_line(), flush=True)
     tables = []
@@ -117,15 +114,9 @@ def main() -> int:
         setup, columns = TABLES[name]
         header = ["recipe", *columns, "in-sample square", "s"]
         tables.append((name, header, setup(args, recipe_rows(args))))
-    for name, header, rows in tables:
-        print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else "?"
-    print(f"\nwall time {time.perf_counter() - start:.0f}s (load average at the end: {' '.join(load)})")
+    print_tables(tables, start)
     return 0
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     raise SystemExit(main())

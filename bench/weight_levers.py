@@ -266,6 +266,16 @@ TABLES = {
 }
 
 
+def print_tables(tables: list[tuple[str, list[str], list[list[str]]]], start: float) -> None:
+    """(model, header, rows) as markdown tables, then the wall time since `start` and the load average."""
+    for name, header, rows in tables:
+        print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else "?"
+    print(f"\nwall time {time.perf_counter() - start:.0f}s (load average at the end: {' '.join(load)})")
+
+
 def commit_line() -> str:
     """The commit measured, saying so when the tree has uncommitted changes or is not a checkout."""
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -296,12 +306,7 @@ def main() -> int:
         header = ["equalize", "levers", *(c + (spread if k == 0 else "") for k, c in enumerate(columns)),
                   "in-sample square", "lever s"]
         tables.append((name, header, run(args)))
-    for name, header, rows in tables:
-        print(f"\n{name}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else "?"
-    print(f"\nwall time {time.perf_counter() - start:.0f}s (load average at the end: {' '.join(load)})")
+    print_tables(tables, start)
     return 0
 
 
