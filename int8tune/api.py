@@ -1,9 +1,15 @@
-"""Python API, in the shape of Intel Neural Compressor's `tune`:
+"""Python API, in the shape of Intel Neural Compressor's `tune`, and `calibrate` alone:
 
-    from int8tune.api import tune
+    from int8tune.api import calibrate, tune
     result = tune(("deploy.prototxt", "weights.caffemodel"), q_dataloader, eval_dataloader=eval_batches,
                   config="tune.yaml", output_path="out")
     result.goal_met, result.score, result.table
+    calibrated = calibrate(("deploy.prototxt", "weights.caffemodel"), q_dataloader, output_path="out_cal")
+    calibrated.table, calibrated.difference, calibrated.delivery.qdq
+
+`calibrate` is `int8tune calibrate` (workflow.calibrate_and_write, the function the command runs): its settings are
+the command's options by name (method, target, equalize, adaround, bias_correction, measure_images, simplified,
+threads, ...), and it writes what the command writes under `output_path`.
 
 - `q_dataloader`: an iterable of input batches (float32 NCHW arrays, or (array, labels) pairs); calibration runs
   on it, and tuning too when no `eval_dataloader` is given. It is read into memory once.
@@ -30,13 +36,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .config import LEVERS, ModelConfig, QuantConfig, RestartPick, TuneConfig
+from .config import LEVERS, CalibrateConfig, ModelConfig, QuantConfig, RestartPick, TuneConfig
 from .errors import ConfigError
 from .executors import resolve_address
 from .log import logger
 from .metrics import Direction, Metric
 from .outputs import output_lock
-from .workflow import AutoResult
+from .workflow import AutoResult, CalibrateResult
 
 # The TuneConfig options the API takes another way, or that belong to other commands: what to pass instead.
 TAKEN_OTHERWISE = {
@@ -51,13 +57,18 @@ TAKEN_OTHERWISE = {
 # (derived, so an option added to the CLI's loop reaches the API too), and the QuantConfig fields a run uses.
 TUNE_KEYS = TuneConfig.option_names() - set(TAKEN_OTHERWISE)
 QUANT_KEYS = {f.name for f in fields(QuantConfig)} - {"by_default"}
+# `calibrate`'s own settings besides QUANT_KEYS: the CalibrateConfig options of `int8tune calibrate`.
+CALIBRATE_KEYS = {f.name for f in fields(CalibrateConfig)} - {"model", "data", "quant", "output_path"}
 
 
 TuneResult = AutoResult  # the name earlier versions returned
 
 
-def load_settings(config: str | Path | Mapping | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings from a YAML file or dict, then the keyword overrides; every key validated."""
+def load_settings(config: str | Path | Mapping | None, overrides: Mapping[str, Any],
+                  valid: set[str] | None = None) -> dict[str, Any]:
+    """Settings from a YAML file or dict, then the keyword overrides; every key validated against `valid`
+    (default: `tune`'s settings)."""
+    valid = TUNE_KEYS | QUANT_KEYS if valid is None else valid
     source = "config"
     data: dict[str, Any] = {}
     if isinstance(config, (str, Path)):
@@ -74,14 +85,43 @@ def load_settings(config: str | Path | Mapping | None, overrides: Mapping[str, A
     elif config is not None:
         data.update(config)
     data.update(overrides)
-    elsewhere = sorted(set(data) & set(TAKEN_OTHERWISE))
+    elsewhere = sorted((set(data) - valid) & set(TAKEN_OTHERWISE))
     if elsewhere:
         raise ConfigError(f"{source}: " + "; ".join(f"{k}: {TAKEN_OTHERWISE[k]}" for k in elsewhere))
-    unknown = sorted(set(data) - TUNE_KEYS - QUANT_KEYS)
+    unknown = sorted(set(data) - valid)
     if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(sorted(TUNE_KEYS | QUANT_KEYS))}")
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     return data
+
+
+def _quant(values: Mapping[str, Any]) -> QuantConfig:
+    """The QuantConfig of the settings, the levers not given left to their defaults (the API always calibrates)."""
+    levers = {k: None for k in LEVERS}
+    return QuantConfig(**{**levers, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
+                                       if k in QUANT_KEYS}}).with_default_levers(calibrates=True)
+
+
+def calibrate(model: tuple[str | Path, str | Path], q_dataloader: Iterable, output_path: str | Path = "output/api",
+              config: str | Path | Mapping | None = None, **settings) -> CalibrateResult:
+    """`int8tune calibrate` (workflow.calibrate_and_write, the function the command runs) on batches from Python:
+    the table, every format, the QDQ model checked on this CPU and the report, under `output_path`."""
+    from .pipeline.images import Images
+    from .pipeline.workspace import load_workspace
+    from .workflow import calibrate_and_write
+
+    values = load_settings(config, settings, CALIBRATE_KEYS | QUANT_KEYS)
+    out = Path(output_path)
+    proto, caffemodel = (Path(p) for p in model)
+    quant = _quant(values)
+    own = {k: v for k, v in values.items() if k in CALIBRATE_KEYS}
+    if "executor" in own:  # ray: the address given, else $RAY_ADDRESS, else this machine's cluster
+        own["ray_address"] = resolve_address(own["executor"], own.get("ray_address"))
+    cfg = CalibrateConfig(model=ModelConfig(proto, caffemodel), data=None, quant=quant,  # type: ignore[arg-type]
+                          output_path=out, **own)
+    ws = load_workspace(proto, caffemodel, quant.equalize)
+    images = Images.from_loader(q_dataloader, "q_dataloader")
+    with output_lock(out):  # one run at a time per output folder, as on the command line
+        return calibrate_and_write(cfg, ws, images)
 
 
 def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: Callable | None = None,
@@ -97,9 +137,7 @@ def tune(model: tuple[str | Path, str | Path], q_dataloader: Iterable, q_func: C
     values = load_settings(config, settings)
     out = Path(output_path)
     proto, caffemodel = (Path(p) for p in model)
-    levers = {k: None for k in LEVERS}  # not given: the default levers (the API always calibrates)
-    quant = QuantConfig(**{**levers, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
-                                        if k in QUANT_KEYS}}).with_default_levers(calibrates=True)
+    quant = _quant(values)
     tune_values = {k: v for k, v in values.items() if k in TUNE_KEYS}
     if tune_values.get("metric_module") is not None:  # as the command line does before the run: its metrics
         from .metrics import load_metric_module

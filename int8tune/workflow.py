@@ -1,7 +1,11 @@
-"""main.sh's whole loop, the one function behind `int8tune auto` and `int8tune.api.tune`: open the session
-(calibrating when no table is given), tune (layer by layer with restarts, or an accuracy-driven strategy),
-deliver the tables and the QDQ model, write the CSVs, plots and the report. The two front ends differ only in
-where the images come from (a data list, or dataloaders)."""
+"""The runs behind the command line and the Python API, one function each, shared by both front ends, which
+differ only in where the images come from (a data list, or dataloaders):
+
+- `auto`: main.sh's whole loop (`int8tune auto`, `int8tune.api.tune`): open the session (calibrating when no table
+  is given), tune (layer by layer with restarts, or an accuracy-driven strategy), deliver the tables and the QDQ
+  model, write the CSVs, plots and the report;
+- `calibrate_and_write`: `int8tune calibrate` and `int8tune.api.calibrate`: the table, every format, the QDQ model
+  checked on this CPU, statistics.csv and the report."""
 
 from __future__ import annotations
 
@@ -11,19 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import TuneConfig
+from .config import CalibrateConfig, TuneConfig
 from .executors import open_executor
 from .log import logger
 from .metrics import Metric
 from .outputs import atomic_write_json, provenance
 from .pipeline.calibration import Calibration
 from .pipeline.delivery import Delivery, deliver
+from .pipeline.equalize_choice import calibrate_choosing
 from .pipeline.images import Images
 from .pipeline.selection import HeldOutSource, hold_back
 from .pipeline.tuning import LayerwiseRun, Session, StrategyRun, goal_of, open_session, tune_layerwise, tune_strategy
 from .pipeline.workspace import Workspace, save_corrected, save_equalized, weights_digest
 from .quant.formats import write_table_pb
 from .quant.table import CalibrationTable
+from .report.calibration import calibration_document
 from .report.csvs import write_csv, write_levers, write_statistics
 from .report.figures import layer_figures
 from .report.tuning import auto_document, layer_rows, strategy_document
@@ -72,6 +78,34 @@ def save_calibration(cal: Calibration, ws: Workspace, out: Path, threads: int) -
         extra["corrected"] = corrected
         extra["levers"] = write_levers(out / "weight_levers.csv", ws.corrections)
     return delivery, extra
+
+
+@dataclass
+class CalibrateResult:
+    table: CalibrationTable  # calibration_table.pb
+    difference: float | None  # square distance of the outputs from fp32 on the measurement images (None: simplified)
+    output_path: Path
+    report: str  # report.log's text
+    calibration: Calibration  # what was measured: statistics, each calibrator's thresholds, the --equalize choice
+    delivery: Delivery  # the files written, the QDQ model and its check on this CPU
+
+
+def calibrate_and_write(cfg: CalibrateConfig, ws: Workspace, images: Images,
+                        t_start: float | None = None) -> CalibrateResult:
+    """`int8tune calibrate`: calibrate on `images` (the levers and the --equalize choice on the first
+    cfg.measure_images), write every output under cfg.output_path and the report. `t_start`: when the run began
+    (for the report's time; default now)."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    with open_executor(cfg.execution()) as executor:
+        measure = None if cfg.simplified else images.head(cfg.measure_images)
+        cal = calibrate_choosing(ws, images, cfg.quant, measure=measure, simplified=cfg.simplified,
+                                 threads=cfg.threads, settings=cfg.to_dict(), executor=executor)
+        ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
+        delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
+        doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),
+                                   list(extra.values()), extra.get("corrected"))
+    text, _ = write_report(doc, cfg.output_path)
+    return CalibrateResult(cal.table, cal.model_difference, cfg.output_path, text, cal, delivery)
 
 
 def auto(cfg: TuneConfig, ws: Workspace, images: Images, *, calibration_images: Images | None = None,

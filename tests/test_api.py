@@ -142,3 +142,36 @@ def test_metric_module_from_the_api(model, tmp_path):
                       output_path=tmp_path / out)
         assert result.run.held_out is None and result.score >= 0
         assert "api_mean_abs" in (tmp_path / out / "report.log").read_text()
+
+
+def test_calibrate_is_the_command(model, tmp_path):
+    """api.calibrate runs what `main.py calibrate` runs: on the same images (prepared as the command prepares them)
+    the same table and the same model difference, and the command's files."""
+    import cv2
+
+    from int8tune.api import calibrate
+    from int8tune.image_params import load_image_params
+    from test_utils import prepare_image
+
+    proto, caffemodel = model
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    params = tmp_path / "p.json"
+    params.write_text('{"size": [16, 16], "scale": 0.01}')
+    assert entry.main(["calibrate", "--proto", str(proto), "--model", str(caffemodel), "--data_list", str(images),
+                       "--image_params", str(params), "--output_path", str(tmp_path / "cli")]) == 0
+    loaded = load_image_params(params)
+    batches = [prepare_image(str(p), loaded) for p in sorted(images.iterdir())]
+    result = calibrate(model, batches, output_path=tmp_path / "api", method="auto")
+    cli = read_table_pb(tmp_path / "cli" / "calibration_table.pb")
+    assert result.table.thresholds() == cli.thresholds()
+    assert read_table_pb(tmp_path / "api" / "calibration_table.pb").thresholds() == cli.thresholds()
+    assert f"{result.difference:.6g}" in (tmp_path / "cli" / "report.log").read_text()
+    for name in ("model_int8_qdq.onnx", "ncnn.table", "statistics.csv", "report.log", "corrected.caffemodel"):
+        assert (tmp_path / "api" / name).is_file(), name
+    assert result.delivery.check is not None and result.delivery.check.exact
+    with pytest.raises(ConfigError, match="unknown setting.*restarts"):
+        calibrate(model, batches, output_path=tmp_path / "x", restarts=2)

@@ -18,12 +18,8 @@ from __future__ import annotations
 import time
 
 from ..config import CalibrateConfig
-from ..executors import open_executor
-from ..pipeline.equalize_choice import calibrate_choosing
 from ..pipeline.workspace import load_workspace
-from ..report.calibration import calibration_document
-from ..report.write import write_report
-from ..workflow import save_calibration
+from ..workflow import calibrate_and_write
 from .common import images_of
 
 
@@ -32,14 +28,5 @@ def run_calibrate(cfg: CalibrateConfig, prepare_image) -> int:
     print("int8tune calibrate\n" + cfg.describe())
     ws = load_workspace(cfg.model.proto, cfg.model.model, cfg.quant.equalize, cfg.model.input_shape)
     _, images = images_of(cfg.data, prepare_image, ws)
-    with open_executor(cfg.execution()) as executor:
-        measure = None if cfg.simplified else images.head(cfg.measure_images)
-        cal = calibrate_choosing(ws, images, cfg.quant, measure=measure, simplified=cfg.simplified,
-                                 threads=cfg.threads, settings=cfg.to_dict(), executor=executor)
-        ws = cal.ws or ws  # with --adaround/--bias_correction: the corrected weights the table belongs to
-        delivery, extra = save_calibration(cal, ws, cfg.output_path, cfg.threads)
-        doc = calibration_document(cal, ws, delivery, time.perf_counter() - t_start, extra.get("equalized"),
-                                   list(extra.values()), extra.get("corrected"))
-    text, _ = write_report(doc, cfg.output_path)
-    print(text)
+    print(calibrate_and_write(cfg, ws, images, t_start).report)
     return 0
