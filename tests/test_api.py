@@ -63,16 +63,23 @@ def test_settings_are_validated(tmp_path):
     assert load_settings(path, {"threshold": 2.0}) == {"strategy": "basic", "threshold": 2.0}
 
 
-def test_cli_config_file(model, tmp_path, capsys):
+def image_folder(tmp_path, n, seed):
+    """(a folder of n random 16x16 PNG images, an image_params file that reads them at that size)."""
     import cv2
-    proto, caffemodel = model
+
     images = tmp_path / "img"
     images.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(5):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
         cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
     params = tmp_path / "p.json"
     params.write_text('{"size": [16, 16], "scale": 0.01}')
+    return images, params
+
+
+def test_cli_config_file(model, tmp_path, capsys):
+    proto, caffemodel = model
+    images, params = image_folder(tmp_path, 5, 2)
     cfg = tmp_path / "settings.yaml"
     cfg.write_text(f"proto: {proto}\nmodel: {caffemodel}\ndata_list: {images}\nimage_params: {params}\n"
                    f"strategy: mse\nmetric: top1_agreement\nprogress: none\nunsigned: true\n")
@@ -147,20 +154,12 @@ def test_metric_module_from_the_api(model, tmp_path):
 def test_calibrate_is_the_command(model, tmp_path):
     """api.calibrate runs what `main.py calibrate` runs: on the same images (prepared as the command prepares them)
     the same table and the same model difference, and the command's files."""
-    import cv2
-
     from int8tune.api import calibrate
     from int8tune.image_params import load_image_params
     from test_utils import prepare_image
 
     proto, caffemodel = model
-    images = tmp_path / "img"
-    images.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(6):
-        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
-    params = tmp_path / "p.json"
-    params.write_text('{"size": [16, 16], "scale": 0.01}')
+    images, params = image_folder(tmp_path, 6, 3)
     assert entry.main(["calibrate", "--proto", str(proto), "--model", str(caffemodel), "--data_list", str(images),
                        "--image_params", str(params), "--output_path", str(tmp_path / "cli")]) == 0
     loaded = load_image_params(params)
