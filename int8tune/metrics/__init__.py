@@ -14,8 +14,10 @@ from .core import (
                    load_metric_module,
                    normalised_square,
                    register_metric,
+                   squared_energy,
+                   squared_error,
                    squared_error_parts,
 )
 
 __all__ = ["METRICS", "Direction", "Metric", "Outputs", "load_metric_module", "normalised_square", "register_metric",
-           "squared_error_parts"]
+           "squared_energy", "squared_error", "squared_error_parts"]

@@ -80,8 +80,19 @@ def register_metric(name: str, direction: str | Direction = Direction.LOWER, des
 def squared_error_parts(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     """(sum (ref - test)^2, sum ref^2) in float64 accumulation without float64 copies. Additive over images, so
     the square metric can be accumulated batch by batch."""
+    return squared_error(ref, test), squared_energy(ref)
+
+
+def squared_error(ref: np.ndarray, test: np.ndarray) -> float:
+    """sum (ref - test)^2, as squared_error_parts computes it (for many `test` against one `ref`, whose energy
+    squared_energy gives once)."""
     diff = np.subtract(ref, test, dtype=np.float32)
-    return float(np.square(diff).sum(dtype=np.float64)), float(np.square(ref, dtype=np.float32).sum(dtype=np.float64))
+    return float(np.square(diff, out=diff).sum(dtype=np.float64))
+
+
+def squared_energy(ref: np.ndarray) -> float:
+    """sum ref^2, as squared_error_parts computes it."""
+    return float(np.square(ref, dtype=np.float32).sum(dtype=np.float64))
 
 
 def normalised_square(err: float, energy: float) -> float:

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ..executors import Shared, WorkerContext
-from ..metrics import squared_error_parts
+from ..metrics import squared_energy, squared_error, squared_error_parts
 from ..runtime import input_feeds, on_worker
 
 
@@ -112,9 +112,11 @@ def isolated_parts(ctx: WorkerContext, job: IsolatedJob, batch: np.ndarray
     suffixes = on_worker(ctx, job.suffixes)
     out = {}
     for plan, suffix in zip(job.plans, suffixes):
+        energy = [squared_energy(fp32[name]) for name in plan.names]  # the same for every candidate: once
         for key, feeds in plan.candidates:
             run_feeds = {f: fp32[source] for f, source in plan.frontier}
             run_feeds.update(feeds)
             got = suffix.run(plan.names, run_feeds)
-            out[(plan.value, key)] = [squared_error_parts(fp32[name], array) for name, array in zip(plan.names, got)]
+            out[(plan.value, key)] = [(squared_error(fp32[name], array), e)
+                                      for name, array, e in zip(plan.names, got, energy)]
     return out
